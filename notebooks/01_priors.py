@@ -1,0 +1,196 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 01 · Visual priors: the views a multi-view teacher sees
+#
+# TMKD's visual teacher sees every image through several *views* built from visual priors
+# (docs/method.md §1): `rgb` (the image), `edge` (gradient magnitude of the luminance) and
+# `hf` (the high-frequency residual). This notebook shows them on real photographs and on
+# each offline dataset, their amplitude spectra, and the effect of each operator, mode and
+# high-pass radius. It also checks each view against its scikit-image reference.
+
+# %% tags=["parameters"]
+profile = "cpu"
+datasets = None  # None: the profile's datasets (tmkd_core.config.PROFILE_PLANS)
+out_dir = "figures"
+n_samples = 6
+radii = [0.1, 0.25, 0.5, 0.75]
+
+# %%
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from skimage import color, data as skdata, filters
+from skimage.transform import resize
+
+from tmkd_core import priors
+from tmkd_core.analysis import energy_kept, radial_energy
+from tmkd_core.config import ViewConfig, dataset_config, profile_plan
+from tmkd_core.experiment import load_data
+from tmkd_core.report import Outputs, find_root
+
+root = find_root()
+out = Outputs(root / out_dir)
+datasets = profile_plan(profile, "datasets", datasets)
+torch.manual_seed(0)
+
+
+def show(ax, img, title=None, cmap=None):
+    img = img.detach().cpu()
+    ax.imshow(img.permute(1, 2, 0).squeeze(-1).numpy(), cmap=cmap or ("gray" if img.shape[0] == 1 else None),
+              vmin=0, vmax=1)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+
+
+# %% [markdown]
+# ## Real photographs
+# Four photographs from `skimage.data`, at 128 px.
+
+# %%
+names = ["astronaut", "chelsea", "coffee", "rocket"]
+photos = torch.from_numpy(np.stack([resize(getattr(skdata, n)(), (128, 128), anti_aliasing=True)
+                                    for n in names]).astype(np.float32)).permute(0, 3, 1, 2).contiguous()
+cfg = ViewConfig()
+views = priors.make_views(photos, cfg)
+spectra = torch.stack([priors.amplitude_spectrum(v) for v in views])
+fig, axes = plt.subplots(len(names), 6, figsize=(12, 2.1 * len(names)))
+for i in range(len(names)):
+    for j, name in enumerate(cfg.views):
+        show(axes[i, j], views[j, i], name if i == 0 else None)
+        axes[i, 3 + j].imshow(spectra[j, i], cmap="magma")
+        axes[i, 3 + j].set_axis_off()
+        if i == 0:
+            axes[i, 3 + j].set_title(f"|FFT| of {name}", fontsize=9)
+fig.suptitle("Views (sobel edges, FFT high-pass r=0.25) and their log amplitude spectra")
+out.figure(fig, "priors_photos")
+
+# %% [markdown]
+# ## Agreement with scikit-image
+# Each torch view against its reference on these photographs (maps scaled to [0, 1]).
+
+# %%
+gray = np.stack([color.rgb2gray(p.permute(1, 2, 0).numpy()) for p in photos])
+
+
+def scaled(a):
+    return a / a.reshape(len(a), -1).max(1)[:, None, None]
+
+
+def min_max(a):
+    return (a - a.min()) / (a.max() - a.min())
+
+
+checks = {
+    "sobel vs skimage.filters.sobel": (priors.edge_map(photos, "sobel")[:, 0].numpy(),
+                                       scaled(np.stack([filters.sobel(g) for g in gray]))),
+    "scharr vs skimage.filters.scharr": (priors.edge_map(photos, "scharr")[:, 0].numpy(),
+                                         scaled(np.stack([filters.scharr(g) for g in gray]))),
+    "laplacian vs abs(skimage.filters.laplace)": (priors.edge_map(photos, "laplacian")[:, 0].numpy(),
+                                               scaled(np.stack([np.abs(filters.laplace(g)) for g in gray]))),
+    "fft r=0.25 vs butterworth (order 20)": (
+        priors.hf_map(photos, "fft", radius=0.25).numpy(),
+        np.stack([min_max(filters.butterworth(p.permute(1, 2, 0).numpy().astype(float), 0.125, True, 20,
+                                              channel_axis=-1).transpose(2, 0, 1)) for p in photos])),
+    "gaussian s=1 vs x - skimage.filters.gaussian": (
+        priors.hf_map(photos, "gaussian", sigma=1.0).numpy(),
+        np.stack([min_max((p.numpy() - filters.gaussian(p.permute(1, 2, 0).numpy(), sigma=1.0, mode="reflect",
+                                                        channel_axis=-1, preserve_range=True).transpose(2, 0, 1)))
+                  for p in photos])),
+}
+agreement = pd.DataFrame([{"view": k, "max abs diff": float(np.abs(a - b).max()),
+                           "mean abs diff": float(np.abs(a - b).mean())} for k, (a, b) in checks.items()])
+out.table(agreement.assign(**{c: agreement[c].map("{:.1e}".format) for c in ("max abs diff", "mean abs diff")}),
+          "priors_reference_agreement", "Views against scikit-image references")
+agreement
+
+# %% [markdown]
+# ## Operators, modes and the high-pass radius
+
+# %%
+photo = photos[1:2]
+edge_ops = ["sobel", "scharr", "laplacian", "canny"]
+fig, axes = plt.subplots(3, max(len(edge_ops), len(radii) + 1), figsize=(12, 7.5))
+for j, op in enumerate(edge_ops):
+    show(axes[0, j], priors.edge_map(photo, op)[0], f"edge: {op}")
+for j, r in enumerate(radii):
+    show(axes[1, j], priors.hf_map(photo, "fft", radius=r)[0], f"hf fft r={r}")
+show(axes[1, len(radii)], priors.hf_map(photo, "gaussian", sigma=1.0)[0], "hf gaussian s=1")
+enh = ViewConfig(edge_mode="enhance", hf_mode="enhance", enhance_lambda=0.5)
+for j, (name, c) in enumerate([("rgb", cfg), ("edge map", cfg), ("hf map", cfg), ("edge enhance", enh),
+                               ("hf enhance", enh)]):
+    show(axes[2, j], priors.view(photo, name.split()[0], c)[0], name)
+for ax in axes.flat:
+    ax.set_axis_off()
+fig.suptitle("Edge operators (row 1), high-pass radius and filter (row 2), map vs enhance mode (row 3)")
+out.figure(fig, "priors_operators")
+
+# %% [markdown]
+# ## The offline datasets
+# Samples of each dataset's training split with their views, and the mean radial power
+# spectrum of each view over 512 training images.
+
+# %%
+samples, energy_rows, spectra_rows = {}, [], {}
+for name in datasets:
+    splits = load_data(dataset_config(profile, name))
+    x = splits.train.images[:512].float() / 255
+    first_of_class = torch.stack([(splits.train.labels == c).nonzero()[0, 0] for c in range(n_samples)])
+    samples[name] = (splits.train.images[first_of_class].float() / 255,
+                     [splits.class_names[c] for c in range(n_samples)])
+    for r in radii:
+        energy_rows.append({"dataset": name, "radius": r, "energy kept (%)": 100 * energy_kept(x, r)})
+    spectra_rows[name] = {v: radial_energy(priors.view(x, v, cfg)).numpy() for v in cfg.views}
+
+fig, axes = plt.subplots(len(datasets) * 3, n_samples, figsize=(1.6 * n_samples, 1.7 * 3 * len(datasets)))
+axes = np.atleast_2d(axes)
+for d, name in enumerate(datasets):
+    x, labels = samples[name]
+    v = priors.make_views(x, cfg)
+    for j in range(n_samples):
+        for k, view_name in enumerate(cfg.views):
+            show(axes[3 * d + k, j], v[k, j], f"{labels[j]}" if k == 0 else None)
+        axes[3 * d, 0].text(-0.1, 0.5, name, transform=axes[3 * d, 0].transAxes, rotation=90, va="center",
+                            ha="right", fontsize=9)
+fig.suptitle("Training samples: rgb / edge / hf rows per dataset")
+fig.tight_layout()
+out.figure(fig, "priors_datasets")
+
+fig, axes = plt.subplots(1, len(datasets), figsize=(4 * len(datasets), 3), squeeze=False)
+for ax, name in zip(axes[0], datasets):
+    for v, power in spectra_rows[name].items():
+        ax.semilogy(np.linspace(0, 1, len(power)), power, label=v)
+    ax.set_title(name)
+    ax.set_xlabel("radial frequency / max")
+axes[0, 0].set_ylabel("mean power")
+axes[0, 0].legend()
+out.figure(fig, "priors_spectra")
+
+energy = pd.DataFrame(energy_rows).pivot(index="dataset", columns="radius", values="energy kept (%)").reset_index()
+energy.columns = ["dataset"] + [f"r={r}" for r in radii]
+out.table(energy, "priors_energy_kept", "Share of non-DC spectral energy the FFT high-pass keeps, by radius")
+energy
+
+# %% tags=["nbval-check"]
+# NBVAL_CHECK_OUTPUT
+print("views:", tuple(views.shape), "max |diff| to skimage < 1e-3:", bool(agreement["max abs diff"][:3].max() < 1e-3))
+
+# %%
+out.results_json("01_priors", {"reference_agreement": agreement.to_dict("records"),
+                               "energy_kept": energy_rows, "datasets": datasets})

@@ -1,0 +1,121 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 02 · Single-view and multi-view teachers
+#
+# The *single-view teacher* is a backbone trained on RGB: the usual KD teacher. The
+# *multi-view teacher* starts from it (`teacher_init = rgb`) and is fine-tuned on all views
+# at once, with per-view BatchNorm (`view_bn = per_view`) and text-aligned heads `P_v`
+# (docs/method.md §2). Per-view accuracy, fused accuracy and attention maps (Grad-CAM).
+#
+# At test time there is no label: the fused teacher's weights condition on its own
+# prediction (`condition = pred`). During distillation they condition on the label.
+
+# %% tags=["parameters"]
+profile = "cpu"
+datasets = None  # None: the profile's datasets (tmkd_core.config.PROFILE_PLANS)
+out_dir = "figures"
+n_cam = 6
+
+# %%
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+
+from tmkd_core.analysis import fused_teacher_forward, grad_cam, rgb_teacher_forward
+from tmkd_core.config import dataset_config, profile_plan
+from tmkd_core.experiment import load_data, multiview_teacher, single_view_teacher, teacher_report
+from tmkd_core.report import Outputs, find_root
+
+out = Outputs(find_root() / out_dir)
+datasets = profile_plan(profile, "datasets", datasets)
+
+# %% [markdown]
+# ## Accuracy of each view and of the fused teacher
+# Trained once and cached under `data/checkpoints/` (keyed by their settings).
+
+# %%
+reports, curves = {}, {}
+for name in datasets:
+    cfg = dataset_config(profile, name)
+    reports[name] = {split: teacher_report(cfg, split) for split in ("val", "test")}
+    curves[name] = {"rgb": single_view_teacher(cfg)[1]["history"], "multi": multiview_teacher(cfg)[1]["history"]}
+
+rows = []
+for name, rep in reports.items():
+    r = rep["test"]
+    rows.append({"dataset": name, "teacher": r["arch"], "params": r["teacher_params"],
+                 "RGB teacher": 100 * r["rgb_teacher"], "MV: rgb view": 100 * r["view_rgb"],
+                 "MV: edge view": 100 * r["view_edge"], "MV: hf view": 100 * r["view_hf"],
+                 "MV: uniform fusion": 100 * r["uniform"], "MV: text fusion": 100 * r["fused"],
+                 "val: RGB teacher": 100 * rep["val"]["rgb_teacher"], "val: text fusion": 100 * rep["val"]["fused"]})
+teachers = pd.DataFrame(rows)
+out.table(teachers, "teachers", "Teacher top-1 accuracy (%) on the test split (and on validation)")
+teachers
+
+# %% [markdown]
+# ## Training curves
+
+# %%
+fig, axes = plt.subplots(1, len(datasets), figsize=(4 * len(datasets), 3), squeeze=False)
+for ax, name in zip(axes[0], datasets):
+    rgb, multi = curves[name]["rgb"], curves[name]["multi"]
+    ax.plot([h["epoch"] for h in rgb], [h["train_acc"] for h in rgb], label="RGB teacher")
+    ax.plot([len(rgb) + h["epoch"] for h in multi], [h["train_acc"] for h in multi],
+            label="multi-view fine-tuning (mean over views)")
+    ax.set_title(name)
+    ax.set_xlabel("epoch")
+axes[0, 0].set_ylabel("train accuracy (augmented)")
+axes[0, 0].legend(fontsize=8)
+out.figure(fig, "teachers_curves")
+
+# %% [markdown]
+# ## Where the teachers look (Grad-CAM)
+# Grad-CAM of the true class on the last stage: the RGB teacher, and the fused multi-view
+# teacher (its views' maps summed, since the views are pixel-aligned).
+
+# %%
+fig, axes = plt.subplots(3 * len(datasets), n_cam, figsize=(1.7 * n_cam, 1.8 * 3 * len(datasets)), squeeze=False)
+for d, name in enumerate(datasets):
+    cfg = dataset_config(profile, name)
+    test = load_data(cfg).test
+    idx = torch.stack([(test.labels == c).nonzero()[0, 0] for c in range(n_cam)])
+    x, y = test.images[idx].float() / 255, test.labels[idx]
+    cams = {"RGB teacher": grad_cam(x, y, *rgb_teacher_forward(cfg)),
+            "multi-view": grad_cam(x, y, *fused_teacher_forward(cfg, y))}
+    for j in range(n_cam):
+        img = x[j].permute(1, 2, 0).squeeze(-1)
+        axes[3 * d, j].imshow(img, cmap="gray" if x.shape[1] == 1 else None)
+        axes[3 * d, j].set_title(load_data(cfg).class_names[int(y[j])], fontsize=8)
+        for k, (label, cam) in enumerate(cams.items()):
+            axes[3 * d + 1 + k, j].imshow(img, cmap="gray" if x.shape[1] == 1 else None)
+            axes[3 * d + 1 + k, j].imshow(cam[j], cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            if j == 0:
+                axes[3 * d + 1 + k, j].set_ylabel(label, fontsize=8)
+    axes[3 * d, 0].set_ylabel(name, fontsize=9)
+for ax in axes.flat:
+    ax.set_xticks([])
+    ax.set_yticks([])
+fig.tight_layout()
+out.figure(fig, "teachers_gradcam")
+
+# %% tags=["nbval-check"]
+# NBVAL_CHECK_OUTPUT
+print("columns:", list(teachers.columns[:4]), "datasets:", len(teachers))
+
+# %%
+out.results_json("02_teachers", {"reports": reports, "curves": curves}, dataset_config(profile, datasets[0]))

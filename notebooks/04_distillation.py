@@ -1,0 +1,114 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 · Distillation: the main table
+#
+# For every dataset of the profile, the baselines and TMKD of docs/method.md §6, each over
+# several seeds: the student trained with CE alone; KD from the single-view teacher; KD
+# from the multi-view teacher with uniform weights; DKD from the single-view teacher;
+# TMKD; TMKD with DKD in place of KD. The deployed student is the same network in every
+# row. Accuracies are on the test split; Δ is the paired (same-seed) difference to KD with
+# its 95% t-interval.
+
+# %% tags=["parameters"]
+profile = "cpu"
+datasets = None  # None: the profile's datasets (tmkd_core.config.PROFILE_PLANS)
+seeds = None  # None: the profile's seeds
+out_dir = "figures"
+
+# %%
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from tmkd_core.config import METHODS, dataset_config, method_config, profile_plan, with_overrides
+from tmkd_core.experiment import run_student, teacher_report
+from tmkd_core.report import Outputs, find_root, method_table
+
+out = Outputs(find_root() / out_dir)
+datasets = profile_plan(profile, "datasets", datasets)
+seeds = profile_plan(profile, "seeds", seeds)
+
+# %% [markdown]
+# ## Runs
+# Each run is cached in `data/runs/` under the hash of its full configuration.
+
+# %%
+runs = {}
+for name in datasets:
+    base = dataset_config(profile, name)
+    runs[name] = {m: [run_student(method_config(base, m, {"seed": s})) for s in seeds] for m in METHODS}
+
+# %% [markdown]
+# ## Main table
+
+# %%
+tables = []
+for name in datasets:
+    base = dataset_config(profile, name)
+    teacher = teacher_report(base, "test")
+    t = method_table(runs[name], reference="KD")
+    t.insert(0, "dataset", name)
+    t["student"] = f"{base.student.arch} ({runs[name]['CE'][0]['student_params'] / 1e3:.0f}k)"
+    t["teacher"] = f"{base.teacher.arch} ({teacher['teacher_params'] / 1e3:.0f}k): RGB {100 * teacher['rgb_teacher']:.2f}, fused {100 * teacher['fused']:.2f}"
+    t["train s/run"] = [f"{np.mean([r['train_time_s'] for r in runs[name][m]]):.0f}" for m in runs[name]]
+    tables.append(t)
+main = pd.concat(tables, ignore_index=True)
+shown = main.drop(columns=["mean", "sd"])
+out.table(shown, "main_results", f"Student test accuracy (%), mean ± sd over seeds {seeds}; Δ: paired difference to KD")
+shown
+
+# %% [markdown]
+# ## Training curves
+# Validation accuracy after each epoch, mean over seeds.
+
+# %%
+fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.2), squeeze=False)
+for ax, name in zip(axes[0], datasets):
+    for m, results in runs[name].items():
+        curve = np.mean([[h["val_acc"] for h in r["history"]] for r in results], axis=0)
+        ax.plot(np.arange(1, len(curve) + 1), 100 * curve, marker="o", ms=3, label=m)
+    ax.set_title(name)
+    ax.set_xlabel("epoch")
+axes[0, 0].set_ylabel("val accuracy (%)")
+axes[0, -1].legend(fontsize=7)
+fig.tight_layout()
+out.figure(fig, "distillation_curves")
+
+fig, ax = plt.subplots(figsize=(1.6 + 1.6 * len(datasets), 3.2))
+width = 0.8 / len(METHODS)
+for k, m in enumerate(METHODS):
+    sub = main[main["method"] == m]
+    ax.bar(np.arange(len(datasets)) + k * width, sub["mean"], width, yerr=sub["sd"], label=m, capsize=2)
+ax.set_xticks(np.arange(len(datasets)) + 0.4 - width / 2)
+ax.set_xticklabels(datasets)
+ax.set_ylim(max(0, main["mean"].min() - 10), min(100, main["mean"].max() + 5))
+ax.set_ylabel("test accuracy (%)")
+ax.legend(fontsize=7, ncol=2)
+out.figure(fig, "distillation_results")
+
+# %% tags=["nbval-check"]
+# NBVAL_CHECK_OUTPUT
+print("rows:", len(main), "methods:", list(METHODS))
+
+# %%
+out.results_json("04_distillation", {
+    "datasets": datasets,
+    "table": main.to_dict("records"),
+    "runs": {d: {m: [{k: r[k] for k in ("seed", "val_acc", "test_acc", "train_time_s", "cache_time_s", "run_key")}
+                     for r in rs] for m, rs in per.items()} for d, per in runs.items()},
+}, dataset_config(profile, datasets[0]), seeds)

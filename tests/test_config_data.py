@@ -1,0 +1,116 @@
+"""Configuration switches and the data layer's splits and errors."""
+import gzip
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tmkd_core.config import (METHODS, SWITCHES, DataConfig, config_hash, make_config, method_config,
+                              with_overrides)
+from tmkd_core.data import DatasetNotFound, FolderImageSet, load_splits, stratified_order
+
+
+def test_every_switch_validates_and_lists_its_values():
+    cfg = make_config("smoke")
+    paths = {"edge_operator": "views", "hf_filter": "views", "edge_mode": "views", "hf_mode": "views",
+             "view_bn": "teacher", "teacher_init": "teacher", "prompts": "text", "condition": "fusion",
+             "weights": "fusion", "granularity": "fusion", "vlc": "student", "kd_term": "student",
+             "teacher": "student", "teacher_outputs": "student", "backend": "text"}
+    assert set(paths) == set(SWITCHES)
+    for switch, section in paths.items():
+        for value in SWITCHES[switch]:
+            assert getattr(getattr(with_overrides(cfg, {f"{section}.{switch}": value}), section), switch) == value
+        with pytest.raises(ValueError, match=", ".join(SWITCHES[switch])):
+            with_overrides(cfg, {f"{section}.{switch}": "bogus"})
+
+
+def test_unknown_settings_and_profiles_say_what_is_valid():
+    cfg = make_config("cpu")
+    with pytest.raises(KeyError, match="tau_w"):
+        with_overrides(cfg, {"fusion.tau": 1.0})
+    with pytest.raises(KeyError, match="smoke, cpu, paper"):
+        make_config("laptop")
+    with pytest.raises(KeyError, match="TMKD"):
+        method_config(cfg, "FitNet")
+    with pytest.raises(ValueError, match="start with 'rgb'"):
+        with_overrides(cfg, {"views.views": ["edge", "hf"]})
+
+
+def test_profiles_and_methods():
+    smoke, cpu, paper = (make_config(p) for p in ("smoke", "cpu", "paper"))
+    assert smoke.data.train_size < cpu.data.train_size
+    assert paper.data.name == "cifar100" and paper.text.backend == "open_clip"
+    assert paper.teacher.arch == "resnet32x4" and paper.student.arch == "resnet8x4"
+    tmkd = method_config(cpu, "TMKD + DKD")
+    assert tmkd.student.distiller == "tmkd" and tmkd.student.kd_term == "dkd"
+    assert method_config(cpu, "KD (multi-view, uniform)").fusion.weights == "uniform"
+    assert len({config_hash(method_config(cpu, m)) for m in METHODS}) == len(METHODS)
+
+
+def test_validation_split_is_fixed_disjoint_and_balanced(cifar_cfg):
+    a = load_splits(cifar_cfg.data)
+    b = load_splits(cifar_cfg.data)
+    assert torch.equal(a.val.images, b.val.images)
+    assert len(a.val) == 500 and len(a.train) == 1000 and len(a.test) == 1000
+    assert a.val.labels.bincount().tolist() == [50] * 10
+    train_keys = {img.numpy().tobytes() for img in a.train.images}
+    assert not any(img.numpy().tobytes() in train_keys for img in a.val.images)
+    other = load_splits(DataConfig(**{**cifar_cfg.data.__dict__, "split_seed": 1}))
+    assert not torch.equal(other.val.images, a.val.images)
+
+
+def test_stratified_order_interleaves_classes():
+    labels = torch.arange(4).repeat_interleave(25)
+    order = stratified_order(labels, seed=0)
+    assert sorted(order.tolist()) == list(range(100))
+    assert labels[order[:8]].bincount(minlength=4).tolist() == [2, 2, 2, 2]
+
+
+def test_corrupt_archive_is_refused(tmp_path):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    with tarfile.open(mirror / "cifar10-jpeg.tar.gz", "w:gz"):
+        pass
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        load_splits(DataConfig(name="cifar10", root=str(tmp_path / "data"), mirror=str(mirror)))
+
+
+def test_missing_dataset_names_the_paths_tried(tmp_path, no_network):
+    cfg = DataConfig(name="imagenette64", root=str(tmp_path / "data"), mirror=str(tmp_path / "nowhere"))
+    with pytest.raises(DatasetNotFound, match=r"nowhere/imagenette-64-jpeg.tar.gz.*download=True"):
+        load_splits(cfg)
+    with pytest.raises(DatasetNotFound, match=r"cifar10-jpeg.tar.gz"):
+        load_splits(DataConfig(name="cifar10", root=str(tmp_path / "data"), mirror=str(tmp_path / "nowhere")))
+    with pytest.raises(KeyError, match="fashion_mnist"):
+        load_splits(DataConfig(name="mnist", root=str(tmp_path)))
+
+
+def test_corrupt_image_names_its_file(tmp_path):
+    good, bad = tmp_path / "good.png", tmp_path / "bad.jpg"
+    from PIL import Image
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(good)
+    bad.write_bytes(b"not a jpeg")
+    images = FolderImageSet([str(good), str(bad)], [0, 1], ["a", "b"], size=8)
+    assert images[0].shape == (3, 8, 8)
+    with pytest.raises(ValueError, match="bad.jpg"):
+        images.load(torch.tensor([0, 1]))
+
+
+def test_fashion_mnist_from_the_debian_package():
+    root = Path("/usr/share/datasets/fashion-mnist")
+    if not (root / "train-images-idx3-ubyte.gz").exists():
+        pytest.fail("Fashion-MNIST not installed: `make setup` installs the Debian package dataset-fashion-mnist")
+    splits = load_splits(DataConfig(name="fashion_mnist", val_size=1000, train_size=2000))
+    assert splits.train.images.shape == (2000, 1, 28, 28) and splits.train.images.dtype == torch.uint8
+    assert len(splits.test) == 10000 and splits.class_names[-1] == "ankle boot"
+    assert splits.test.labels.bincount().tolist() == [1000] * 10
+
+
+def test_imagenette_mirror_at_64px(cifar_cfg):
+    splits = load_splits(DataConfig(name="imagenette64", root=cifar_cfg.data.root, mirror=cifar_cfg.data.mirror,
+                                    val_size=500))
+    assert splits.train.images.shape[1:] == (3, 64, 64)
+    assert len(splits.train) + len(splits.val) == 9469 and len(splits.test) == 3925
+    assert splits.class_names[0] == "tench"

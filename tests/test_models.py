@@ -1,0 +1,67 @@
+"""Model output contracts and the multi-view teacher wrapper (method.md §2)."""
+import pytest
+import torch
+
+from tmkd_core.models import MODELS, MultiViewTeacher, ViewBatchNorm2d, build_model, count_parameters
+
+
+@pytest.mark.parametrize("arch", MODELS.names())
+def test_every_model_returns_logits_and_pooled_features(arch):
+    model = build_model(arch, num_classes=7, in_channels=3).eval()
+    logits, feats = model(torch.rand(2, 3, 32, 32))
+    assert logits.shape == (2, 7)
+    assert feats["pooled"].shape == (2, model.feature_dim)
+    assert len(feats["stages"]) == 3
+    torch.testing.assert_close(model.fc(feats["pooled"]), logits)
+
+
+def test_grayscale_and_64px_inputs():
+    model = build_model("resnet8", 10, in_channels=1).eval()
+    assert model(torch.rand(2, 1, 28, 28))[0].shape == (2, 10)
+    assert model(torch.rand(2, 1, 64, 64))[0].shape == (2, 10)
+
+
+def test_sizes_order_as_expected():
+    sizes = {a: count_parameters(build_model(a, 100)) for a in ("resnet8", "resnet20", "resnet8x4", "resnet32x4")}
+    assert sizes["resnet8"] < sizes["resnet20"] < sizes["resnet8x4"] < sizes["resnet32x4"]
+    assert 7.0e6 < sizes["resnet32x4"] < 7.6e6  # 7.4 M in the CRD benchmark
+
+
+def test_unknown_model_lists_the_available_ones():
+    with pytest.raises(KeyError, match="resnet8x4"):
+        build_model("resnet9000", 10)
+
+
+def test_multiview_teacher_per_view_batchnorm_runs_one_backbone_call():
+    backbone = build_model("resnet8", 10)
+    teacher = MultiViewTeacher(backbone, ("rgb", "edge", "hf"), text_dim=12, view_bn="per_view")
+    bns = [m for m in teacher.modules() if isinstance(m, ViewBatchNorm2d)]
+    assert bns and all(len(m.bns) == 3 for m in bns)
+    calls = []
+    teacher.backbone.stem.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    out = teacher(torch.rand(3, 4, 3, 32, 32))
+    assert calls == [12]  # one batched call over V*B images
+    assert out["logits"].shape == (3, 4, 10) and out["pooled"].shape == (3, 4, 64) and out["text"].shape == (3, 4, 12)
+
+
+def test_per_view_batchnorm_keeps_views_apart():
+    teacher = MultiViewTeacher(build_model("resnet8", 10), ("rgb", "edge"), 4, "per_view").train()
+    views = torch.stack([torch.rand(8, 3, 32, 32), torch.rand(8, 3, 32, 32) * 0.1])
+    teacher(views)
+    bn = next(m for m in teacher.modules() if isinstance(m, ViewBatchNorm2d))
+    assert not torch.allclose(bn.bns[0].running_mean, bn.bns[1].running_mean)
+    # each view alone gives the same output as in the stack (eval mode: per-view statistics)
+    teacher.eval()
+    both = teacher(views)["logits"]
+    shared = MultiViewTeacher(build_model("resnet8", 10), ("rgb", "edge"), 4, "shared")
+    assert not any(isinstance(m, ViewBatchNorm2d) for m in shared.modules())
+    assert both.shape == (2, 8, 10)
+
+
+def test_per_view_bn_starts_from_the_rgb_teacher():
+    rgb = build_model("resnet8", 10)
+    with torch.no_grad():
+        rgb.stem[1].running_mean.fill_(0.7)
+    teacher = MultiViewTeacher(rgb, ("rgb", "edge", "hf"), 4, "per_view")
+    for bn in teacher.backbone.stem[1].bns:
+        torch.testing.assert_close(bn.running_mean, torch.full_like(bn.running_mean, 0.7))

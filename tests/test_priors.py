@@ -1,0 +1,106 @@
+"""Views against scikit-image references on real photographs (method.md §1)."""
+import numpy as np
+import pytest
+import torch
+from skimage import color, feature, filters
+
+from tmkd_core import priors
+from tmkd_core.config import ViewConfig
+
+
+def _gray(photos):
+    return np.stack([color.rgb2gray(p.permute(1, 2, 0).numpy()) for p in photos])
+
+
+def _max_scaled(a):
+    return a / a.reshape(len(a), -1).max(1).reshape(-1, 1, 1)
+
+
+def test_luminance_matches_rgb2gray(photos):
+    np.testing.assert_allclose(priors.luminance(photos)[:, 0].numpy(), _gray(photos), atol=1e-5)
+
+
+@pytest.mark.parametrize("operator,reference", [
+    ("sobel", filters.sobel), ("scharr", filters.scharr), ("laplacian", lambda g: np.abs(filters.laplace(g))),
+])
+def test_edge_operators_match_skimage(photos, operator, reference):
+    # Tolerance 1e-4 on [0, 1] maps: float32 vs float64 rounding only; borders included.
+    ours = priors.edge_map(photos, operator)
+    expected = _max_scaled(np.stack([reference(g) for g in _gray(photos)]))
+    assert ours.shape == photos.shape
+    for c in range(3):  # repeated to every channel
+        np.testing.assert_allclose(ours[:, c].numpy(), expected, atol=1e-4)
+
+
+def test_canny_is_skimage_canny(photos):
+    ours = priors.edge_map(photos, "canny")[:, 0].numpy()
+    expected = np.stack([feature.canny(g, sigma=1.0) for g in _gray(photos)]).astype(np.float32)
+    np.testing.assert_array_equal(ours, expected)
+
+
+def _min_max_image(a):
+    return (a - a.min()) / (a.max() - a.min())
+
+
+def test_fft_highpass_matches_butterworth(photos):
+    # An order-20 Butterworth high-pass approximates the ideal disc; they differ only in
+    # the few bins near the cut-off, so the mean absolute difference on [0, 1] maps is
+    # below 0.01 and the maps correlate above 0.99.
+    r = 0.25
+    ours = priors.hf_map(photos, "fft", radius=r).numpy()
+    ref = np.stack([
+        _min_max_image(filters.butterworth(p.permute(1, 2, 0).numpy().astype(np.float64), cutoff_frequency_ratio=r * 0.5,
+                                           high_pass=True, order=20, channel_axis=-1).transpose(2, 0, 1))
+        for p in photos])
+    assert np.abs(ours - ref).mean() < 0.01
+    assert np.corrcoef(ours.ravel(), ref.ravel())[0, 1] > 0.99
+
+
+def test_gaussian_highpass_matches_difference_of_gaussian(photos):
+    sigma = 1.5
+    ours = priors.hf_map(photos, "gaussian", sigma=sigma).numpy()
+    ref = []
+    for p in photos:
+        img = p.permute(1, 2, 0).numpy().astype(np.float64)
+        resid = img - filters.gaussian(img, sigma=sigma, mode="reflect", truncate=4.0, channel_axis=-1,
+                                       preserve_range=True)
+        ref.append(_min_max_image(resid.transpose(2, 0, 1)))
+    np.testing.assert_allclose(ours, np.stack(ref), atol=1e-4)
+
+
+def test_fft_highpass_removes_low_frequencies(photos):
+    out = priors.fft_highpass(photos, radius=0.3)
+    spec = torch.fft.fft2(out).abs()
+    low = priors.frequency_radius(96, 96) < 0.15
+    assert spec[..., low].max() < 1e-3 * spec.max()
+    assert out.mean(dim=(-2, -1)).abs().max() < 1e-5  # the DC component is gone
+
+
+@pytest.mark.parametrize("name", ["rgb", "edge", "hf"])
+@pytest.mark.parametrize("mode", ["map", "enhance"])
+def test_views_keep_shape_and_range(photos, name, mode):
+    cfg = ViewConfig(edge_mode=mode, hf_mode=mode)
+    v = priors.view(photos, name, cfg)
+    assert v.shape == photos.shape and v.min() >= 0 and v.max() <= 1 + 1e-6
+
+
+def test_enhance_adds_the_scaled_prior(photos):
+    cfg = ViewConfig(edge_mode="enhance", enhance_lambda=0.3)
+    expected = (photos + 0.3 * priors.edge_map(photos, "sobel")).clamp(0, 1)
+    torch.testing.assert_close(priors.view(photos, "edge", cfg), expected)
+
+
+def test_make_views_stacks_in_order_and_handles_grayscale(photos):
+    cfg = ViewConfig()
+    v = priors.make_views(photos, cfg)
+    assert v.shape == (3, *photos.shape)
+    torch.testing.assert_close(v[0], photos)
+    gray = photos[:, :1]
+    assert priors.make_views(gray, cfg).shape == (3, *gray.shape)
+
+
+def test_unknown_operator_lists_the_valid_ones(photos):
+    with pytest.raises(KeyError, match="sobel"):
+        priors.edge_map(photos, "prewitt")
+    with pytest.raises(ValueError, match="canny"):
+        ViewConfig(edge_operator="prewitt")

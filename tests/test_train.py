@@ -1,0 +1,113 @@
+"""Training: exact resume, the teacher cache, and a short real distillation."""
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from tmkd_core import experiment
+from tmkd_core.config import OptimConfig, method_config, with_overrides
+from tmkd_core.data import AugmentPlan, load_splits, to_float
+from tmkd_core.distillers import build_distiller
+from tmkd_core.models import build_model
+from tmkd_core.teachers import TeacherCache
+from tmkd_core.train import fit, supervised_loss
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _train(splits, epochs_before_interrupt, checkpoint):
+    torch.manual_seed(0)
+    model = build_model("resnet8", 10)
+
+    def stop(epoch, record):
+        if epoch == epochs_before_interrupt:
+            raise Interrupt
+
+    kwargs = dict(batch_size=100, seed=3, augment_seed=5, checkpoint=checkpoint, progress=False)
+    try:
+        fit(model, supervised_loss(model), splits.train, OptimConfig(epochs=3, lr=0.05), on_epoch_end=stop, **kwargs)
+    except Interrupt:
+        torch.manual_seed(123)  # a resumed process starts from other weights and RNG state
+        model = build_model("resnet8", 10)
+        history = fit(model, supervised_loss(model), splits.train, OptimConfig(epochs=3, lr=0.05), **kwargs)
+        return model, history
+    raise AssertionError("the run was not interrupted")
+
+
+def test_resumed_run_continues_from_its_checkpoint(cifar_cfg, tmp_path):
+    splits = load_splits(cifar_cfg.data)
+    straight = build_model("resnet8", 10)
+    torch.manual_seed(0)
+    straight = build_model("resnet8", 10)
+    ref_history = fit(straight, supervised_loss(straight), splits.train, OptimConfig(epochs=3, lr=0.05),
+                      batch_size=100, seed=3, augment_seed=5, progress=False)
+    resumed, history = _train(splits, 2, tmp_path / "ckpt.pt")
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[:2] == torch.load(tmp_path / "ckpt.pt", weights_only=True)["history"][:2]
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"] == 3 * (len(splits.train) // 100)
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=f"{k} differs after resume")
+    assert history[-1]["loss_ce"] == pytest.approx(ref_history[-1]["loss_ce"], rel=1e-5)
+
+
+def test_augment_plan_is_a_fixed_crop_and_flip():
+    x = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).view(2, 1, 6, 6)
+    plan = AugmentPlan.draw(10, seed=1, replica=2, pad=2)
+    again = AugmentPlan.draw(10, seed=1, replica=2, pad=2)
+    assert torch.equal(plan.dy, again.dy) and torch.equal(plan.flip, again.flip)
+    idx = torch.tensor([7, 3])
+    out = plan.apply(x, idx)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for b, i in enumerate(idx):
+        crop = padded[b, :, plan.dy[i]:plan.dy[i] + 6, plan.dx[i]:plan.dx[i] + 6]
+        torch.testing.assert_close(out[b], crop.flip(-1) if plan.flip[i] else crop)
+    assert not torch.equal(AugmentPlan.draw(10, 1, 3, 2).dx, plan.dx)
+
+
+def test_teacher_cache_equals_the_online_teacher(cifar_cfg, tmp_path):
+    splits = experiment.load_data(cifar_cfg)
+    teacher = experiment.fused_teacher(cifar_cfg, splits)
+    small = splits.train.subset(torch.arange(64))
+    cache = TeacherCache.build(tmp_path / "cache", teacher, small, replicas=2, augment_seed=0, augment=True,
+                               batch_size=32, device="cpu")
+    idx = torch.tensor([50, 3, 17, 9])
+    images, labels = small.load(idx), small.labels[idx]
+    for replica in (0, 1, 2):  # replica 2 wraps to 0
+        x = AugmentPlan.draw(64, 0, replica % 2).apply(to_float(images), idx)
+        online = teacher(x, labels)
+        cached = teacher.from_pooled(cache.get(idx, replica, "cpu"), labels, x)
+        torch.testing.assert_close(cached["logits"], online["logits"], atol=2e-2, rtol=1e-2)
+        torch.testing.assert_close(cached["weights"], online["weights"], atol=2e-2, rtol=1e-2)
+
+
+def test_distiller_keeps_the_teacher_frozen_and_in_eval(cifar_cfg):
+    cfg = method_config(cifar_cfg, "TMKD")
+    splits = experiment.load_data(cfg)
+    teacher = experiment.frozen_teacher(cfg, splits)
+    distiller = build_distiller(build_model("resnet8", 10), teacher, cfg.student)
+    distiller.train()
+    assert distiller.student.training and not teacher.training
+    assert not any(p.requires_grad for p in teacher.parameters())
+    names = {n for n, p in distiller.named_parameters() if p.requires_grad}
+    assert any(n.startswith("connector") for n in names) and any(n.startswith("text_head") for n in names)
+    assert len(distiller.trainable_parameters()) == len(names)
+    x = to_float(splits.train.load(torch.arange(8)))
+    logits, losses = distiller.forward_train(x, splits.train.labels[:8], torch.arange(8), 0.0)
+    assert set(losses) == {"ce", "kd", "feat", "vlc"} and logits.shape == (8, 10)
+    off = build_distiller(build_model("resnet8", 10), teacher, replace(cfg.student, vlc="off", beta=0.0))
+    assert set(off.forward_train(x, splits.train.labels[:8], torch.arange(8), 0.0)[1]) == {"ce", "kd"}
+
+
+@pytest.mark.slow
+def test_short_tmkd_distillation_on_real_cifar10_beats_chance(cifar_cfg):
+    cfg = with_overrides(method_config(cifar_cfg, "TMKD"),
+                         {"data.train_size": 3000, "teacher.optim.epochs": 3, "student.optim.epochs": 3,
+                          "student.cache_replicas": 3})
+    result = experiment.run_student(cfg, force=True)
+    assert result["test_acc"] > 0.30, result["test_acc"]  # chance is 0.10 on the 1,000 test images
+    losses = [h["loss_ce"] for h in result["history"]]
+    assert losses[-1] < losses[0]
+    assert {"loss_kd", "loss_feat", "loss_vlc"} <= set(result["history"][-1])

@@ -1,0 +1,118 @@
+"""Distillers: each returns (student logits, {name: weighted loss term}); the trainer sums the dict.
+
+    CE    L = CE(z_S, y)
+    KD    L = CE + alpha * tau^2 * KL(softmax(z_T/tau) || softmax(z_S/tau))
+    DKD   L = CE + w(t) * DKD(z_S, z_T, y)                      (linear warm-up w(t))
+    TMKD  L = CE + alpha * KD (or DKD) + beta * MSE(C h_S, h_T) + gamma * L_VLC
+
+with L_VLC (switch `vlc`): `class_text` CE over classes of cos(G h_S, t_{rgb,c}) / tau_c;
+`teacher_text` InfoNCE of G h_S against the fused teacher's q_T across the batch; `both`;
+`off`. C and G are linear and dropped after training: the deployed student is g alone.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import StudentConfig
+from .losses import batch_infonce, dkd_loss, feature_loss, kd_loss, text_nce
+from .registry import Registry
+from .teachers import FrozenTeacher, TeacherCache
+
+DISTILLERS: Registry = Registry("distiller")
+
+
+class Distiller(nn.Module):
+    """Student + optional frozen teacher (kept in eval mode here, not by callers)."""
+
+    def __init__(self, student: nn.Module, teacher: FrozenTeacher | None, cfg: StudentConfig,
+                 cache: TeacherCache | None = None):
+        super().__init__()
+        self.student, self.teacher, self.cfg, self.cache = student, teacher, cfg, cache
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def trainable_parameters(self):
+        return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("teacher.")]
+
+    def teacher_outputs(self, x, labels, idx, epoch: float) -> dict:
+        if self.cache is not None:
+            pooled = self.cache.get(idx, int(epoch), x.device)
+            return self.teacher.from_pooled(pooled, labels, x)
+        return self.teacher(x, labels)
+
+    def forward(self, x):
+        return self.student(x)[0]
+
+    def forward_train(self, x, labels, idx, epoch: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+
+@DISTILLERS.register("ce")
+class CrossEntropyOnly(Distiller):
+    def forward_train(self, x, labels, idx, epoch):
+        logits, _ = self.student(x)
+        return logits, {"ce": F.cross_entropy(logits, labels)}
+
+
+def _kd_term(cfg: StudentConfig, kind: str, z_s, z_t, labels, epoch: float) -> torch.Tensor:
+    if kind == "kd":
+        return cfg.alpha * kd_loss(z_s, z_t.to(z_s.dtype), cfg.tau)
+    warm = min(epoch / cfg.dkd_warmup_epochs, 1.0) if cfg.dkd_warmup_epochs > 0 else 1.0
+    return warm * dkd_loss(z_s, z_t.to(z_s.dtype), labels, cfg.dkd_alpha, cfg.dkd_beta, cfg.tau)
+
+
+@DISTILLERS.register("kd")
+class KD(Distiller):
+    kind = "kd"
+
+    def forward_train(self, x, labels, idx, epoch):
+        logits, _ = self.student(x)
+        z_t = self.teacher_outputs(x, labels, idx, epoch)["logits"]
+        return logits, {"ce": F.cross_entropy(logits, labels),
+                        self.kind: _kd_term(self.cfg, self.kind, logits, z_t, labels, epoch)}
+
+
+@DISTILLERS.register("dkd")
+class DKD(KD):
+    kind = "dkd"
+
+
+@DISTILLERS.register("tmkd")
+class TMKD(Distiller):
+    def __init__(self, student, teacher, cfg, cache=None):
+        super().__init__(student, teacher, cfg, cache)
+        if not hasattr(teacher, "class_text"):
+            raise ValueError("distiller 'tmkd' needs the multi-view teacher (student.teacher='multi')")
+        d_s, d_t, d_text = student.feature_dim, teacher.feature_dim, teacher.class_text.shape[-1]
+        self.connector = nn.Linear(d_s, d_t) if cfg.beta > 0 else None
+        self.text_head = nn.Linear(d_s, d_text) if cfg.vlc != "off" and cfg.gamma > 0 else None
+
+    def forward_train(self, x, labels, idx, epoch):
+        logits, feats = self.student(x)
+        t = self.teacher_outputs(x, labels, idx, epoch)
+        losses = {"ce": F.cross_entropy(logits, labels),
+                  self.cfg.kd_term: _kd_term(self.cfg, self.cfg.kd_term, logits, t["logits"], labels, epoch)}
+        h_s = feats["pooled"]
+        if self.connector is not None:
+            losses["feat"] = self.cfg.beta * feature_loss(self.connector(h_s), t["pooled"].to(h_s.dtype))
+        if self.text_head is not None:
+            q_s = self.text_head(h_s)
+            vlc = 0.0
+            if self.cfg.vlc in ("class_text", "both"):
+                vlc = vlc + text_nce(q_s, self.teacher.class_text[0].to(q_s.dtype), labels, self.cfg.tau_c)
+            if self.cfg.vlc in ("teacher_text", "both"):
+                vlc = vlc + batch_infonce(q_s, t["text"].to(q_s.dtype), self.cfg.tau_c)
+            losses["vlc"] = self.cfg.gamma * vlc
+        return logits, losses
+
+
+def build_distiller(student, teacher, cfg: StudentConfig, cache=None) -> Distiller:
+    if cfg.distiller != "ce" and teacher is None:
+        raise ValueError(f"distiller {cfg.distiller!r} needs a teacher")
+    return DISTILLERS.get(cfg.distiller)(student, teacher, cfg, cache)

