@@ -35,7 +35,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from tmkd_core.config import METHODS, dataset_config, method_config, profile_plan, with_overrides
+from tmkd_core.config import METHODS, dataset_config, method_config, profile_plan
 from tmkd_core.experiment import run_student, teacher_report
 from tmkd_core.report import Outputs, find_root, method_table
 

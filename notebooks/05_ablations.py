@@ -32,7 +32,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 
 from tmkd_core.config import ABLATIONS, dataset_config, method_config, profile_plan

@@ -1,5 +1,4 @@
 """Configuration switches and the data layer's splits and errors."""
-import gzip
 import tarfile
 from pathlib import Path
 
@@ -114,3 +113,27 @@ def test_imagenette_mirror_at_64px(cifar_cfg):
     assert splits.train.images.shape[1:] == (3, 64, 64)
     assert len(splits.train) + len(splits.val) == 9469 and len(splits.test) == 3925
     assert splits.class_names[0] == "tench"
+
+
+def test_imagefolder_dataset_trains_through_the_same_loop(tmp_path):
+    from PIL import Image
+
+    from tmkd_core.config import OptimConfig
+    from tmkd_core.models import build_model
+    from tmkd_core.train import evaluate, fit, supervised_loss
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("val", 4)):
+        for cls in ("ant", "bee"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(tmp_path / split / cls / f"{i}.png")
+    splits = load_splits(DataConfig(name="imagefolder", folder=str(tmp_path), image_size=16, val_size=4))
+    assert splits.class_names == ["ant", "bee"] and len(splits.train) == 20 and len(splits.test) == 8
+    assert splits.train.load(torch.tensor([0, 5])).shape == (2, 3, 16, 16)
+    model = build_model("resnet8", 2)
+    history = fit(model, supervised_loss(model), splits.train, OptimConfig(epochs=1), batch_size=5, seed=0,
+                  augment_seed=0, progress=False)
+    assert len(history) == 1 and 0 <= evaluate(model, splits.test) <= 1
+    with pytest.raises(DatasetNotFound, match="train/<class>"):
+        load_splits(DataConfig(name="imagefolder", folder=str(tmp_path / "nothing")))

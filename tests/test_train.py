@@ -1,7 +1,6 @@
 """Training: exact resume, the teacher cache, and a short real distillation."""
 from dataclasses import replace
 
-import numpy as np
 import pytest
 import torch
 
@@ -39,7 +38,6 @@ def _train(splits, epochs_before_interrupt, checkpoint):
 
 def test_resumed_run_continues_from_its_checkpoint(cifar_cfg, tmp_path):
     splits = load_splits(cifar_cfg.data)
-    straight = build_model("resnet8", 10)
     torch.manual_seed(0)
     straight = build_model("resnet8", 10)
     ref_history = fit(straight, supervised_loss(straight), splits.train, OptimConfig(epochs=3, lr=0.05),

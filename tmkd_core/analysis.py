@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from .config import ExperimentConfig
 from .data import to_float
 from .priors import frequency_radius, luminance, make_views
+from .utils import resolve_device
 
 
 def fusion_weights(cfg: ExperimentConfig, split: str = "val", max_images: int | None = None) -> dict:
@@ -16,10 +17,10 @@ def fusion_weights(cfg: ExperimentConfig, split: str = "val", max_images: int | 
 
     Weights condition as `cfg.fusion.condition` says (labels by default, as in training).
     """
-    from .experiment import fused_teacher, load_data, setup_torch
+    from .experiment import fused_teacher, load_data
 
     splits = load_data(cfg)
-    device = setup_torch(cfg)
+    device = resolve_device(cfg.device)
     data = getattr(splits, split)
     if max_images is not None:
         data = data.subset(torch.arange(min(max_images, len(data))))

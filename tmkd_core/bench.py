@@ -18,10 +18,11 @@ import torch
 from .config import dataset_config, method_config
 from .data import AugmentPlan, to_float
 from .distillers import build_distiller
-from .experiment import AUGMENT_SEED, _channels_last, frozen_teacher, load_data, setup_torch, teacher_cache
+from .experiment import AUGMENT_SEED, _channels_last, frozen_teacher, load_data, teacher_cache
 from .models import build_model
 from .report import Outputs, find_root
 from .train import make_optimizer
+from .utils import resolve_device
 
 VARIANTS = {  # label: (method, teacher_outputs)
     "CE": ("CE", "online"),
@@ -39,7 +40,7 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def time_variant(cfg, steps: int, warmup: int = 3) -> dict:
     splits = load_data(cfg)
-    device = setup_torch(cfg)
+    device = resolve_device(cfg.device)
     teacher = None if cfg.student.distiller == "ce" else frozen_teacher(cfg, splits)
     cache = teacher_cache(cfg, teacher, splits, device)
     torch.manual_seed(cfg.seed)
@@ -91,7 +92,7 @@ def main(argv=None):
     df["x CE"] = df["step_ms"] / ce["CE"]
     df["x KD (online)"] = df["step_ms"] / ce["KD (online)"]
     out = Outputs(find_root() / args.out_dir)
-    device = setup_torch(base)
+    device = resolve_device(base.device)
     out.table(df, "bench", f"Step time, batch {base.data.batch_size}, {base.student.arch} student, "
                            f"{base.teacher.arch} teacher, {args.dataset}, {device.type}")
     out.results_json("bench", {"rows": rows, "dataset": args.dataset}, base)

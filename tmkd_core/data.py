@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,8 +64,8 @@ class ImageSet:
     def load(self, indices: torch.Tensor) -> torch.Tensor:
         return self.images[indices]
 
-    def batches(self, batch_size: int, order: torch.Tensor | None = None, drop_last: bool = False,
-                num_workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def batches(self, batch_size: int, order: torch.Tensor | None = None,
+                drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Yield (indices, uint8 images, labels) in `order` (default: 0..N-1)."""
         order = torch.arange(len(self)) if order is None else order
         stop = len(order) - (len(order) % batch_size if drop_last else 0)
@@ -78,15 +77,18 @@ class ImageSet:
 class FolderImageSet(torch.utils.data.Dataset):
     """An ImageFolder-style dataset decoded lazily (ImageNet scale), resized to `size`."""
 
-    def __init__(self, files: Sequence[str], labels: Sequence[int], class_names: list[str], size: int):
+    def __init__(self, files: Sequence[str], labels: Sequence[int], class_names: list[str], size: int,
+                 num_workers: int = 0):
         self.files, self.labels, self.class_names, self.size = list(files), torch.as_tensor(labels), class_names, size
+        self.num_workers = num_workers
 
     def __len__(self) -> int:
         return len(self.files)
 
     def subset(self, indices: torch.Tensor) -> "FolderImageSet":
         idx = indices.tolist()
-        return FolderImageSet([self.files[i] for i in idx], self.labels[indices].tolist(), self.class_names, self.size)
+        return FolderImageSet([self.files[i] for i in idx], self.labels[indices].tolist(), self.class_names, self.size,
+                              self.num_workers)
 
     def __getitem__(self, i: int):
         return _decode(self.files[i], self.size, channels=3)
@@ -94,12 +96,12 @@ class FolderImageSet(torch.utils.data.Dataset):
     def load(self, indices: torch.Tensor) -> torch.Tensor:
         return torch.stack([self[i] for i in indices.tolist()])
 
-    def batches(self, batch_size: int, order: torch.Tensor | None = None, drop_last: bool = False,
-                num_workers: int = 0):
+    def batches(self, batch_size: int, order: torch.Tensor | None = None, drop_last: bool = False):
+        """As ImageSet.batches, decoding in `num_workers` worker processes."""
         order = torch.arange(len(self)) if order is None else order
         sampler = torch.utils.data.BatchSampler(order.tolist(), batch_size, drop_last)
         loader = torch.utils.data.DataLoader(_BatchDecoder(self), sampler=sampler, batch_size=None,
-                                             num_workers=num_workers)
+                                             num_workers=self.num_workers)
         for idx, images in loader:
             yield idx, images, self.labels[idx]
 
@@ -329,7 +331,7 @@ def imagefolder(cfg: DataConfig):
             for path in sorted((split_dir / cls).iterdir()):
                 files.append(str(path))
                 labels.append(label)
-        sets.append(FolderImageSet(files, labels, classes, cfg.image_size or 224))
+        sets.append(FolderImageSet(files, labels, classes, cfg.image_size or 224, cfg.num_workers))
     return tuple(sets)
 
 

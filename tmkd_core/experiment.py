@@ -25,8 +25,8 @@ from .fusion import ViewFusion, fit_learned_weights
 from .models import MultiViewTeacher, build_model, count_parameters
 from .teachers import FusedTeacher, SingleViewTeacher, TeacherCache
 from .text import build_text_encoder, class_text_embeddings, text_identity
-from .train import (accuracy, evaluate, fit, multiview_teacher_loss, predict, supervised_loss)
 from .priors import make_views
+from .train import accuracy, evaluate, fit, multiview_teacher_loss, predict, supervised_loss
 from .utils import atomic_save, load_checkpoint, resolve_device, run_metadata, seed_everything, write_json
 
 TEACHER_SEED = 0  # teachers are shared by every student seed
@@ -35,10 +35,6 @@ TEACHER_SEED = 0  # teachers are shared by every student seed
 AUGMENT_SEED = 0
 _SPLITS: dict[str, Splits] = {}
 _ENCODERS: dict[str, object] = {}
-
-
-def setup_torch(cfg: ExperimentConfig) -> torch.device:
-    return resolve_device(cfg.device)
 
 
 def _dirs(cfg: ExperimentConfig) -> dict[str, Path]:
@@ -100,7 +96,7 @@ def _train_or_load(path: Path, model: torch.nn.Module, train_fn) -> dict:
 def single_view_teacher(cfg: ExperimentConfig, splits: Splits | None = None) -> tuple[torch.nn.Module, dict]:
     """The RGB teacher: trained once per (data, arch, optim) and reused."""
     splits = splits or load_data(cfg)
-    device = setup_torch(cfg)
+    device = resolve_device(cfg.device)
     seed_everything(TEACHER_SEED)
     model = build_model(cfg.teacher.arch, splits.num_classes, splits.in_channels)
 
@@ -119,7 +115,7 @@ def single_view_teacher(cfg: ExperimentConfig, splits: Splits | None = None) -> 
 def multiview_teacher(cfg: ExperimentConfig, splits: Splits | None = None) -> tuple[MultiViewTeacher, dict]:
     """Backbone shared over views, per-view BN, text heads; fine-tuned from the RGB teacher."""
     splits = splits or load_data(cfg)
-    device = setup_torch(cfg)
+    device = resolve_device(cfg.device)
     t_text = class_text(cfg, splits)
     seed_everything(TEACHER_SEED)
     backbone = build_model(cfg.teacher.arch, splits.num_classes, splits.in_channels)
@@ -148,7 +144,7 @@ def _channels_last(cfg: ExperimentConfig, device: torch.device) -> bool:
 
 def fused_teacher(cfg: ExperimentConfig, splits: Splits | None = None) -> FusedTeacher:
     splits = splits or load_data(cfg)
-    device = setup_torch(cfg)
+    device = resolve_device(cfg.device)
     mv, _ = multiview_teacher(cfg, splits)
     image_encoder = text_encoder(cfg).encode_image if cfg.fusion.weights == "clip_image" else None
     fusion = ViewFusion(cfg.fusion, class_text(cfg, splits), image_encoder).to(device)
@@ -169,7 +165,7 @@ def teacher_report(cfg: ExperimentConfig, split: str = "test") -> dict:
     """Accuracy of the RGB teacher, of each view of the multi-view teacher, and of the fused
     teacher. Fusion at test time conditions on the teacher's own prediction (no labels)."""
     splits = load_data(cfg)
-    device = setup_torch(cfg)
+    device = resolve_device(cfg.device)
     data = getattr(splits, split)
     rgb, rgb_info = single_view_teacher(cfg, splits)
     teacher = fused_teacher(replace(cfg, fusion=replace(cfg.fusion, condition="pred")), splits)
@@ -215,7 +211,7 @@ def run_student(cfg: ExperimentConfig, force: bool = False) -> dict:
     if path.exists() and not force:
         return json.loads(path.read_text())
     splits = load_data(cfg)
-    device = setup_torch(cfg)
+    device = resolve_device(cfg.device)
     teacher = None if cfg.student.distiller == "ce" else frozen_teacher(cfg, splits)
     t_cache0 = time.perf_counter()
     cache = teacher_cache(cfg, teacher, splits, device)

@@ -42,7 +42,32 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class CifarResNet(nn.Module):
+class Backbone(nn.Module):
+    """stem -> stages -> (final activation) -> global average pool -> fc."""
+
+    norm: nn.Module
+    stem: nn.Module
+    stages: nn.ModuleList
+    fc: nn.Linear
+    feature_dim: int
+
+    def final(self, out: torch.Tensor) -> torch.Tensor:
+        return out
+
+    def features(self, x):
+        out = self.stem(self.norm(x))
+        stages = []
+        for stage in self.stages:
+            out = stage(out)
+            stages.append(out)
+        return torch.flatten(F.adaptive_avg_pool2d(self.final(out), 1), 1), stages
+
+    def forward(self, x):
+        pooled, stages = self.features(x)
+        return self.fc(pooled), {"pooled": pooled, "stages": stages}
+
+
+class CifarResNet(Backbone):
     """ResNet-(6n+2) for 32 px images (He et al. 2016), widths as in CRD / mdistiller."""
 
     def __init__(self, depth: int, widths: tuple[int, int, int, int], num_classes: int, in_channels: int = 3):
@@ -63,18 +88,6 @@ class CifarResNet(nn.Module):
         self.fc = nn.Linear(self.feature_dim, num_classes)
         _init_weights(self)
 
-    def features(self, x):
-        out = self.stem(self.norm(x))
-        stages = []
-        for stage in self.stages:
-            out = stage(out)
-            stages.append(out)
-        return torch.flatten(F.adaptive_avg_pool2d(out, 1), 1), stages
-
-    def forward(self, x):
-        pooled, stages = self.features(x)
-        return self.fc(pooled), {"pooled": pooled, "stages": stages}
-
 
 class WideBlock(nn.Module):
     """Pre-activation wide block (Zagoruyko & Komodakis 2016)."""
@@ -94,7 +107,7 @@ class WideBlock(nn.Module):
         return y + (x if self.shortcut is None else self.shortcut(o))
 
 
-class WideResNet(nn.Module):
+class WideResNet(Backbone):
     def __init__(self, depth: int, widen: int, num_classes: int, in_channels: int = 3):
         super().__init__()
         if (depth - 4) % 6:
@@ -114,18 +127,8 @@ class WideResNet(nn.Module):
         self.fc = nn.Linear(self.feature_dim, num_classes)
         _init_weights(self)
 
-    def features(self, x):
-        out = self.stem(self.norm(x))
-        stages = []
-        for stage in self.stages:
-            out = stage(out)
-            stages.append(out)
-        out = F.relu(self.bn(out))
-        return torch.flatten(F.adaptive_avg_pool2d(out, 1), 1), stages
-
-    def forward(self, x):
-        pooled, stages = self.features(x)
-        return self.fc(pooled), {"pooled": pooled, "stages": stages}
+    def final(self, out):
+        return F.relu(self.bn(out))  # pre-activation blocks end without one
 
 
 def _init_weights(model: nn.Module) -> None:

@@ -93,7 +93,7 @@ def fit(module: nn.Module, loss_fn: LossFn, train: ImageSet, optim: OptimConfig,
         sums: dict[str, float] = {}
         correct = seen = 0
         t0 = time.perf_counter()
-        bar = tqdm(train.batches(batch_size, order, drop_last=True, num_workers=getattr(train, "num_workers", 0)),
+        bar = tqdm(train.batches(batch_size, order, drop_last=True),
                    total=steps_per_epoch, desc=f"{desc} {epoch + 1}/{optim.epochs}", disable=not progress,
                    leave=False)
         for idx, images, labels in bar:
