@@ -3,6 +3,7 @@
 #   make test       pytest + every notebook under nbval (smoke profile), < 10 min on 2 CPU cores
 #   make reproduce  run the five notebooks (PROFILE=cpu by default) -> figures/ and figures/tables/
 #   make bench      step-time benchmark -> figures/tables/bench.md
+#   make tune       validation-only search (TMKD and KD) -> figures/tables/tuning_*.csv, tuned_*.md
 #   make lab        JupyterLab with jupytext: open notebooks/*.py as notebooks
 #   make clean      remove executed notebooks; `make clean-cache` also removes checkpoints/caches
 SHELL := /bin/bash
@@ -18,7 +19,7 @@ LIB := $(wildcard tmkd_core/*.py)
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test reproduce bench lab clean clean-cache data
+.PHONY: setup test reproduce bench tune lab clean clean-cache data
 .DELETE_ON_ERROR:
 
 setup: $(STAMP) $(FASHION)
@@ -70,6 +71,12 @@ reproduce: setup $(foreach n,$(NOTEBOOKS),$(RESULTS)/$(n).json)
 # are trained first if absent).
 bench: setup
 	$(PY) -m tmkd_core.bench --profile $(PROFILE)
+
+# Validation-only search for TMKD and KD, then the chosen settings on the test split.
+TUNE_DATASET ?= cifar10
+TUNE_TRIALS ?= 16
+tune: setup
+	$(PY) -m tmkd_core.tune --profile $(PROFILE) --dataset $(TUNE_DATASET) --trials $(TUNE_TRIALS)
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/
