@@ -33,9 +33,11 @@ VARIANTS = {  # label: (method, teacher_outputs)
 
 
 def peak_memory_mb(device: torch.device) -> float:
+    """CUDA: peak allocated during the variant. CPU: the process's peak resident set so far,
+    which only grows across variants (they run in one process), so read differences."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux; process-wide
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def time_variant(cfg, steps: int, warmup: int = 3) -> dict:
@@ -93,8 +95,9 @@ def main(argv=None):
     df["x KD (online)"] = df["step_ms"] / ce["KD (online)"]
     out = Outputs(find_root() / args.out_dir)
     device = resolve_device(base.device)
-    out.table(df, "bench", f"Step time, batch {base.data.batch_size}, {base.student.arch} student, "
-                           f"{base.teacher.arch} teacher, {args.dataset}, {device.type}")
+    memory = "peak CUDA memory" if device.type == "cuda" else "process peak RSS so far (grows across rows)"
+    out.table(df, "bench", f"Median step time (ms), batch {base.data.batch_size}, {base.student.arch} student, "
+                           f"{base.teacher.arch} teacher, {args.dataset}, {device.type}; memory: {memory}")
     out.results_json("bench", {"rows": rows, "dataset": args.dataset}, base)
     print(df.to_string(index=False))
 
