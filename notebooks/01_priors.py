@@ -42,9 +42,9 @@ from tmkd_core import priors
 from tmkd_core.analysis import energy_kept, radial_energy
 from tmkd_core.config import ViewConfig, dataset_config, profile_plan
 from tmkd_core.experiment import load_data
-from tmkd_core.report import Outputs, find_root
+from tmkd_core.report import Outputs, enter_project_root
 
-root = find_root()
+root = enter_project_root()
 out = Outputs(root / out_dir)
 datasets = profile_plan(profile, "datasets", datasets)
 torch.manual_seed(0)

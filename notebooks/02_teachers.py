@@ -39,9 +39,9 @@ import torch
 from tmkd_core.analysis import fused_teacher_forward, grad_cam, rgb_teacher_forward
 from tmkd_core.config import dataset_config, profile_plan
 from tmkd_core.experiment import load_data, multiview_teacher, single_view_teacher, teacher_report
-from tmkd_core.report import Outputs, find_root
+from tmkd_core.report import Outputs, enter_project_root
 
-out = Outputs(find_root() / out_dir)
+out = Outputs(enter_project_root() / out_dir)
 datasets = profile_plan(profile, "datasets", datasets)
 
 # %% [markdown]

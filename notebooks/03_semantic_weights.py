@@ -44,10 +44,10 @@ from tmkd_core import priors
 from tmkd_core.analysis import fusion_weights
 from tmkd_core.config import dataset_config, profile_plan, with_overrides
 from tmkd_core.experiment import class_text, load_data
-from tmkd_core.report import Outputs, find_root
+from tmkd_core.report import Outputs, enter_project_root
 from tmkd_core.text import prompt_templates
 
-out = Outputs(find_root() / out_dir)
+out = Outputs(enter_project_root() / out_dir)
 dataset = dataset or profile_plan(profile, "datasets")[0]
 cfg = dataset_config(profile, dataset)
 splits = load_data(cfg)

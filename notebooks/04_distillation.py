@@ -37,9 +37,9 @@ import pandas as pd
 
 from tmkd_core.config import METHODS, dataset_config, method_config, profile_plan
 from tmkd_core.experiment import run_student, teacher_report
-from tmkd_core.report import Outputs, find_root, method_table
+from tmkd_core.report import Outputs, enter_project_root, method_table
 
-out = Outputs(find_root() / out_dir)
+out = Outputs(enter_project_root() / out_dir)
 datasets = profile_plan(profile, "datasets", datasets)
 seeds = profile_plan(profile, "seeds", seeds)
 

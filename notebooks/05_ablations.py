@@ -36,9 +36,9 @@ import pandas as pd
 
 from tmkd_core.config import ABLATIONS, dataset_config, method_config, profile_plan
 from tmkd_core.experiment import run_student
-from tmkd_core.report import Outputs, find_root, mean_std, paired_difference
+from tmkd_core.report import Outputs, enter_project_root, mean_std, paired_difference
 
-out = Outputs(find_root() / out_dir)
+out = Outputs(enter_project_root() / out_dir)
 dataset = dataset or profile_plan(profile, "datasets")[0]
 seeds = profile_plan(profile, "ablation_seeds", seeds)
 groups = list(groups or ABLATIONS)

@@ -3,6 +3,7 @@ the seed statistics the tables report (mean, standard deviation, paired differen
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -21,6 +22,15 @@ def find_root(start: str | Path | None = None) -> Path:
         if (folder / "pyproject.toml").exists() and (folder / "tmkd_core").is_dir():
             return folder
     raise FileNotFoundError(f"no TMKD project root (pyproject.toml + tmkd_core/) at or above {here}")
+
+
+def enter_project_root() -> Path:
+    """chdir to the project root and return it, so that the configuration's relative paths
+    (data/, ../shared/data) mean the same from papermill, nbval (which starts kernels in
+    the notebook's folder) and JupyterLab."""
+    root = find_root()
+    os.chdir(root)
+    return root
 
 
 class Outputs:
