@@ -21,6 +21,7 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: setup test reproduce bench tune lab clean clean-cache data
 .DELETE_ON_ERROR:
+.SECONDARY:  # keep the converted notebooks under build/ipynb
 
 setup: $(STAMP) $(FASHION)
 
