@@ -202,10 +202,8 @@ def _not_found(name: str, tried: list[str], how: str) -> DatasetNotFound:
 
 
 def _mirror_dataset(cfg: DataConfig, name: str, test_split: str, classes: list[str], class_names: list[str]):
-    def build():
+    def build():  # reached only when the archive or its extraction is there
         root = _extract_mirror(cfg, name)
-        if root is None:
-            return None
         out = {}
         for split, folder in (("train", "train"), ("test", test_split)):
             out[f"{split}_images"], out[f"{split}_labels"] = _decode_folder(
