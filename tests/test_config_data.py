@@ -137,3 +137,16 @@ def test_imagefolder_dataset_trains_through_the_same_loop(tmp_path):
     assert len(history) == 1 and 0 <= evaluate(model, splits.test) <= 1
     with pytest.raises(DatasetNotFound, match="train/<class>"):
         load_splits(DataConfig(name="imagefolder", folder=str(tmp_path / "nothing")))
+
+
+def test_teacher_precision_resolves_per_device(monkeypatch):
+    from tmkd_core import utils
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert utils.teacher_dtype("fp32", cuda) is None and utils.teacher_dtype("bf16", cpu) is torch.bfloat16
+    assert utils.teacher_dtype("auto", cuda) is torch.bfloat16
+    for native, expected in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(utils, "cpu_has_native_bf16", lambda: native)
+        assert utils.teacher_dtype("auto", cpu) is expected
+    with pytest.raises(ValueError, match="valid values: auto, fp32, bf16"):
+        make_config("smoke", {"teacher_precision": "fp16"})

@@ -65,3 +65,18 @@ def test_per_view_bn_starts_from_the_rgb_teacher():
     teacher = MultiViewTeacher(rgb, ("rgb", "edge", "hf"), 4, "per_view")
     for bn in teacher.backbone.stem[1].bns:
         torch.testing.assert_close(bn.running_mean, torch.full_like(bn.running_mean, 0.7))
+
+
+def test_eval_per_view_batchnorm_is_one_affine_per_view():
+    bn = ViewBatchNorm2d(torch.nn.BatchNorm2d(8), 3).train()
+    for _ in range(3):
+        bn(torch.randn(3 * 16, 8, 5, 5) * 2 + 1)
+    for b in bn.bns:
+        torch.nn.init.uniform_(b.weight, 0.5, 2.0)
+        torch.nn.init.normal_(b.bias)
+    bn.eval()
+    x = torch.randn(3 * 16, 8, 5, 5).contiguous(memory_format=torch.channels_last)
+    reference = torch.cat([b(c) for b, c in zip(bn.bns, x.chunk(3))])
+    out = bn(x)
+    torch.testing.assert_close(out, reference)
+    assert out.is_contiguous(memory_format=torch.channels_last)

@@ -81,6 +81,20 @@ def test_teacher_cache_equals_the_online_teacher(cifar_cfg, tmp_path):
         torch.testing.assert_close(cached["weights"], online["weights"], atol=2e-2, rtol=1e-2)
 
 
+def test_bf16_teacher_gives_float32_outputs_close_to_fp32(cifar_cfg):
+    splits = experiment.load_data(cifar_cfg)
+    x, labels = to_float(splits.train.load(torch.arange(16))), splits.train.labels[:16]
+    outs = {}
+    for precision in ("fp32", "bf16"):
+        teacher = experiment.frozen_teacher(replace(method_config(cifar_cfg, "TMKD"), teacher_precision=precision),
+                                            splits)
+        assert teacher.inference_dtype is (torch.bfloat16 if precision == "bf16" else None)
+        outs[precision] = teacher(x, labels)
+    assert outs["bf16"]["pooled"].dtype == torch.float32
+    err = (outs["bf16"]["pooled"] - outs["fp32"]["pooled"]).norm() / outs["fp32"]["pooled"].norm()
+    assert 0 < err < 0.02  # bf16 rounding: changed, but by well under 2%
+
+
 def test_distiller_keeps_the_teacher_frozen_and_in_eval(cifar_cfg):
     cfg = method_config(cifar_cfg, "TMKD")
     splits = experiment.load_data(cfg)

@@ -33,6 +33,7 @@ SWITCHES: dict[str, tuple[str, ...]] = {
     "backend": ("sentence_transformers", "open_clip"),
 }
 VIEW_NAMES = ("rgb", "edge", "hf")
+TEACHER_PRECISIONS = ("auto", "fp32", "bf16")  # autocast of the frozen teacher's forward
 
 
 def _check_switch(name: str, value: Any) -> None:
@@ -175,7 +176,14 @@ class ExperimentConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
     channels_last: bool = False
+    # frozen teacher's forward (cache and online): auto | fp32 | bf16 (utils.teacher_dtype)
+    teacher_precision: str = "auto"
     progress: bool = True  # tqdm bars
+
+    def __post_init__(self):
+        if self.teacher_precision not in TEACHER_PRECISIONS:
+            raise ValueError(f"invalid teacher_precision {self.teacher_precision!r}; "
+                             f"valid values: {', '.join(TEACHER_PRECISIONS)}")
 
 
 def _from_dict(cls, data: Mapping[str, Any]):

@@ -27,7 +27,8 @@ from .teachers import FusedTeacher, SingleViewTeacher, TeacherCache
 from .text import build_text_encoder, class_text_embeddings, text_identity
 from .priors import make_views
 from .train import accuracy, evaluate, fit, multiview_teacher_loss, predict, supervised_loss
-from .utils import atomic_save, load_checkpoint, resolve_device, run_metadata, seed_everything, write_json
+from .utils import (atomic_save, load_checkpoint, resolve_device, run_metadata, seed_everything, teacher_dtype,
+                    write_json)
 
 TEACHER_SEED = 0  # teachers are shared by every student seed
 # Student augmentation replicas are shared by every seed and method, so one teacher-output
@@ -156,9 +157,17 @@ def fused_teacher(cfg: ExperimentConfig, splits: Splits | None = None) -> FusedT
 
 
 def frozen_teacher(cfg: ExperimentConfig, splits: Splits | None = None):
+    """The teacher a distiller reads, frozen, in the memory format and precision that are
+    fastest on the device (`teacher_precision`, `channels_last`)."""
     if cfg.student.teacher == "single":
-        return SingleViewTeacher(single_view_teacher(cfg, splits)[0])
-    return fused_teacher(cfg, splits)
+        teacher = SingleViewTeacher(single_view_teacher(cfg, splits)[0])
+    else:
+        teacher = fused_teacher(cfg, splits)
+    device = resolve_device(cfg.device)
+    teacher.inference_dtype = teacher_dtype(cfg.teacher_precision, device)
+    if _channels_last(cfg, device):
+        teacher.to(memory_format=torch.channels_last)
+    return teacher
 
 
 def teacher_report(cfg: ExperimentConfig, split: str = "test") -> dict:
@@ -199,7 +208,8 @@ def teacher_cache(cfg: ExperimentConfig, teacher, splits: Splits, device) -> Tea
     if cfg.student.teacher_outputs == "online" or teacher is None:
         return None
     tkey = single_teacher_key(cfg) if cfg.student.teacher == "single" else multi_teacher_key(cfg)
-    key = config_hash(tkey, cfg.student.teacher, data_key(cfg), cfg.student.cache_replicas, cfg.data.augment)
+    key = config_hash(tkey, cfg.student.teacher, data_key(cfg), cfg.student.cache_replicas, cfg.data.augment,
+                      str(teacher.inference_dtype))
     return TeacherCache.build(_dirs(cfg)["cache"] / f"teacher_{key}", teacher, splits.train,
                               cfg.student.cache_replicas, augment_seed=AUGMENT_SEED,
                               augment=cfg.data.augment, batch_size=256, device=device, progress=cfg.progress)

@@ -23,9 +23,14 @@ from .priors import make_views
 
 
 class FrozenTeacher(nn.Module):
-    """Base class: parameters frozen, always in eval mode, whatever the caller asks."""
+    """Base class: parameters frozen, always in eval mode, whatever the caller asks.
+
+    `inference_dtype` (None: float32; or torch.bfloat16) is the autocast dtype of the
+    backbone call, which dominates the teacher's cost; its outputs come back as float32.
+    """
 
     view_names: tuple[str, ...]
+    inference_dtype: torch.dtype | None = None
 
     def freeze(self) -> "FrozenTeacher":
         for p in self.parameters():
@@ -37,6 +42,13 @@ class FrozenTeacher(nn.Module):
 
     @torch.no_grad()
     def pooled_views(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features of every view, (V, B, d), float32."""
+        if self.inference_dtype is None:
+            return self.backbone_pooled(x).float()
+        with torch.autocast(x.device.type, dtype=self.inference_dtype):
+            return self.backbone_pooled(x).float()
+
+    def backbone_pooled(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def from_pooled(self, pooled: torch.Tensor, labels: torch.Tensor, x: torch.Tensor | None = None) -> dict:
@@ -61,8 +73,7 @@ class SingleViewTeacher(FrozenTeacher):
     def feature_dim(self) -> int:
         return self.model.feature_dim
 
-    @torch.no_grad()
-    def pooled_views(self, x):
+    def backbone_pooled(self, x):
         return self.model.features(x)[0][None]
 
     @torch.no_grad()
@@ -88,8 +99,7 @@ class FusedTeacher(FrozenTeacher):
     def class_text(self) -> torch.Tensor:
         return self.fusion.class_text
 
-    @torch.no_grad()
-    def pooled_views(self, x):
+    def backbone_pooled(self, x):
         return self.teacher.pooled(make_views(x, self.view_cfg))
 
     @torch.no_grad()

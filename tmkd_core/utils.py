@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .config import TEACHER_PRECISIONS
+
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """torch.save to a temporary file in the same folder, then rename: never a torn file."""
@@ -62,6 +64,29 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {name!r} asked for, but CUDA is not available here; use device='cpu' or 'auto'")
     return device
+
+
+def cpu_has_native_bf16() -> bool:
+    """True on x86 CPUs with bf16 instructions (AVX512-BF16 or AMX), where oneDNN runs
+    bf16 convolutions natively; elsewhere bf16 on the CPU is emulated and slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
+def teacher_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of the frozen teacher's forward: bf16 or None (float32).
+
+    `auto` picks bf16 on CUDA and on CPUs with native bf16 (measured 1.8x faster for the
+    three-view resnet14 forward on a 2-core AMD EPYC with AVX512-BF16), float32 elsewhere.
+    """
+    if precision not in TEACHER_PRECISIONS:
+        raise ValueError(f"invalid teacher_precision {precision!r}; valid values: {', '.join(TEACHER_PRECISIONS)}")
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()) else "fp32"
+    return torch.bfloat16 if precision == "bf16" else None
 
 
 def git_commit() -> str | None:
