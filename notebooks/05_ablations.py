@@ -53,7 +53,8 @@ for group in groups:
         val_m, val_sd = mean_std(r["val_acc"] for r in results)
         test_m, test_sd = mean_std(r["test_acc"] for r in results)
         d = paired_difference([r["test_acc"] for r in results], [r["test_acc"] for r in kd])
-        rows.append({"group": group, "setting": label + (" (default)" if not overrides else ""),
+        is_default = method_config(base, "TMKD", overrides) == method_config(base, "TMKD")
+        rows.append({"group": group, "setting": label + (" (default)" if is_default else ""),
                      "val (%)": f"{100 * val_m:.2f} ± {100 * val_sd:.2f}",
                      "test (%)": f"{100 * test_m:.2f} ± {100 * test_sd:.2f}",
                      "Δ test vs KD": f"{100 * d['diff']:+.2f}", "95% CI": f"[{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]",

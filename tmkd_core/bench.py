@@ -22,7 +22,7 @@ from .experiment import AUGMENT_SEED, _channels_last, frozen_teacher, load_data,
 from .models import build_model
 from .report import Outputs, find_root
 from .train import make_optimizer
-from .utils import resolve_device
+from .utils import resolve_device, teacher_dtype
 
 VARIANTS = {  # label: (method, teacher_outputs)
     "CE": ("CE", "online"),
@@ -96,9 +96,11 @@ def main(argv=None):
     out = Outputs(find_root() / args.out_dir)
     device = resolve_device(base.device)
     memory = "peak CUDA memory" if device.type == "cuda" else "process peak RSS so far (grows across rows)"
+    precision = str(teacher_dtype(base.teacher_precision, device) or torch.float32).removeprefix("torch.")
     out.table(df, "bench", f"Median step time (ms), batch {base.data.batch_size}, {base.student.arch} student, "
-                           f"{base.teacher.arch} teacher, {args.dataset}, {device.type}; memory: {memory}")
-    out.results_json("bench", {"rows": rows, "dataset": args.dataset}, base)
+                           f"{base.teacher.arch} teacher (forward in {precision}), {args.dataset}, {device.type}; "
+                           f"memory: {memory}")
+    out.results_json("bench", {"rows": rows, "dataset": args.dataset, "teacher_precision": precision}, base)
     print(df.to_string(index=False))
 
 
