@@ -1,0 +1,17 @@
+"""Exploration run (see README.md here); settings pinned to what they were when it ran."""
+import sys, time, json
+from tmkd_core.config import dataset_config
+from tmkd_core.experiment import teacher_report
+ds = sys.argv[1]
+settings = [
+ {},
+ {"views.edge_mode": "enhance", "views.hf_mode": "enhance"},
+ {"views.edge_mode": "enhance", "views.hf_mode": "enhance", "views.enhance_lambda": 1.0},
+ {"teacher.multiview_optim.epochs": 6},
+ {"views.edge_mode": "enhance", "views.hf_mode": "enhance", "teacher.multiview_optim.epochs": 6},
+]
+for s in settings:
+    t0 = time.time()
+    cfg = dataset_config("cpu", ds, {"views.edge_mode": "map", "views.hf_mode": "map", "teacher.optim.epochs": 12, "teacher_precision": "fp32", **s, "progress": False})
+    r = teacher_report(cfg, split="val")
+    print(json.dumps({"setting": s, **{k: (round(100*v,2) if isinstance(v,float) and v<=1 else v) for k,v in r.items() if k not in ("rgb_train_time_s",)}, "s": round(time.time()-t0)}), flush=True)
