@@ -75,7 +75,7 @@ bench: setup
 
 # Validation-only search for TMKD and KD, then the chosen settings on the test split.
 TUNE_DATASET ?= cifar10
-TUNE_TRIALS ?= 16
+TUNE_TRIALS ?= 8
 tune: setup
 	$(PY) -m tmkd_core.tune --profile $(PROFILE) --dataset $(TUNE_DATASET) --trials $(TUNE_TRIALS)
 

@@ -79,8 +79,9 @@ def cpu_has_native_bf16() -> bool:
 def teacher_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of the frozen teacher's forward: bf16 or None (float32).
 
-    `auto` picks bf16 on CUDA and on CPUs with native bf16 (measured 1.8x faster for the
-    three-view resnet14 forward on a 2-core AMD EPYC with AVX512-BF16), float32 elsewhere.
+    `auto` picks bf16 on CUDA and on CPUs with native bf16 (measured 2x faster for the
+    three-view resnet14 forward on a 2-core AMD EPYC with AVX512-BF16,
+    docs/exploration/teacher_forward.txt), float32 elsewhere.
     """
     if precision not in TEACHER_PRECISIONS:
         raise ValueError(f"invalid teacher_precision {precision!r}; valid values: {', '.join(TEACHER_PRECISIONS)}")
