@@ -41,7 +41,7 @@ from skimage.transform import resize
 from tmkd_core import priors
 from tmkd_core.analysis import energy_kept, radial_energy
 from tmkd_core.config import ViewConfig, dataset_config, profile_plan
-from tmkd_core.experiment import load_data
+from tmkd_core.experiment import Pipeline
 from tmkd_core.report import Outputs, enter_project_root
 
 root = enter_project_root()
@@ -149,7 +149,7 @@ out.figure(fig, "priors_operators")
 # %%
 samples, energy_rows, spectra_rows = {}, [], {}
 for name in datasets:
-    splits = load_data(dataset_config(profile, name))
+    splits = Pipeline(dataset_config(profile, name)).splits
     x = splits.train.images[:512].float() / 255
     first_of_class = torch.stack([(splits.train.labels == c).nonzero()[0, 0] for c in range(n_samples)])
     samples[name] = (splits.train.images[first_of_class].float() / 255,
@@ -193,4 +193,4 @@ print("views:", tuple(views.shape), "max |diff| to skimage < 1e-3:", bool(agreem
 
 # %%
 out.results_json("01_priors", {"reference_agreement": agreement.to_dict("records"),
-                               "energy_kept": energy_rows, "datasets": datasets})
+                               "energy_kept": energy_rows, "datasets": datasets})  # no student runs here

@@ -38,7 +38,7 @@ import torch
 
 from tmkd_core.analysis import fused_teacher_forward, grad_cam, rgb_teacher_forward
 from tmkd_core.config import dataset_config, profile_plan
-from tmkd_core.experiment import load_data, multiview_teacher, single_view_teacher, teacher_report
+from tmkd_core.experiment import Pipeline
 from tmkd_core.report import Outputs, enter_project_root
 
 out = Outputs(enter_project_root() / out_dir)
@@ -46,7 +46,7 @@ datasets = profile_plan(profile, "datasets", datasets)
 
 # %% [markdown]
 # ## Accuracy of each view and of the fused teacher
-# Trained once and cached under `data/checkpoints/` (keyed by their settings).
+# Trained once and cached under `data/checkpoints/` (keyed by the settings they read).
 #
 # The multi-view teacher gets `multiview_optim.epochs` more epochs than the RGB teacher.
 # So that a gain is not mistaken for the effect of longer training, the column "RGB
@@ -55,20 +55,21 @@ datasets = profile_plan(profile, "datasets", datasets)
 # the multi-view teacher has to beat that one too.
 
 # %%
+pipes = {name: Pipeline(dataset_config(profile, name)) for name in datasets}
 reports, curves = {}, {}
-for name in datasets:
-    cfg = dataset_config(profile, name)
-    reports[name] = {split: teacher_report(cfg, split) for split in ("val", "test")}
-    curves[name] = {"rgb": single_view_teacher(cfg)[1]["history"], "multi": multiview_teacher(cfg)[1]["history"]}
+for name, pipe in pipes.items():
+    infos = pipe.train_or_load_teachers(control=True)  # the only cell that trains teachers
+    reports[name] = {split: pipe.teacher_report(split) for split in ("val", "test")}
+    curves[name] = {"rgb": infos["rgb"]["history"], "multi": infos["multi"]["history"]}
 
 rows = []
 for name, rep in reports.items():
     r = rep["test"]
     rows.append({"dataset": name, "teacher": r["arch"], "params": r["teacher_params"],
                  "RGB teacher": 100 * r["rgb_teacher"], "RGB fine-tuned as long": 100 * r["rgb_finetuned"],
-                 "MV: rgb view": 100 * r["view_rgb"],
-                 "MV: edge view": 100 * r["view_edge"], "MV: hf view": 100 * r["view_hf"],
+                 **{f"MV: {v} view": 100 * r[f"view_{v}"] for v in pipes[name].cfg.views.views},
                  "MV: uniform fusion": 100 * r["uniform"], "MV: text fusion": 100 * r["fused"],
+                 "MV: text fusion, label-conditioned": 100 * r["fused_label_conditioned"],
                  "val: RGB teacher": 100 * rep["val"]["rgb_teacher"],
                  "val: RGB fine-tuned as long": 100 * rep["val"]["rgb_finetuned"],
                  "val: text fusion": 100 * rep["val"]["fused"]})
@@ -100,16 +101,16 @@ out.figure(fig, "teachers_curves")
 # %%
 fig, axes = plt.subplots(3 * len(datasets), n_cam, figsize=(1.7 * n_cam, 1.8 * 3 * len(datasets)), squeeze=False)
 for d, name in enumerate(datasets):
-    cfg = dataset_config(profile, name)
-    test = load_data(cfg).test
+    pipe = pipes[name]
+    test = pipe.splits.test
     idx = torch.stack([(test.labels == c).nonzero()[0, 0] for c in range(n_cam)])
     x, y = test.images[idx].float() / 255, test.labels[idx]
-    cams = {"RGB teacher": grad_cam(x, y, *rgb_teacher_forward(cfg)),
-            "multi-view": grad_cam(x, y, *fused_teacher_forward(cfg, y))}
+    cams = {"RGB teacher": grad_cam(x, y, *rgb_teacher_forward(pipe)),
+            "multi-view": grad_cam(x, y, *fused_teacher_forward(pipe, y))}
     for j in range(n_cam):
         img = x[j].permute(1, 2, 0).squeeze(-1)
         axes[3 * d, j].imshow(img, cmap="gray" if x.shape[1] == 1 else None)
-        axes[3 * d, j].set_title(load_data(cfg).class_names[int(y[j])], fontsize=8)
+        axes[3 * d, j].set_title(pipe.splits.class_names[int(y[j])], fontsize=8)
         for k, (label, cam) in enumerate(cams.items()):
             axes[3 * d + 1 + k, j].imshow(img, cmap="gray" if x.shape[1] == 1 else None)
             axes[3 * d + 1 + k, j].imshow(cam[j], cmap="jet", alpha=0.5, vmin=0, vmax=1)
@@ -127,4 +128,4 @@ out.figure(fig, "teachers_gradcam")
 print("columns:", list(teachers.columns[:4]), "datasets:", len(teachers))
 
 # %%
-out.results_json("02_teachers", {"reports": reports, "curves": curves}, dataset_config(profile, datasets[0]))
+out.results_json("02_teachers", {"reports": reports, "curves": curves}, pipes[datasets[0]].cfg)  # no student runs

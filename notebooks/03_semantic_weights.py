@@ -42,15 +42,15 @@ import torch
 
 from tmkd_core import priors
 from tmkd_core.analysis import fusion_weights
-from tmkd_core.config import dataset_config, profile_plan, with_overrides
-from tmkd_core.experiment import class_text, load_data
+from tmkd_core.config import dataset_config, profile_plan
+from tmkd_core.experiment import Pipeline
 from tmkd_core.report import Outputs, enter_project_root
 from tmkd_core.text import prompt_templates
 
 out = Outputs(enter_project_root() / out_dir)
 dataset = dataset or profile_plan(profile, "datasets")[0]
-cfg = dataset_config(profile, dataset)
-splits = load_data(cfg)
+pipe = Pipeline(dataset_config(profile, dataset))
+cfg, splits = pipe.cfg, pipe.splits
 views, classes = cfg.views.views, splits.class_names
 
 # %% [markdown]
@@ -60,7 +60,7 @@ views, classes = cfg.views.views, splits.class_names
 # view) shows how much of the class survives the prior's wording.
 
 # %%
-t = class_text(cfg, splits)  # (V, K, D)
+t = pipe.class_text  # (V, K, D)
 flat = t.flatten(0, 1)
 sim = (flat @ flat.T).numpy()
 labels = [f"{v}:{c}" for v in views for c in classes]
@@ -77,7 +77,7 @@ print({v: list(tpl) for v, tpl in prompt_templates(cfg.text.prompts, views).item
 # Label-conditioned, as during distillation.
 
 # %%
-fw = fusion_weights(cfg, "val")
+fw = fusion_weights(pipe, "val")
 w, y = fw["weights"].numpy(), fw["labels"].numpy()
 long = pd.DataFrame({"class": np.repeat([classes[i] for i in y], 1)[None].repeat(len(views), 0).ravel(),
                      "view": np.repeat(views, len(y)), "weight": w.ravel()})
@@ -119,10 +119,10 @@ out.figure(fig, "weights_samples")
 # %%
 rows = []
 for tau_w in tau_ws:
-    wt = fusion_weights(with_overrides(cfg, {"fusion.tau_w": tau_w}), "val")["weights"]
+    wt = fusion_weights(pipe.with_overrides({"fusion.tau_w": tau_w}), "val")["weights"]
     entropy = float(-(wt * wt.clamp_min(1e-12).log()).sum(0).mean())
     rows.append({"setting": f"tau_w={tau_w}", **dict(zip(views, wt.mean(1).tolist())), "entropy": entropy})
-generic = fusion_weights(with_overrides(cfg, {"text.prompts": "generic"}), "val")["weights"]
+generic = fusion_weights(pipe.with_overrides({"text.prompts": "generic"}), "val")["weights"]
 rows.append({"setting": f"generic prompts, tau_w={cfg.fusion.tau_w}", **dict(zip(views, generic.mean(1).tolist())),
              "entropy": float(-(generic * generic.clamp_min(1e-12).log()).sum(0).mean())})
 sweep = pd.DataFrame(rows)
@@ -146,4 +146,4 @@ print("weights:", w.shape[0], "views; columns sum to one:", bool(np.allclose(w.s
 
 # %%
 out.results_json("03_semantic_weights", {"dataset": dataset, "mean_weights_by_class": per_class.to_dict("records"),
-                                         "tau_sweep": rows}, cfg)
+                                         "tau_sweep": rows}, cfg)  # no student runs

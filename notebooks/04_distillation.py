@@ -36,8 +36,8 @@ import numpy as np
 import pandas as pd
 
 from tmkd_core.config import METHODS, dataset_config, method_config, profile_plan
-from tmkd_core.experiment import run_student, teacher_report
-from tmkd_core.report import Outputs, enter_project_root, method_table
+from tmkd_core.experiment import Pipeline
+from tmkd_core.report import Outputs, enter_project_root, group_runs, method_table, run_record
 
 out = Outputs(enter_project_root() / out_dir)
 datasets = profile_plan(profile, "datasets", datasets)
@@ -45,13 +45,16 @@ seeds = profile_plan(profile, "seeds", seeds)
 
 # %% [markdown]
 # ## Runs
-# Each run is cached in `data/runs/` under the hash of its full configuration.
+# Each run is recorded in `data/runs/` under the key of the settings it reads; the results
+# file keeps one record per run (`run_record`), and every table below is computed from
+# those records alone.
 
 # %%
-runs = {}
+results = {}  # full run results (histories for the curves)
 for name in datasets:
     base = dataset_config(profile, name)
-    runs[name] = {m: [run_student(method_config(base, m, {"seed": s})) for s in seeds] for m in METHODS}
+    results[name] = {m: [Pipeline(method_config(base, m, {"seed": s})).run_student() for s in seeds] for m in METHODS}
+records = [run_record(name, m, r) for name, per in results.items() for m, rs in per.items() for r in rs]
 
 # %% [markdown]
 # ## Main table
@@ -59,13 +62,14 @@ for name in datasets:
 # %%
 tables = []
 for name in datasets:
-    base = dataset_config(profile, name)
-    teacher = teacher_report(base, "test")
-    t = method_table(runs[name], reference="KD")
+    pipe = Pipeline(dataset_config(profile, name))
+    teacher = pipe.teacher_report("test")
+    runs = group_runs(r for r in records if r["dataset"] == name)
+    t = method_table(runs, reference="KD")
     t.insert(0, "dataset", name)
-    t["student"] = f"{base.student.arch} ({runs[name]['CE'][0]['student_params'] / 1e3:.0f}k)"
-    t["teacher"] = f"{base.teacher.arch} ({teacher['teacher_params'] / 1e3:.0f}k): RGB {100 * teacher['rgb_teacher']:.2f}, fused {100 * teacher['fused']:.2f}"
-    t["train s/run"] = [f"{np.mean([r['train_time_s'] for r in runs[name][m]]):.0f}" for m in runs[name]]
+    t["student"] = f"{pipe.cfg.student.arch} ({results[name]['CE'][0]['student_params'] / 1e3:.0f}k)"
+    t["teacher"] = f"{pipe.cfg.teacher.arch} ({teacher['teacher_params'] / 1e3:.0f}k): RGB {100 * teacher['rgb_teacher']:.2f}, fused {100 * teacher['fused']:.2f}"
+    t["train s/run"] = [f"{np.mean([r['train_time_s'] for r in runs[m]]):.0f}" for m in runs]
     tables.append(t)
 main = pd.concat(tables, ignore_index=True)
 shown = main.drop(columns=["mean", "sd"])
@@ -79,8 +83,8 @@ shown
 # %%
 fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.2), squeeze=False)
 for ax, name in zip(axes[0], datasets):
-    for m, results in runs[name].items():
-        curve = np.mean([[h["val_acc"] for h in r["history"]] for r in results], axis=0)
+    for m, rs in results[name].items():
+        curve = np.mean([[h["val_acc"] for h in r["history"]] for r in rs], axis=0)
         ax.plot(np.arange(1, len(curve) + 1), 100 * curve, marker="o", ms=3, label=m)
     ax.set_title(name)
     ax.set_xlabel("epoch")
@@ -106,9 +110,5 @@ out.figure(fig, "distillation_results")
 print("rows:", len(main), "methods:", list(METHODS))
 
 # %%
-out.results_json("04_distillation", {
-    "datasets": datasets,
-    "table": main.to_dict("records"),
-    "runs": {d: {m: [{k: r[k] for k in ("seed", "val_acc", "test_acc", "train_time_s", "cache_time_s", "run_key")}
-                     for r in rs] for m, rs in per.items()} for d, per in runs.items()},
-}, dataset_config(profile, datasets[0]), seeds)
+out.results_json("04_distillation", {"datasets": datasets, "table": main.to_dict("records")},
+                 dataset_config(profile, datasets[0]), seeds, runs=records)

@@ -35,8 +35,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from tmkd_core.config import ABLATIONS, dataset_config, method_config, profile_plan
-from tmkd_core.experiment import run_student
-from tmkd_core.report import Outputs, enter_project_root, mean_std, paired_difference
+from tmkd_core.experiment import Pipeline
+from tmkd_core.report import Outputs, enter_project_root, mean_std, paired_difference, run_record
 
 out = Outputs(enter_project_root() / out_dir)
 dataset = dataset or profile_plan(profile, "datasets")[0]
@@ -45,11 +45,13 @@ groups = list(groups or ABLATIONS)
 base = dataset_config(profile, dataset)
 
 # %%
-kd = [run_student(method_config(base, "KD", {"seed": s})) for s in seeds]
-rows = []
+kd = [run_record(dataset, "KD", Pipeline(method_config(base, "KD", {"seed": s})).run_student()) for s in seeds]
+rows, records = [], list(kd)
 for group in groups:
     for label, overrides in ABLATIONS[group].items():
-        results = [run_student(method_config(base, "TMKD", {**overrides, "seed": s})) for s in seeds]
+        results = [run_record(dataset, "TMKD", Pipeline(method_config(base, "TMKD", {**overrides, "seed": s})).run_student(),
+                              f"{group}={label}") for s in seeds]
+        records += results
         val_m, val_sd = mean_std(r["val_acc"] for r in results)
         test_m, test_sd = mean_std(r["test_acc"] for r in results)
         d = paired_difference([r["test_acc"] for r in results], [r["test_acc"] for r in kd])
@@ -88,4 +90,4 @@ out.figure(fig, "ablations")
 print("groups:", groups)
 
 # %%
-out.results_json("05_ablations", {"dataset": dataset, "kd_test": kd_test, "rows": rows}, base, seeds)
+out.results_json("05_ablations", {"dataset": dataset, "kd_test": kd_test, "rows": rows}, base, seeds, runs=records)

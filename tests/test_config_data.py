@@ -6,23 +6,69 @@ import numpy as np
 import pytest
 import torch
 
-from tmkd_core.config import (METHODS, SWITCHES, DataConfig, config_hash, make_config, method_config,
+from tmkd_core.config import (METHODS, ConfigError, DataConfig, config_hash, make_config, method_config, switches,
                               with_overrides)
 from tmkd_core.data import DatasetNotFound, FolderImageSet, load_splits, stratified_order
 
 
 def test_every_switch_validates_and_lists_its_values():
+    from tmkd_core.distillers import DISTILLERS
+    from tmkd_core.fusion import WEIGHTINGS
+    from tmkd_core.priors import EDGE_OPERATORS, VIEWS
+
     cfg = make_config("smoke")
-    paths = {"edge_operator": "views", "hf_filter": "views", "edge_mode": "views", "hf_mode": "views",
-             "view_bn": "teacher", "teacher_init": "teacher", "prompts": "text", "condition": "fusion",
-             "weights": "fusion", "granularity": "fusion", "vlc": "student", "kd_term": "student",
-             "teacher": "student", "teacher_outputs": "student", "backend": "text"}
-    assert set(paths) == set(SWITCHES)
-    for switch, section in paths.items():
-        for value in SWITCHES[switch]:
-            assert getattr(getattr(with_overrides(cfg, {f"{section}.{switch}": value}), section), switch) == value
-        with pytest.raises(ValueError, match=", ".join(SWITCHES[switch])):
-            with_overrides(cfg, {f"{section}.{switch}": "bogus"})
+    found = switches()
+    # read from the registries, not repeated by hand
+    assert found["views.edge_operator"] == tuple(EDGE_OPERATORS.names())
+    assert found["fusion.weights"] == tuple(WEIGHTINGS.names()) and found["views.views"] == tuple(VIEWS.names())
+    assert found["student.distiller"] == tuple(DISTILLERS.names())
+    assert {"views.hf_mode", "teacher.view_bn", "text.prompts", "fusion.condition", "student.vlc",
+            "student.teacher_outputs", "text.backend", "data.name", "teacher_precision"} <= set(found)
+    for path, values in found.items():
+        if path == "views.views":
+            continue
+        section, _, name = path.rpartition(".")
+        for value in values:
+            try:
+                changed = with_overrides(cfg, {path: value})
+            except ConfigError as exc:  # a value another setting rules out, said at build time
+                assert "needs" in str(exc), exc
+                continue
+            node = changed
+            for part in path.split("."):
+                node = getattr(node, part)
+            assert node == value
+        with pytest.raises(ValueError, match=f"{path}: invalid value 'bogus'; valid values: " + ", ".join(values)):
+            with_overrides(cfg, {path: "bogus"})
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"student.optim.epochs": "2"}, r"student.optim.epochs: expected int, got '2'"),
+    ({"student.optim.epochs": 0}, r"student.optim.epochs: must be >= 1"),
+    ({"teacher.optim.batch_size": -4}, r"teacher.optim.batch_size: must be >= 1"),
+    ({"views.hf_radius": 2.0}, r"views.hf_radius: must be < 1.41"),
+    ({"views.hf_sigma": 0}, r"views.hf_sigma: must be > 0"),
+    ({"data.val_size": -1}, r"data.val_size: must be >= 1"),
+    ({"fusion.tau_w": float("nan")}, r"fusion.tau_w: must be finite"),
+    ({"student.alpha": True}, r"student.alpha: expected float, got True"),
+    ({"student.distiller": "fitnet"}, r"valid values: ce, dkd, kd, tmkd"),
+    ({"student.teacher": "single"}, r"needs the multi-view teacher"),
+    ({"data": 3}, r"data is a section"),
+    ({"teacher.optim": "sgd"}, r"teacher.optim is a section"),
+    ({"views.views": ["rgb", "fourier"]}, r"views.views: invalid value 'fourier'; valid values: edge, hf, rgb"),
+    ({"text.sha256": "abc"}, r"expected 64 hex digits"),
+    ({"fusion.weights": "clip_image"}, r"needs CLIP's image tower"),
+    ({"device": "gpu0"}, r"device"),
+])
+def test_bad_settings_fail_when_the_configuration_is_built(override, message):
+    with pytest.raises(ConfigError, match=message):
+        make_config("smoke", override)
+
+
+def test_numbers_are_normalised_so_equal_settings_hash_equal():
+    a, b = make_config("smoke", {"fusion.tau_w": 1}), make_config("smoke", {"fusion.tau_w": 1.0})
+    assert a == b and isinstance(a.fusion.tau_w, float) and config_hash(a) == config_hash(b)
+    assert make_config("smoke", {"views.views": ["rgb", "hf"]}).views.views == ("rgb", "hf")
 
 
 def test_unknown_settings_and_profiles_say_what_is_valid():
@@ -82,8 +128,8 @@ def test_missing_dataset_names_the_paths_tried(tmp_path, no_network):
         load_splits(cfg)
     with pytest.raises(DatasetNotFound, match=r"cifar10-jpeg.tar.gz"):
         load_splits(DataConfig(name="cifar10", root=str(tmp_path / "data"), mirror=str(tmp_path / "nowhere")))
-    with pytest.raises(KeyError, match="fashion_mnist"):
-        load_splits(DataConfig(name="mnist", root=str(tmp_path)))
+    with pytest.raises(ValueError, match="data.name: invalid value 'mnist'; valid values: .*fashion_mnist"):
+        make_config("smoke", {"data.name": "mnist"})  # at build time, before any data is read
 
 
 def test_corrupt_image_names_its_file(tmp_path):
@@ -132,7 +178,7 @@ def test_imagefolder_dataset_trains_through_the_same_loop(tmp_path):
     assert splits.class_names == ["ant", "bee"] and len(splits.train) == 20 and len(splits.test) == 8
     assert splits.train.load(torch.tensor([0, 5])).shape == (2, 3, 16, 16)
     model = build_model("resnet8", 2)
-    history = fit(model, supervised_loss(model), splits.train, OptimConfig(epochs=1), batch_size=5, seed=0,
+    history = fit(model, supervised_loss(model), splits.train, OptimConfig(epochs=1, batch_size=5), seed=0,
                   augment_seed=0, progress=False)
     assert len(history) == 1 and 0 <= evaluate(model, splits.test) <= 1
     with pytest.raises(DatasetNotFound, match="train/<class>"):

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from tmkd_core.config import TextConfig
-from tmkd_core.text import (PRIOR_AWARE_TEMPLATES, build_text_encoder, class_text_embeddings, prompt_templates,
-                            text_identity)
+from tmkd_core.priors import VIEWS
+from tmkd_core.text import build_text_encoder, class_text_embeddings, prompt_templates, text_identity
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def test_class_embeddings_are_normalised_means_and_cached(minilm, tmp_path, no_n
     t = class_text_embeddings(TextConfig(), classes, views, cache_dir=tmp_path, encoder=minilm)
     assert t.shape == (3, 3, minilm.dim)
     torch.testing.assert_close(t.norm(dim=-1), torch.ones(3, 3))
-    manual = minilm.encode([tpl.format("frog") for tpl in PRIOR_AWARE_TEMPLATES["edge"]]).mean(0)
+    manual = minilm.encode([tpl.format("frog") for tpl in VIEWS.get("edge").templates]).mean(0)
     torch.testing.assert_close(t[1, 2], manual / manual.norm(), atol=1e-5, rtol=0)
     # the on-disk cache answers without an encoder
     assert len(list(tmp_path.glob("text_*.pt"))) == 1
@@ -38,7 +38,7 @@ def test_class_embeddings_are_normalised_means_and_cached(minilm, tmp_path, no_n
 
 
 def test_generic_prompts_use_the_rgb_templates_for_every_view(minilm):
-    assert prompt_templates("generic", ("rgb", "edge", "hf"))["hf"] == PRIOR_AWARE_TEMPLATES["rgb"]
+    assert prompt_templates("generic", ("rgb", "edge", "hf"))["hf"] == VIEWS.get("rgb").templates
     t = class_text_embeddings(TextConfig(prompts="generic"), ["cat", "dog"], ("rgb", "edge"), encoder=minilm)
     torch.testing.assert_close(t[0], t[1])
 
@@ -95,3 +95,32 @@ def test_open_clip_rejects_a_bad_checksum_and_unknown_names(tiny_clip_file, no_n
 def test_minilm_has_no_image_tower(minilm):
     with pytest.raises(NotImplementedError, match="open_clip"):
         minilm.encode_image(torch.rand(1, 3, 32, 32))
+
+
+def test_open_clip_checksums_compare_in_any_case_and_a_wrong_architecture_names_the_file(tiny_clip_file, no_network):
+    import open_clip
+
+    from tmkd_core.text import sha256_of
+
+    weights, _ = tiny_clip_file
+    upper = TextConfig(backend="open_clip", model="tmkd-tiny-clip", pretrained=str(weights),
+                       sha256=sha256_of(weights).upper())
+    assert build_text_encoder(upper).dim == 16
+    wide = {**TINY_CLIP, "embed_dim": 24}
+    (weights.parent / "tmkd-tiny-clip-wide.json").write_text(json.dumps(wide))
+    open_clip.add_model_config(weights.parent)
+    with pytest.raises(ValueError, match=rf"{weights}.*does not fit.*tmkd-tiny-clip-wide"):
+        build_text_encoder(TextConfig(backend="open_clip", model="tmkd-tiny-clip-wide", pretrained=str(weights)))
+
+
+def test_weights_are_checked_before_anything_trains(tiny_clip_file, cifar_cfg, tmp_path, no_network):
+    from tmkd_core.config import method_config
+    from tmkd_core.experiment import Pipeline
+
+    weights, _ = tiny_clip_file
+    cfg = method_config(cifar_cfg, "TMKD", {"text.backend": "open_clip", "text.model": "tmkd-tiny-clip",
+                                            "text.pretrained": str(weights), "text.sha256": "0" * 64,
+                                            "data.root": str(tmp_path)})
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        Pipeline(cfg)  # at construction: no data loaded, no teacher trained
+    assert not any(tmp_path.iterdir())

@@ -1,16 +1,14 @@
 """Training: exact resume, the teacher cache, and a short real distillation."""
-from dataclasses import replace
-
 import pytest
 import torch
 
-from tmkd_core import experiment
 from tmkd_core.config import OptimConfig, method_config, with_overrides
 from tmkd_core.data import AugmentPlan, load_splits, to_float
 from tmkd_core.distillers import build_distiller
+from tmkd_core.experiment import Pipeline
 from tmkd_core.models import build_model
 from tmkd_core.teachers import TeacherCache
-from tmkd_core.train import fit, supervised_loss
+from tmkd_core.train import Batch, fit, supervised_loss
 
 
 class Interrupt(Exception):
@@ -25,13 +23,14 @@ def _train(splits, epochs_before_interrupt, checkpoint):
         if epoch == epochs_before_interrupt:
             raise Interrupt
 
-    kwargs = dict(batch_size=100, seed=3, augment_seed=5, checkpoint=checkpoint, progress=False)
+    kwargs = dict(seed=3, augment_seed=5, checkpoint=checkpoint, progress=False)
+    optim = OptimConfig(epochs=3, lr=0.05, batch_size=100)
     try:
-        fit(model, supervised_loss(model), splits.train, OptimConfig(epochs=3, lr=0.05), on_epoch_end=stop, **kwargs)
+        fit(model, supervised_loss(model), splits.train, optim, on_epoch_end=stop, **kwargs)
     except Interrupt:
         torch.manual_seed(123)  # a resumed process starts from other weights and RNG state
         model = build_model("resnet8", 10)
-        history = fit(model, supervised_loss(model), splits.train, OptimConfig(epochs=3, lr=0.05), **kwargs)
+        history = fit(model, supervised_loss(model), splits.train, optim, **kwargs)
         return model, history
     raise AssertionError("the run was not interrupted")
 
@@ -40,8 +39,8 @@ def test_resumed_run_continues_from_its_checkpoint(cifar_cfg, tmp_path):
     splits = load_splits(cifar_cfg.data)
     torch.manual_seed(0)
     straight = build_model("resnet8", 10)
-    ref_history = fit(straight, supervised_loss(straight), splits.train, OptimConfig(epochs=3, lr=0.05),
-                      batch_size=100, seed=3, augment_seed=5, progress=False)
+    ref_history = fit(straight, supervised_loss(straight), splits.train, OptimConfig(epochs=3, lr=0.05, batch_size=100),
+                      seed=3, augment_seed=5, progress=False)
     resumed, history = _train(splits, 2, tmp_path / "ckpt.pt")
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert history[:2] == torch.load(tmp_path / "ckpt.pt", weights_only=True)["history"][:2]
@@ -66,28 +65,29 @@ def test_augment_plan_is_a_fixed_crop_and_flip():
 
 
 def test_teacher_cache_equals_the_online_teacher(cifar_cfg, tmp_path):
-    splits = experiment.load_data(cifar_cfg)
-    teacher = experiment.fused_teacher(cifar_cfg, splits)
-    small = splits.train.subset(torch.arange(64))
-    cache = TeacherCache.build(tmp_path / "cache", teacher, small, replicas=2, augment_seed=0, augment=True,
-                               batch_size=32, device="cpu")
+    pipe = Pipeline(cifar_cfg)
+    teacher = pipe.fused_teacher()
+    small = pipe.splits.train.subset(torch.arange(64))
+    cache = TeacherCache.build(tmp_path / "cache", teacher, small, replicas=2, augment_seed=0, batch_size=32,
+                               device="cpu")
     idx = torch.tensor([50, 3, 17, 9])
     images, labels = small.load(idx), small.labels[idx]
-    for replica in (0, 1, 2):  # replica 2 wraps to 0
-        x = AugmentPlan.draw(64, 0, replica % 2).apply(to_float(images), idx)
+    for replica in (0, 1):
+        x = AugmentPlan.draw(64, 0, replica).apply(to_float(images), idx)
         online = teacher(x, labels)
         cached = teacher.from_pooled(cache.get(idx, replica, "cpu"), labels, x)
         torch.testing.assert_close(cached["logits"], online["logits"], atol=2e-2, rtol=1e-2)
         torch.testing.assert_close(cached["weights"], online["weights"], atol=2e-2, rtol=1e-2)
+    with pytest.raises(ValueError, match="holds replicas 0..1; asked for replica 2"):  # never a silent wrap
+        cache.get(idx, 2, "cpu")
 
 
 def test_bf16_teacher_gives_float32_outputs_close_to_fp32(cifar_cfg):
-    splits = experiment.load_data(cifar_cfg)
+    splits = Pipeline(cifar_cfg).splits
     x, labels = to_float(splits.train.load(torch.arange(16))), splits.train.labels[:16]
     outs = {}
     for precision in ("fp32", "bf16"):
-        teacher = experiment.frozen_teacher(replace(method_config(cifar_cfg, "TMKD"), teacher_precision=precision),
-                                            splits)
+        teacher = Pipeline(method_config(cifar_cfg, "TMKD", {"teacher_precision": precision})).frozen_teacher()
         assert teacher.inference_dtype is (torch.bfloat16 if precision == "bf16" else None)
         outs[precision] = teacher(x, labels)
     assert outs["bf16"]["pooled"].dtype == torch.float32
@@ -97,8 +97,8 @@ def test_bf16_teacher_gives_float32_outputs_close_to_fp32(cifar_cfg):
 
 def test_distiller_keeps_the_teacher_frozen_and_in_eval(cifar_cfg):
     cfg = method_config(cifar_cfg, "TMKD")
-    splits = experiment.load_data(cfg)
-    teacher = experiment.frozen_teacher(cfg, splits)
+    pipe = Pipeline(cfg)
+    splits, teacher = pipe.splits, pipe.frozen_teacher()
     distiller = build_distiller(build_model("resnet8", 10), teacher, cfg.student)
     distiller.train()
     assert distiller.student.training and not teacher.training
@@ -106,11 +106,12 @@ def test_distiller_keeps_the_teacher_frozen_and_in_eval(cifar_cfg):
     names = {n for n, p in distiller.named_parameters() if p.requires_grad}
     assert any(n.startswith("connector") for n in names) and any(n.startswith("text_head") for n in names)
     assert len(distiller.trainable_parameters()) == len(names)
-    x = to_float(splits.train.load(torch.arange(8)))
-    logits, losses = distiller.forward_train(x, splits.train.labels[:8], torch.arange(8), 0.0)
+    batch = Batch(to_float(splits.train.load(torch.arange(8))), splits.train.labels[:8], torch.arange(8), 0.0, 0)
+    logits, losses = distiller.forward_train(batch)
     assert set(losses) == {"ce", "kd", "feat", "vlc"} and logits.shape == (8, 10)
-    off = build_distiller(build_model("resnet8", 10), teacher, replace(cfg.student, vlc="off", beta=0.0))
-    assert set(off.forward_train(x, splits.train.labels[:8], torch.arange(8), 0.0)[1]) == {"ce", "kd"}
+    off_cfg = with_overrides(cfg, {"student.vlc": "off", "student.beta": 0.0}).student
+    off = build_distiller(build_model("resnet8", 10), teacher, off_cfg)
+    assert set(off.forward_train(batch)[1]) == {"ce", "kd"}
 
 
 @pytest.mark.slow
@@ -118,7 +119,7 @@ def test_short_tmkd_distillation_on_real_cifar10_beats_chance(cifar_cfg):
     cfg = with_overrides(method_config(cifar_cfg, "TMKD"),
                          {"data.train_size": 3000, "teacher.optim.epochs": 3, "student.optim.epochs": 3,
                           "student.cache_replicas": 3})
-    result = experiment.run_student(cfg, force=True)
+    result = Pipeline(cfg).run_student(force=True)
     assert result["test_acc"] > 0.30, result["test_acc"]  # chance is 0.10 on the 1,000 test images
     losses = [h["loss_ce"] for h in result["history"]]
     assert losses[-1] < losses[0]

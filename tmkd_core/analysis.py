@@ -1,33 +1,31 @@
 """What the notebooks look at: fusion weights over a split, Grad-CAM maps, spectra."""
 from __future__ import annotations
 
-from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from .config import ExperimentConfig
 from .data import to_float
 from .priors import frequency_radius, luminance, make_views
-from .utils import resolve_device
+
+if TYPE_CHECKING:
+    from .experiment import Pipeline
 
 
-def fusion_weights(cfg: ExperimentConfig, split: str = "val", max_images: int | None = None) -> dict:
+def fusion_weights(pipe: Pipeline, split: str = "val", max_images: int | None = None) -> dict:
     """Fusion weights (V, N), labels (N,), per-view logits (V, N, K) of the fused teacher on a split.
 
-    Weights condition as `cfg.fusion.condition` says (labels by default, as in training).
+    Weights condition as `fusion.condition` says (labels by default, as in training). The
+    multi-view teacher is trained first if it is not there yet.
     """
-    from .experiment import fused_teacher, load_data
-
-    splits = load_data(cfg)
-    device = resolve_device(cfg.device)
-    data = getattr(splits, split)
+    data = getattr(pipe.splits, split)
     if max_images is not None:
         data = data.subset(torch.arange(min(max_images, len(data))))
-    teacher = fused_teacher(cfg, splits)
+    teacher = pipe.fused_teacher()
     weights, view_logits = [], []
     for _, images, labels in data.batches(256):
-        out = teacher(to_float(images, device), labels.to(device))  # no_grad inside
+        out = teacher(to_float(images, pipe.device), labels.to(pipe.device))  # no_grad inside
         weights.append(out["weights"].cpu())
         view_logits.append(out["view_logits"].cpu())
     return {"weights": torch.cat(weights, 1), "labels": data.labels, "view_logits": torch.cat(view_logits, 1),
@@ -80,19 +78,15 @@ def energy_kept(x: torch.Tensor, radius: float) -> float:
     return float(power[:, r >= radius * 0.5].sum() / power[:, r > 0].sum())
 
 
-def rgb_teacher_forward(cfg: ExperimentConfig):
+def rgb_teacher_forward(pipe: Pipeline):
     """(forward, layer, num_views) of the RGB teacher for grad_cam."""
-    from .experiment import single_view_teacher
-
-    model, _ = single_view_teacher(cfg)
+    model, _ = pipe.train_or_load_rgb_teacher()
     return (lambda x: model(x)[0]), model.stages[-1], 1
 
 
-def fused_teacher_forward(cfg: ExperimentConfig, labels: torch.Tensor):
+def fused_teacher_forward(pipe: Pipeline, labels: torch.Tensor):
     """(forward, layer, num_views) of the fused multi-view teacher for grad_cam."""
-    from .experiment import fused_teacher
-
-    teacher = fused_teacher(replace(cfg, fusion=replace(cfg.fusion, condition="label")))
+    teacher = pipe.with_overrides({"fusion.condition": "label"}).fused_teacher()
 
     def forward(x):  # from_pooled runs under no_grad; here the graph must reach the logits
         out = teacher.teacher(make_views(x, teacher.view_cfg))

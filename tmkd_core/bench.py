@@ -18,11 +18,10 @@ import torch
 from .config import dataset_config, method_config
 from .data import AugmentPlan, to_float
 from .distillers import build_distiller
-from .experiment import AUGMENT_SEED, _channels_last, frozen_teacher, load_data, teacher_cache
+from .experiment import AUGMENT_SEED, Pipeline
 from .models import build_model
 from .report import Outputs, find_root
-from .train import make_optimizer
-from .utils import resolve_device, teacher_dtype
+from .train import Batch, make_optimizer
 
 VARIANTS = {  # label: (method, teacher_outputs)
     "CE": ("CE", "online"),
@@ -40,28 +39,27 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def time_variant(cfg, steps: int, warmup: int = 3) -> dict:
-    splits = load_data(cfg)
-    device = resolve_device(cfg.device)
-    teacher = None if cfg.student.distiller == "ce" else frozen_teacher(cfg, splits)
-    cache = teacher_cache(cfg, teacher, splits, device)
+def time_variant(pipe: Pipeline, steps: int, warmup: int = 3) -> dict:
+    cfg, splits, device = pipe.cfg, pipe.splits, pipe.device
+    teacher = pipe.frozen_teacher()
+    cache = pipe.train_or_load_teacher_cache(teacher)
     torch.manual_seed(cfg.seed)
     distiller = build_distiller(build_model(cfg.student.arch, splits.num_classes, splits.in_channels),
                                 teacher, cfg.student, cache).to(device)
-    memory_format = torch.channels_last if _channels_last(cfg, device) else torch.contiguous_format
+    memory_format = torch.channels_last if pipe.channels_last else torch.contiguous_format
     distiller.to(memory_format=memory_format).train()
     opt, _ = make_optimizer(distiller.trainable_parameters(), cfg.student.optim, 100)
     plan = AugmentPlan.draw(len(splits.train), AUGMENT_SEED, 0)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = []
-    batches = splits.train.batches(cfg.data.batch_size, drop_last=True)
+    batches = splits.train.batches(cfg.student.optim.batch_size, drop_last=True)
     for step, (idx, images, labels) in zip(range(warmup + steps), batches):
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         x = plan.apply(to_float(images, device), idx).contiguous(memory_format=memory_format)
-        _, losses = distiller.forward_train(x, labels.to(device), idx, 0.0)
+        _, losses = distiller.forward_train(Batch(x, labels.to(device), idx, 0.0, 0))
         opt.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
         opt.step()
@@ -86,7 +84,7 @@ def main(argv=None):
     base = dataset_config(args.profile, args.dataset, {"progress": False})
     rows = []
     for label, (method, outputs) in VARIANTS.items():
-        r = time_variant(method_config(base, method, {"student.teacher_outputs": outputs}), args.steps)
+        r = time_variant(Pipeline(method_config(base, method, {"student.teacher_outputs": outputs})), args.steps)
         rows.append({"variant": label, **r})
         print(f"{label:15s} {r['step_ms']:8.1f} ms/step  peak {r['peak_memory_mb']:.0f} MB", flush=True)
     df = pd.DataFrame(rows)
@@ -94,10 +92,11 @@ def main(argv=None):
     df["x CE"] = df["step_ms"] / ce["CE"]
     df["x KD (online)"] = df["step_ms"] / ce["KD (online)"]
     out = Outputs(find_root() / args.out_dir)
-    device = resolve_device(base.device)
+    pipe = Pipeline(base)
+    device = pipe.device
     memory = "peak CUDA memory" if device.type == "cuda" else "process peak RSS so far (grows across rows)"
-    precision = str(teacher_dtype(base.teacher_precision, device) or torch.float32).removeprefix("torch.")
-    out.table(df, "bench", f"Median step time (ms), batch {base.data.batch_size}, {base.student.arch} student, "
+    precision = pipe.precision()["frozen_teacher"]
+    out.table(df, "bench", f"Median step time (ms), batch {base.student.optim.batch_size}, {base.student.arch} student, "
                            f"{base.teacher.arch} teacher (forward in {precision}), {args.dataset}, {device.type}; "
                            f"memory: {memory}")
     out.results_json("bench", {"rows": rows, "dataset": args.dataset, "teacher_precision": precision}, base)

@@ -11,199 +11,163 @@ import copy
 import dataclasses
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
-# Every switch of the method and its valid values; the first value is the default.
-SWITCHES: dict[str, tuple[str, ...]] = {
-    "edge_operator": ("sobel", "scharr", "laplacian", "canny"),
-    "hf_filter": ("fft", "gaussian"),
-    "edge_mode": ("map", "enhance"),
-    "hf_mode": ("map", "enhance"),
-    "view_bn": ("per_view", "shared"),
-    "teacher_init": ("rgb", "scratch"),
-    "prompts": ("prior_aware", "generic"),
-    "condition": ("label", "pred"),
-    "weights": ("text", "uniform", "learned", "clip_image"),
-    "granularity": ("sample", "class"),
-    "vlc": ("class_text", "teacher_text", "both", "off"),
-    "kd_term": ("kd", "dkd"),
-    "teacher": ("single", "multi"),
-    "teacher_outputs": ("cached", "online"),
-    "backend": ("sentence_transformers", "open_clip"),
-}
-VIEW_NAMES = ("rgb", "edge", "hf")
-TEACHER_PRECISIONS = ("auto", "fp32", "bf16")  # autocast of the frozen teacher's forward
+from .priors import ViewConfig
+from .settings import ConfigError, Section, leaf_paths, resolve_choices, section_type, setting
 
-
-def _check_switch(name: str, value: Any) -> None:
-    if value not in SWITCHES[name]:
-        raise ValueError(
-            f"invalid value {value!r} for switch {name!r}; valid values: {', '.join(SWITCHES[name])}"
-        )
+__all__ = ["ConfigError", "DataConfig", "ViewConfig", "OptimConfig", "TeacherConfig", "TextConfig", "FusionConfig",
+           "StudentConfig", "ExperimentConfig", "make_config", "with_overrides", "switches", "config_hash"]
 
 
 @dataclass
-class DataConfig:
-    name: str = "cifar10"  # cifar10 | imagenette64 | fashion_mnist | cifar100 | imagefolder
-    root: str = "data"  # extracted datasets, caches, checkpoints
-    mirror: str = "../shared/data"  # offline archives (see its README)
-    folder: str | None = None  # ImageFolder root (train/ and val/ inside) for name=imagefolder
-    image_size: int | None = None  # None keeps the dataset's own size
-    train_size: int | None = None  # cap on training images (stratified, fixed by seed); None: all
-    val_size: int = 5000  # validation images carved from the training set, fixed by split_seed
-    test_size: int | None = None  # cap on test images (stratified); None: all
-    split_seed: int = 0
-    batch_size: int = 128
-    augment: bool = True  # random crop (pad 4) + horizontal flip
-    download: bool = False  # allow torchvision downloads when the offline copy is missing
-    num_workers: int = 0  # decoding workers for folder datasets
+class DataConfig(Section):
+    name: str = setting("cifar10", choices="tmkd_core.data:SOURCES")
+    root: str = setting("data", neutral=True, doc="extracted datasets, caches, checkpoints, runs")
+    mirror: str = setting("../shared/data", neutral=True, doc="offline archives (see its README)")
+    folder: str | None = setting(None, doc="ImageFolder root (train/ and val/ inside) for name=imagefolder")
+    image_size: int | None = setting(None, ge=8, doc="None keeps the dataset's own size")
+    train_size: int | None = setting(None, ge=1, doc="cap on training images (stratified); None: all")
+    val_size: int = setting(5000, ge=1, doc="validation images carved from the training set")
+    test_size: int | None = setting(None, ge=1, doc="cap on test images (stratified); None: all")
+    split_seed: int = setting(0, ge=0)
+    download: bool = setting(False, neutral=True, doc="allow torchvision downloads when the offline copy is missing")
+    num_workers: int = setting(0, ge=0, neutral=True, doc="decoding workers for folder datasets")
 
 
 @dataclass
-class ViewConfig:
-    views: tuple[str, ...] = VIEW_NAMES
-    edge_operator: str = "sobel"
-    hf_filter: str = "fft"
-    hf_radius: float = 0.25  # disc radius as a fraction of the Nyquist radius
-    hf_sigma: float = 1.0  # Gaussian high-pass: x - G_sigma * x
-    edge_mode: str = "map"
-    hf_mode: str = "map"
-    enhance_lambda: float = 0.5  # enhance mode: clip(x + lambda * prior, 0, 1)
+class OptimConfig(Section):
+    """One training run's optimiser, schedule, batch and augmentation."""
 
-    def __post_init__(self):
-        self.views = tuple(self.views)
-        for v in self.views:
-            if v not in VIEW_NAMES:
-                raise ValueError(f"unknown view {v!r}; available: {', '.join(VIEW_NAMES)}")
-        if not self.views or self.views[0] != "rgb":
-            raise ValueError(f"views must start with 'rgb', got {self.views}")
-        for s in ("edge_operator", "hf_filter", "edge_mode", "hf_mode"):
-            _check_switch(s, getattr(self, s))
+    epochs: int = setting(10, ge=1)
+    batch_size: int = setting(128, ge=1)
+    lr: float = setting(0.1, gt=0.0)
+    momentum: float = setting(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = setting(5e-4, ge=0.0)
+    warmup_epochs: float = setting(0.0, ge=0.0)
+    schedule: str = setting("cosine", choices=("cosine", "step"), doc="step: x0.1 at 50% and 75%")
+    augment: bool = setting(True, doc="random crop (pad 4) + horizontal flip")
 
 
 @dataclass
-class OptimConfig:
-    epochs: int = 10
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 0.0
-    schedule: str = "cosine"  # cosine | step (x0.1 at 50%, 75%)
-
-    def __post_init__(self):
-        if self.schedule not in ("cosine", "step"):
-            raise ValueError(f"invalid schedule {self.schedule!r}; valid values: cosine, step")
+class TeacherConfig(Section):
+    arch: str = setting("resnet20", choices="tmkd_core.models:MODELS")
+    optim: OptimConfig = setting(default_factory=OptimConfig, doc="the single-view (RGB) teacher")
+    multiview_optim: OptimConfig = setting(default_factory=lambda: OptimConfig(epochs=4, lr=0.02))
+    view_bn: str = setting("per_view", choices="tmkd_core.models:VIEW_BN")
+    teacher_init: str = setting("rgb", choices=("rgb", "scratch"))
+    lambda_a: float = setting(0.5, ge=0.0, doc="weight of the text-alignment NCE term")
+    tau_a: float = setting(0.1, gt=0.0, doc="temperature of the text-alignment NCE term")
 
 
 @dataclass
-class TeacherConfig:
-    arch: str = "resnet20"
-    optim: OptimConfig = field(default_factory=OptimConfig)  # single-view (RGB) teacher
-    multiview_optim: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=4, lr=0.02))
-    view_bn: str = "per_view"
-    teacher_init: str = "rgb"
-    lambda_a: float = 0.5  # weight of the text-alignment NCE term
-    tau_a: float = 0.1  # temperature of the text-alignment NCE term
+class TextConfig(Section):
+    backend: str = setting("sentence_transformers", choices="tmkd_core.text:BACKENDS")
+    model: str | None = setting(None, doc='open_clip architecture, e.g. "ViT-B-32"')
+    pretrained: str | None = setting(None, doc="open_clip tag or a local weights file")
+    sha256: str | None = setting(None, neutral=True, doc="expected checksum of a local weights file (any case); "
+                                                        "checked, and the actual checksum enters the keys")
+    prompts: str = setting("prior_aware", choices="tmkd_core.text:PROMPT_SETS")
+    cache_dir: str | None = setting(None, neutral=True, doc="open_clip download cache")
 
-    def __post_init__(self):
-        _check_switch("view_bn", self.view_bn)
-        _check_switch("teacher_init", self.teacher_init)
-
-
-@dataclass
-class TextConfig:
-    backend: str = "sentence_transformers"
-    model: str | None = None  # open_clip architecture, e.g. "ViT-B-32"; None for sentence-transformers
-    pretrained: str | None = None  # open_clip tag ("openai") or a local weights file
-    sha256: str | None = None  # expected checksum of a local weights file
-    prompts: str = "prior_aware"
-    cache_dir: str | None = None  # open_clip download cache; None: its default
-
-    def __post_init__(self):
-        _check_switch("backend", self.backend)
-        _check_switch("prompts", self.prompts)
+    def check(self):
+        if self.sha256 is not None and (len(self.sha256) != 64
+                                        or any(c not in "0123456789abcdefABCDEF" for c in self.sha256)):
+            raise ConfigError(f"TextConfig.sha256: expected 64 hex digits, got {self.sha256!r}")
 
 
 @dataclass
-class FusionConfig:
-    weights: str = "text"
-    granularity: str = "sample"
-    condition: str = "label"
-    tau_w: float = 0.1
-
-    def __post_init__(self):
-        for s in ("weights", "granularity", "condition"):
-            _check_switch(s, getattr(self, s))
-        if self.tau_w <= 0:
-            raise ValueError(f"tau_w must be > 0, got {self.tau_w}")
+class FusionConfig(Section):
+    weights: str = setting("text", choices="tmkd_core.fusion:WEIGHTINGS")
+    granularity: str = setting("sample", choices="tmkd_core.fusion:GRANULARITIES")
+    condition: str = setting("label", choices="tmkd_core.fusion:CONDITIONS")
+    tau_w: float = setting(0.1, gt=0.0)
 
 
 @dataclass
-class StudentConfig:
-    arch: str = "resnet8"
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    distiller: str = "tmkd"  # ce | kd | dkd | tmkd
-    teacher: str = "multi"  # which teacher the distiller reads: single | multi
-    kd_term: str = "kd"  # the KD term of TMKD: kd | dkd ("TMKD + DKD")
-    vlc: str = "class_text"
-    tau: float = 4.0  # KD temperature
-    alpha: float = 1.0  # KD weight
-    beta: float = 1.0  # feature (connector MSE) weight
-    gamma: float = 0.5  # vision-language contrastive weight
-    tau_c: float = 0.1  # VLC temperature
-    dkd_alpha: float = 1.0
-    dkd_beta: float = 8.0
-    dkd_warmup_epochs: float = 1.0  # DKD ramps its weight in linearly, as in its paper
-    teacher_outputs: str = "cached"
-    cache_replicas: int = 4  # augmented replicas of the training set in the teacher cache
+class StudentConfig(Section):
+    arch: str = setting("resnet8", choices="tmkd_core.models:MODELS")
+    optim: OptimConfig = setting(default_factory=OptimConfig)
+    distiller: str = setting("tmkd", choices="tmkd_core.distillers:DISTILLERS")
+    teacher: str = setting("multi", choices=("single", "multi"), doc="which teacher the distiller reads")
+    kd_term: str = setting("kd", choices=("kd", "dkd"), doc='the KD term of TMKD ("TMKD + DKD")')
+    vlc: str = setting("class_text", choices="tmkd_core.distillers:VLC_MODES")
+    tau: float = setting(4.0, gt=0.0, doc="KD temperature")
+    alpha: float = setting(1.0, ge=0.0, doc="KD weight")
+    beta: float = setting(1.0, ge=0.0, doc="feature (connector MSE) weight")
+    gamma: float = setting(0.5, ge=0.0, doc="vision-language contrastive weight")
+    tau_c: float = setting(0.1, gt=0.0, doc="VLC temperature")
+    dkd_alpha: float = setting(1.0, ge=0.0)
+    dkd_beta: float = setting(8.0, ge=0.0)
+    dkd_warmup_epochs: float = setting(1.0, ge=0.0, doc="DKD ramps its weight in linearly, as in its paper")
+    teacher_outputs: str = setting("cached", choices=("cached", "online"))
+    cache_replicas: int | None = setting(None, ge=1, doc="augmented replicas the student cycles through "
+                                                         "(epoch e sees replica e mod K); None: one per epoch")
 
-    def __post_init__(self):
-        for s in ("vlc", "kd_term", "teacher", "teacher_outputs"):
-            _check_switch(s, getattr(self, s))
+    def check(self):
+        if self.distiller == "tmkd" and self.teacher != "multi":
+            raise ConfigError("StudentConfig.distiller='tmkd' needs the multi-view teacher (student.teacher='multi')")
 
 
 @dataclass
-class ExperimentConfig:
-    profile: str = "cpu"
-    data: DataConfig = field(default_factory=DataConfig)
-    views: ViewConfig = field(default_factory=ViewConfig)
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    text: TextConfig = field(default_factory=TextConfig)
-    fusion: FusionConfig = field(default_factory=FusionConfig)
-    student: StudentConfig = field(default_factory=StudentConfig)
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
-    channels_last: bool = False
-    # frozen teacher's forward (cache and online): auto | fp32 | bf16 (utils.teacher_dtype)
-    teacher_precision: str = "auto"
-    progress: bool = True  # tqdm bars
+class ExperimentConfig(Section):
+    profile: str = setting("cpu", neutral=True)
+    data: DataConfig = setting(default_factory=DataConfig)
+    views: ViewConfig = setting(default_factory=ViewConfig)
+    teacher: TeacherConfig = setting(default_factory=TeacherConfig)
+    text: TextConfig = setting(default_factory=TextConfig)
+    fusion: FusionConfig = setting(default_factory=FusionConfig)
+    student: StudentConfig = setting(default_factory=StudentConfig)
+    seed: int = setting(0, ge=0, doc="the student's initialisation and data order")
+    device: str = setting("auto", neutral=True, doc="auto | cpu | cuda | cuda:N (the device used enters every key)")
+    amp: bool = setting(True, doc="bf16 autocast of training on CUDA; ignored on CPU")
+    channels_last: bool = setting(False, doc="always on for CPU training (faster there)")
+    teacher_precision: str = setting("auto", choices="tmkd_core.utils:TEACHER_PRECISIONS",
+                                     doc="frozen teacher's forward; the precision used enters the keys")
+    progress: bool = setting(True, neutral=True, doc="tqdm bars")
 
-    def __post_init__(self):
-        if self.teacher_precision not in TEACHER_PRECISIONS:
-            raise ValueError(f"invalid teacher_precision {self.teacher_precision!r}; "
-                             f"valid values: {', '.join(TEACHER_PRECISIONS)}")
+    def check(self):
+        if self.device != "auto":
+            import torch
+
+            try:
+                torch.device(self.device)
+            except RuntimeError as exc:
+                raise ConfigError(f"ExperimentConfig.device: {exc}; use auto, cpu, cuda or cuda:N") from exc
+        if self.fusion.weights == "clip_image":
+            if self.text.backend != "open_clip":
+                raise ConfigError("fusion.weights='clip_image' needs CLIP's image tower: text.backend='open_clip'")
+            if self.student.teacher_outputs != "online":
+                raise ConfigError("fusion.weights='clip_image' needs the view images: student.teacher_outputs='online'")
 
 
-def _from_dict(cls, data: Mapping[str, Any]):
+def switches() -> dict[str, tuple[str, ...]]:
+    """Every switch (dotted path) and its valid values, read from the sections and registries."""
+    return {path: resolve_choices(f.metadata["choices"]) for path, f in leaf_paths(ExperimentConfig)
+            if f.metadata.get("choices") is not None}
+
+
+def neutral_paths() -> set[str]:
+    """Settings that change no number (file locations, progress bars, worker counts)."""
+    return {path for path, f in leaf_paths(ExperimentConfig) if f.metadata.get("neutral")}
+
+
+def _from_dict(cls, data: Mapping[str, Any], prefix: str = ""):
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'the configuration'} is a section ({cls.__name__}), "
+                          f"got {data!r}; set its fields instead")
     kwargs = {}
-    names = {f.name: f for f in fields(cls)}
+    names = {f.name for f in fields(cls)}
     for key, value in data.items():
         if key not in names:
             raise KeyError(f"{cls.__name__} has no field {key!r}; fields: {', '.join(names)}")
-        f = names[key]
-        sub = _dataclass_type(f)
-        kwargs[key] = _from_dict(sub, value) if sub is not None and isinstance(value, Mapping) else value
-    return cls(**kwargs)
-
-
-def _dataclass_type(f: dataclasses.Field):
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        default = f.default_factory()  # type: ignore[misc]
-        if dataclasses.is_dataclass(default):
-            return type(default)
-    return None
+        sub = section_type(cls, key)
+        kwargs[key] = _from_dict(sub, value, f"{prefix}{key}.") if sub is not None else value
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:  # name the setting by its dotted path
+        raise ConfigError(str(exc).replace(f"{cls.__name__}.", prefix)) from None
 
 
 def config_from_dict(data: Mapping[str, Any]) -> ExperimentConfig:
@@ -215,7 +179,7 @@ def config_to_dict(cfg) -> dict:
 
 
 def with_overrides(cfg: ExperimentConfig, overrides: Mapping[str, Any] | None) -> ExperimentConfig:
-    """A copy of `cfg` with dotted-key overrides applied and every switch re-validated."""
+    """A copy of `cfg` with dotted-key overrides applied and every setting re-validated."""
     data = config_to_dict(cfg)
     for key, value in (overrides or {}).items():
         node = data
@@ -226,6 +190,9 @@ def with_overrides(cfg: ExperimentConfig, overrides: Mapping[str, Any] | None) -
                 valid = ", ".join(node) if isinstance(node, dict) else "(none: not a section)"
                 raise KeyError(f"unknown setting {key!r}: {here} has no {part!r}; valid: {valid}")
             if i == len(parts) - 1:
+                if isinstance(node[part], dict) and not isinstance(value, Mapping):
+                    raise ConfigError(f"{key} is a section, got {value!r}; set its fields instead "
+                                      f"(e.g. {key}.{next(iter(node[part]))}=...)")
                 node[part] = copy.deepcopy(value)
             else:
                 node = node[part]
@@ -245,11 +212,10 @@ def config_hash(*parts: Any, length: int = 12) -> str:
 def _smoke() -> dict:
     return {
         "profile": "smoke",
-        "data": {"name": "cifar10", "train_size": 1000, "val_size": 500, "test_size": 1000,
-                 "batch_size": 100},
-        "teacher": {"arch": "resnet8", "optim": {"epochs": 2, "lr": 0.1},
-                    "multiview_optim": {"epochs": 1, "lr": 0.05}},
-        "student": {"arch": "resnet8", "optim": {"epochs": 2, "lr": 0.1}, "cache_replicas": 2},
+        "data": {"name": "cifar10", "train_size": 1000, "val_size": 500, "test_size": 1000},
+        "teacher": {"arch": "resnet8", "optim": {"epochs": 2, "lr": 0.1, "batch_size": 100},
+                    "multiview_optim": {"epochs": 1, "lr": 0.05, "batch_size": 100}},
+        "student": {"arch": "resnet8", "optim": {"epochs": 2, "lr": 0.1, "batch_size": 100}},
         "progress": False,
     }
 
@@ -261,24 +227,23 @@ def _cpu() -> dict:
     # to 62.7%: 1.7 points below the RGB teacher instead of 4.4.
     return {
         "profile": "cpu",
-        "data": {"train_size": 4000, "val_size": 2000, "batch_size": 128},
+        "data": {"train_size": 4000, "val_size": 2000},
         "views": {"edge_mode": "enhance", "hf_mode": "enhance"},
         "teacher": {"arch": "resnet14", "optim": {"epochs": 30, "lr": 0.1},
                     "multiview_optim": {"epochs": 2, "lr": 0.02}},
-        "student": {"arch": "resnet8", "optim": {"epochs": 5, "lr": 0.1}, "cache_replicas": 5},
+        "student": {"arch": "resnet8", "optim": {"epochs": 5, "lr": 0.1}},
     }
 
 
 def _paper() -> dict:
     return {
         "profile": "paper",
-        "data": {"name": "cifar100", "val_size": 5000, "batch_size": 64, "download": True,
-                 "num_workers": 8},
+        "data": {"name": "cifar100", "val_size": 5000, "download": True, "num_workers": 8},
         "teacher": {"arch": "resnet32x4",
-                    "optim": {"epochs": 240, "lr": 0.05, "schedule": "step"},
-                    "multiview_optim": {"epochs": 30, "lr": 0.005, "schedule": "cosine"}},
+                    "optim": {"epochs": 240, "lr": 0.05, "schedule": "step", "batch_size": 64},
+                    "multiview_optim": {"epochs": 30, "lr": 0.005, "schedule": "cosine", "batch_size": 64}},
         "text": {"backend": "open_clip", "model": "ViT-B-32", "pretrained": "openai"},
-        "student": {"arch": "resnet8x4", "optim": {"epochs": 240, "lr": 0.05, "schedule": "step"},
+        "student": {"arch": "resnet8x4", "optim": {"epochs": 240, "lr": 0.05, "schedule": "step", "batch_size": 64},
                     "teacher_outputs": "online"},
         "device": "cuda",
         "channels_last": True,

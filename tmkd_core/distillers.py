@@ -15,12 +15,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import StudentConfig
+from typing import TYPE_CHECKING
+
 from .losses import batch_infonce, dkd_loss, feature_loss, kd_loss, text_nce
 from .registry import Registry
 from .teachers import FrozenTeacher, TeacherCache
+from .train import Batch
+
+if TYPE_CHECKING:
+    from .config import StudentConfig
 
 DISTILLERS: Registry = Registry("distiller")
+VLC_MODES = ("class_text", "teacher_text", "both", "off")
 
 
 class Distiller(nn.Module):
@@ -40,24 +46,26 @@ class Distiller(nn.Module):
     def trainable_parameters(self):
         return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("teacher.")]
 
-    def teacher_outputs(self, x, labels, idx, epoch: float) -> dict:
+    def teacher_outputs(self, batch: Batch) -> dict:
+        """The frozen teacher on the batch's images: read from the cache at the batch's
+        replica (the images the student sees), or computed online."""
         if self.cache is not None:
-            pooled = self.cache.get(idx, int(epoch), x.device)
-            return self.teacher.from_pooled(pooled, labels, x)
-        return self.teacher(x, labels)
+            pooled = self.cache.get(batch.idx, batch.replica, batch.x.device)
+            return self.teacher.from_pooled(pooled, batch.labels, batch.x)
+        return self.teacher(batch.x, batch.labels)
 
     def forward(self, x):
         return self.student(x)[0]
 
-    def forward_train(self, x, labels, idx, epoch: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward_train(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
 
 @DISTILLERS.register("ce")
 class CrossEntropyOnly(Distiller):
-    def forward_train(self, x, labels, idx, epoch):
-        logits, _ = self.student(x)
-        return logits, {"ce": F.cross_entropy(logits, labels)}
+    def forward_train(self, batch):
+        logits, _ = self.student(batch.x)
+        return logits, {"ce": F.cross_entropy(logits, batch.labels)}
 
 
 def _kd_term(cfg: StudentConfig, kind: str, z_s, z_t, labels, epoch: float) -> torch.Tensor:
@@ -71,11 +79,11 @@ def _kd_term(cfg: StudentConfig, kind: str, z_s, z_t, labels, epoch: float) -> t
 class KD(Distiller):
     kind = "kd"
 
-    def forward_train(self, x, labels, idx, epoch):
-        logits, _ = self.student(x)
-        z_t = self.teacher_outputs(x, labels, idx, epoch)["logits"]
-        return logits, {"ce": F.cross_entropy(logits, labels),
-                        self.kind: _kd_term(self.cfg, self.kind, logits, z_t, labels, epoch)}
+    def forward_train(self, batch):
+        logits, _ = self.student(batch.x)
+        z_t = self.teacher_outputs(batch)["logits"]
+        return logits, {"ce": F.cross_entropy(logits, batch.labels),
+                        self.kind: _kd_term(self.cfg, self.kind, logits, z_t, batch.labels, batch.epoch)}
 
 
 @DISTILLERS.register("dkd")
@@ -93,11 +101,12 @@ class TMKD(Distiller):
         self.connector = nn.Linear(d_s, d_t) if cfg.beta > 0 else None
         self.text_head = nn.Linear(d_s, d_text) if cfg.vlc != "off" and cfg.gamma > 0 else None
 
-    def forward_train(self, x, labels, idx, epoch):
-        logits, feats = self.student(x)
-        t = self.teacher_outputs(x, labels, idx, epoch)
+    def forward_train(self, batch):
+        labels = batch.labels
+        logits, feats = self.student(batch.x)
+        t = self.teacher_outputs(batch)
         losses = {"ce": F.cross_entropy(logits, labels),
-                  self.cfg.kd_term: _kd_term(self.cfg, self.cfg.kd_term, logits, t["logits"], labels, epoch)}
+                  self.cfg.kd_term: _kd_term(self.cfg, self.cfg.kd_term, logits, t["logits"], labels, batch.epoch)}
         h_s = feats["pooled"]
         if self.connector is not None:
             losses["feat"] = self.cfg.beta * feature_loss(self.connector(h_s), t["pooled"].to(h_s.dtype))

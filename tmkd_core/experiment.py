@@ -1,249 +1,437 @@
-"""The experiment pipeline the notebooks call: data, teachers, students, all cached by hash.
+"""The experiment pipeline: one object per configuration resolves its data, device,
+precision, teachers, caches and stage keys once; notebooks, bench, tune and tests use it.
 
-Every artefact that takes long to compute lives under `data/` keyed by the hash of the
-settings it depends on, so a rerun reuses what is still valid and recomputes what is not:
+    pipe = Pipeline(dataset_config("cpu", "cifar10"))
+    pipe.run_student()            # trains (or loads) what it needs, returns the run record
 
-    data/checkpoints/single_<hash>.pt    single-view (RGB) teacher
-    data/checkpoints/multi_<hash>.pt     multi-view teacher (+ text heads)
-    data/cache/teacher_<hash>/           teacher-output cache (K augmented replicas)
-    data/cache/text_<hash>.pt            class text embeddings t_{v,c}
-    data/runs/<hash>.json                one student run: config, history, accuracies
+Every artefact that takes long to compute is a *stage*, stored under `data/` and keyed by
+
+    key(stage) = hash(the settings it reads (`Pipeline.reads`),
+                      the keys of the stages it builds on (`Pipeline.after`),
+                      what changes its numbers outside the configuration (`Pipeline.facts`:
+                      device, torch threads, precision used, library versions, text weights))
+
+so a changed setting never reuses a stale artefact, and a setting that a stage does not
+read never rebuilds it. Settings marked neutral (file locations, progress bars, worker
+counts) enter no key. Each artefact is built under a file lock (`utils.build_once`): two
+processes that need the same one build it once.
+
+    stage               artefact
+    data                the splits (in memory; the decoded dataset is cached by data.py)
+    text                data/cache/text_<hash>.pt             class text embeddings t_{v,c}
+    rgb_teacher         data/checkpoints/rgb_teacher_<key>.final.pt
+    multiview_teacher   data/checkpoints/multiview_teacher_<key>.final.pt (+ text heads)
+    teacher_cache       data/cache/teacher_<key>/             pooled teacher features of K replicas
+    student             data/runs/<key>.json                  one student run's record
 """
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
+from functools import cached_property
 from pathlib import Path
+from typing import Any, Callable, Mapping
 
 import torch
 
-from .config import ExperimentConfig, config_hash
+from .config import ExperimentConfig, config_hash, neutral_paths, with_overrides
 from .data import Splits, load_splits, to_float
 from .distillers import build_distiller
 from .fusion import ViewFusion, fit_learned_weights
 from .models import MultiViewTeacher, build_model, count_parameters
-from .teachers import FusedTeacher, SingleViewTeacher, TeacherCache
-from .text import build_text_encoder, class_text_embeddings, text_identity
 from .priors import make_views
-from .train import accuracy, evaluate, fit, multiview_teacher_loss, predict, supervised_loss
-from .utils import (atomic_save, load_checkpoint, resolve_device, run_metadata, seed_everything, teacher_dtype,
-                    write_json)
+from .teachers import FusedTeacher, SingleViewTeacher, TeacherCache, multiview_teacher_loss
+from .text import build_text_encoder, class_text_embeddings, text_identity
+from .train import accuracy, evaluate, fit, predict, supervised_loss
+from .utils import (atomic_save, build_once, damaged, file_lock, load_checkpoint, read_json, resolve_device, run_metadata,
+                    seed_everything, teacher_dtype, write_json)
 
 TEACHER_SEED = 0  # teachers are shared by every student seed
 # Student augmentation replicas are shared by every seed and method, so one teacher-output
 # cache serves them all; a seed changes the student's initialisation and data order.
 AUGMENT_SEED = 0
-_SPLITS: dict[str, Splits] = {}
+STAGES = ("data", "text", "rgb_teacher", "multiview_teacher", "teacher_cache", "student")
+_SPLITS: dict[str, Splits] = {}  # per process, by data key: a dataset is decoded once
 _ENCODERS: dict[str, object] = {}
 
 
-def _dirs(cfg: ExperimentConfig) -> dict[str, Path]:
-    root = Path(cfg.data.root)
-    return {k: root / k for k in ("checkpoints", "cache", "runs")}
+class TeacherNotTrained(FileNotFoundError):
+    """A report asked for a teacher that no run has trained yet."""
 
 
-def data_key(cfg: ExperimentConfig) -> str:
-    d = cfg.data
-    return config_hash({k: getattr(d, k) for k in ("name", "folder", "image_size", "train_size", "val_size",
-                                                    "test_size", "split_seed", "augment")})
-
-
-def load_data(cfg: ExperimentConfig) -> Splits:
-    key = data_key(cfg)
-    if key not in _SPLITS:
-        _SPLITS[key] = load_splits(cfg.data)
-    return _SPLITS[key]
-
-
-def class_text(cfg: ExperimentConfig, splits: Splits) -> torch.Tensor:
-    return class_text_embeddings(cfg.text, splits.class_names, cfg.views.views, _dirs(cfg)["cache"],
-                                 encoder=_ENCODERS.get(text_identity(cfg.text)))
-
-
-def text_encoder(cfg: ExperimentConfig):
-    key = text_identity(cfg.text)
-    if key not in _ENCODERS:
-        _ENCODERS[key] = build_text_encoder(cfg.text)
-    return _ENCODERS[key]
-
-
-# --- teachers ------------------------------------------------------------------------------
-
-def single_teacher_key(cfg: ExperimentConfig) -> str:
-    return config_hash(data_key(cfg), cfg.teacher.arch, cfg.teacher.optim, cfg.data.batch_size, TEACHER_SEED)
-
-
-def multi_teacher_key(cfg: ExperimentConfig) -> str:
-    t = cfg.teacher
-    init = single_teacher_key(cfg) if t.teacher_init == "rgb" else "scratch"
-    return config_hash(init, data_key(cfg), cfg.views, t.arch, t.view_bn, t.lambda_a, t.tau_a,
-                       t.multiview_optim, text_identity(cfg.text), cfg.text.prompts, TEACHER_SEED)
-
-
-def _train_or_load(path: Path, model: torch.nn.Module, train_fn) -> dict:
-    """Load a finished checkpoint, or train (resuming a partial one) and mark it finished."""
-    final = path.with_suffix(".final.pt")
-    if final.exists():
-        state = load_checkpoint(final)
-        model.load_state_dict(state["model"])
-        return state["info"]
-    info = train_fn(path)
-    atomic_save({"model": model.state_dict(), "info": info}, final)
-    path.unlink(missing_ok=True)
-    return info
-
-
-def single_view_teacher(cfg: ExperimentConfig, splits: Splits | None = None) -> tuple[torch.nn.Module, dict]:
-    """The RGB teacher: trained once per (data, arch, optim) and reused."""
-    splits = splits or load_data(cfg)
-    device = resolve_device(cfg.device)
-    seed_everything(TEACHER_SEED)
-    model = build_model(cfg.teacher.arch, splits.num_classes, splits.in_channels)
-
-    def train_fn(ckpt):
-        t0 = time.perf_counter()
-        history = fit(model, supervised_loss(model), splits.train, cfg.teacher.optim, batch_size=cfg.data.batch_size,
-                      seed=TEACHER_SEED, augment_seed=TEACHER_SEED, augment=cfg.data.augment, device=device,
-                      checkpoint=ckpt, progress=cfg.progress, desc="RGB teacher", amp=cfg.amp,
-                      channels_last=_channels_last(cfg, device))
-        return {"history": history, "train_time_s": time.perf_counter() - t0}
-
-    info = _train_or_load(_dirs(cfg)["checkpoints"] / f"single_{single_teacher_key(cfg)}.pt", model, train_fn)
-    return model.to(device).eval(), info
-
-
-def multiview_teacher(cfg: ExperimentConfig, splits: Splits | None = None) -> tuple[MultiViewTeacher, dict]:
-    """Backbone shared over views, per-view BN, text heads; fine-tuned from the RGB teacher."""
-    splits = splits or load_data(cfg)
-    device = resolve_device(cfg.device)
-    t_text = class_text(cfg, splits)
-    seed_everything(TEACHER_SEED)
-    backbone = build_model(cfg.teacher.arch, splits.num_classes, splits.in_channels)
-    if cfg.teacher.teacher_init == "rgb":
-        rgb, _ = single_view_teacher(cfg, splits)
-        backbone.load_state_dict(rgb.state_dict())
-    teacher = MultiViewTeacher(backbone, cfg.views.views, t_text.shape[-1], cfg.teacher.view_bn)
-
-    def train_fn(ckpt):
-        t0 = time.perf_counter()
-        loss = multiview_teacher_loss(teacher, t_text, cfg.views, cfg.teacher.lambda_a, cfg.teacher.tau_a)
-        history = fit(teacher, loss, splits.train, cfg.teacher.multiview_optim, batch_size=cfg.data.batch_size,
-                      seed=TEACHER_SEED, augment_seed=TEACHER_SEED + 1, augment=cfg.data.augment, device=device,
-                      checkpoint=ckpt, progress=cfg.progress, desc="multi-view teacher", amp=cfg.amp,
-                      channels_last=_channels_last(cfg, device))
-        return {"history": history, "train_time_s": time.perf_counter() - t0}
-
-    info = _train_or_load(_dirs(cfg)["checkpoints"] / f"multi_{multi_teacher_key(cfg)}.pt", teacher, train_fn)
-    return teacher.to(device).eval(), info
-
-
-def _channels_last(cfg: ExperimentConfig, device: torch.device) -> bool:
-    """Channels-last trained resnet8 1.4x faster on a 2-core CPU (1083 vs 750 img/s)."""
-    return cfg.channels_last or device.type == "cpu"
-
-
-def fused_teacher(cfg: ExperimentConfig, splits: Splits | None = None) -> FusedTeacher:
-    splits = splits or load_data(cfg)
-    device = resolve_device(cfg.device)
-    mv, _ = multiview_teacher(cfg, splits)
-    image_encoder = text_encoder(cfg).encode_image if cfg.fusion.weights == "clip_image" else None
-    fusion = ViewFusion(cfg.fusion, class_text(cfg, splits), image_encoder).to(device)
-    if cfg.fusion.weights == "learned":
-        per_view = predict(lambda x: mv(make_views(x, cfg.views))["logits"].transpose(0, 1), splits.train,
-                           device=device).transpose(0, 1)
-        fit_learned_weights(fusion, per_view, splits.train.labels)
-    return FusedTeacher(mv, fusion, cfg.views).to(device)
-
-
-def frozen_teacher(cfg: ExperimentConfig, splits: Splits | None = None):
-    """The teacher a distiller reads, frozen, in the memory format and precision that are
-    fastest on the device (`teacher_precision`, `channels_last`)."""
-    if cfg.student.teacher == "single":
-        teacher = SingleViewTeacher(single_view_teacher(cfg, splits)[0])
-    else:
-        teacher = fused_teacher(cfg, splits)
-    device = resolve_device(cfg.device)
-    teacher.inference_dtype = teacher_dtype(cfg.teacher_precision, device)
-    if _channels_last(cfg, device):
-        teacher.to(memory_format=torch.channels_last)
-    return teacher
-
-
-def teacher_report(cfg: ExperimentConfig, split: str = "test") -> dict:
-    """Accuracy of the RGB teacher, of each view of the multi-view teacher, of the fused
-    teacher, and of the RGB teacher fine-tuned as long on RGB alone (`rgb_finetuned`).
-    Fusion at test time conditions on the teacher's own prediction (no labels)."""
-    splits = load_data(cfg)
-    device = resolve_device(cfg.device)
-    data = getattr(splits, split)
-    rgb, rgb_info = single_view_teacher(cfg, splits)
-    teacher = fused_teacher(replace(cfg, fusion=replace(cfg.fusion, condition="pred")), splits)
-    outs = {"logits": [], "view_logits": [], "weights": []}
-    for _, images, labels in data.batches(256):
-        out = teacher(to_float(images, device), labels.to(device))
-        for k in outs:
-            outs[k].append(out[k].float().cpu())
-    fused, per_view = torch.cat(outs["logits"]), torch.cat(outs["view_logits"], dim=1)
-    weights = torch.cat(outs["weights"], dim=1)
-    report = {"split": split, "rgb_teacher": evaluate(rgb, data, device=device), "fused": accuracy(fused, data.labels),
-              "uniform": accuracy(per_view.mean(0), data.labels),
-              "mean_weights": dict(zip(cfg.views.views, weights.mean(1).tolist())),
-              "teacher_params": count_parameters(rgb), "arch": cfg.teacher.arch,
-              "rgb_train_time_s": rgb_info["train_time_s"]}
-    for v, name in enumerate(cfg.views.views):
-        report[f"view_{name}"] = accuracy(per_view[v], data.labels)
-    if len(cfg.views.views) > 1:
-        # Control for the multi-view teacher's extra epochs: the same fine-tuning on RGB alone.
-        report["rgb_finetuned"] = teacher_report(replace(cfg, views=replace(cfg.views, views=("rgb",))), split)["fused"]
-    return report
-
-
-# --- students ------------------------------------------------------------------------------
-
-def run_key(cfg: ExperimentConfig) -> str:
-    d = asdict(cfg)
-    for k in ("progress", "device"):
-        d.pop(k)
-    return config_hash(d, length=16)
-
-
-def teacher_cache(cfg: ExperimentConfig, teacher, splits: Splits, device) -> TeacherCache | None:
-    if cfg.student.teacher_outputs == "online" or teacher is None:
+def _comparable(config: dict | None) -> dict | None:
+    """A configuration dict less its neutral settings (where files live, progress bars)."""
+    if config is None:
         return None
-    tkey = single_teacher_key(cfg) if cfg.student.teacher == "single" else multi_teacher_key(cfg)
-    key = config_hash(tkey, cfg.student.teacher, data_key(cfg), cfg.student.cache_replicas, cfg.data.augment,
-                      str(teacher.inference_dtype))
-    return TeacherCache.build(_dirs(cfg)["cache"] / f"teacher_{key}", teacher, splits.train,
-                              cfg.student.cache_replicas, augment_seed=AUGMENT_SEED,
-                              augment=cfg.data.augment, batch_size=256, device=device, progress=cfg.progress)
+    out = json.loads(json.dumps(config))
+    for path in neutral_paths():
+        *parents, leaf = path.split(".")
+        node = out
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(leaf, None)
+    return out
+
+
+def get_path(cfg: ExperimentConfig, path: str) -> Any:
+    node: Any = cfg
+    for part in path.split("."):
+        node = getattr(node, part)
+    return asdict(node) if hasattr(node, "__dataclass_fields__") else node
+
+
+class Pipeline:
+    """Everything one experiment configuration needs, resolved once."""
+
+    def __init__(self, cfg: ExperimentConfig):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.channels_last = cfg.channels_last or self.device.type == "cpu"  # 1.4x faster resnet8 on CPU
+        self.teacher_dtype = teacher_dtype(cfg.teacher_precision, self.device)
+        # epoch e of the student sees augmentation replica e mod K (train.augment_replica)
+        self.replicas = cfg.student.cache_replicas or cfg.student.optim.epochs
+        # what changes numbers outside the configuration, read once (a later change of thread
+        # count belongs to a new Pipeline)
+        self.environment = {"device": self.device.type, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                            "channels_last": self.channels_last}
+        root = Path(cfg.data.root)
+        self.checkpoints, self.cache_dir, self.runs_dir = root / "checkpoints", root / "cache", root / "runs"
+        self._keys: dict[str, str] = {}
+        if self.uses("text"):
+            self.text_id = text_identity(cfg.text)  # checks a weights file's checksum before anything trains
+
+    def __repr__(self):
+        return f"Pipeline({self.cfg.data.name}, {self.cfg.student.distiller}, seed {self.cfg.seed}, {self.device})"
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "Pipeline":
+        return Pipeline(with_overrides(self.cfg, overrides))
+
+    # --- stage keys ----------------------------------------------------------------------------
+
+    @property
+    def teacher_stage(self) -> str | None:
+        """The teacher stage the student reads, or None for CE."""
+        if self.cfg.student.distiller == "ce":
+            return None
+        return "rgb_teacher" if self.cfg.student.teacher == "single" else "multiview_teacher"
+
+    def stages(self) -> list[str]:
+        """The stages this configuration's student run goes through."""
+        return [s for s in STAGES if self.uses(s)]
+
+    def uses(self, stage: str) -> bool:
+        s = self.cfg.student
+        teacher = self.teacher_stage
+        return {"data": True, "student": True,
+                "rgb_teacher": teacher == "rgb_teacher" or (teacher == "multiview_teacher"
+                                                            and self.cfg.teacher.teacher_init == "rgb"),
+                "multiview_teacher": teacher == "multiview_teacher",
+                "text": teacher == "multiview_teacher",
+                "teacher_cache": teacher is not None and s.teacher_outputs == "cached"}[stage]
+
+    def reads(self, stage: str) -> list[str]:
+        """The settings (dotted paths; a section means all its fields) a stage's artefact depends on."""
+        c = self.cfg
+        training = ["amp", "channels_last"]
+        if stage == "data":
+            return ["data"]
+        if stage == "text":
+            return ["text", "views.views"]
+        if stage == "rgb_teacher":
+            return ["teacher.arch", "teacher.optim", *training]
+        if stage == "multiview_teacher":
+            return ["teacher.arch", "teacher.multiview_optim", "teacher.view_bn", "teacher.teacher_init",
+                    "teacher.lambda_a", "teacher.tau_a", "views", *training]
+        if stage == "teacher_cache":
+            replicas = ["student.cache_replicas"] + (["student.optim.epochs"] if c.student.cache_replicas is None else [])
+            return ["student.teacher", "student.optim.augment", *replicas, "teacher_precision"]
+        if stage == "student":
+            paths = ["student", "seed", *training]
+            if self.teacher_stage is not None:
+                paths.append("teacher_precision")
+            if self.teacher_stage == "multiview_teacher":
+                paths.append("fusion")
+            return paths
+        raise KeyError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+
+    def after(self, stage: str) -> list[str]:
+        """The stages whose keys enter this stage's key (what it is built from)."""
+        teacher = self.teacher_stage
+        return {"data": [], "text": ["data"], "rgb_teacher": ["data"],
+                "multiview_teacher": ["data", "text"] + (["rgb_teacher"] if self.cfg.teacher.teacher_init == "rgb"
+                                                         else []),
+                "teacher_cache": [teacher] if teacher else [],
+                "student": ["data"] + ([teacher] if teacher else [])
+                + (["teacher_cache"] if self.uses("teacher_cache") else [])}[stage]
+
+    def facts(self, stage: str) -> dict[str, Any]:
+        """What changes a stage's numbers outside the configuration."""
+        if stage == "data":
+            return {}
+        if stage == "text":
+            return {"encoder": self.text_id}
+        facts = dict(self.environment)
+        if stage in ("rgb_teacher", "multiview_teacher"):
+            facts["seed"] = TEACHER_SEED
+        if stage == "teacher_cache" or (stage == "student" and self.teacher_stage is not None):
+            facts["teacher_dtype"] = str(self.teacher_dtype or torch.float32)
+        if stage in ("teacher_cache", "student"):
+            facts.update(augment_seed=AUGMENT_SEED, replicas=self.replicas)
+        return facts
+
+    def key(self, stage: str) -> str:
+        if stage not in self._keys:
+            neutral = neutral_paths()
+            reads = {}
+            for path in self.reads(stage):
+                value = get_path(self.cfg, path)
+                if isinstance(value, dict):  # a whole section, less its neutral settings
+                    value = {k: v for k, v in value.items() if f"{path}.{k}" not in neutral}
+                reads[path] = value
+            self._keys[stage] = config_hash({"stage": stage, "reads": reads, "facts": self.facts(stage),
+                                             "after": {s: self.key(s) for s in self.after(stage)}}, length=16)
+        return self._keys[stage]
+
+    def keys(self) -> dict[str, str]:
+        return {s: self.key(s) for s in self.stages()}
+
+    # --- data and text -------------------------------------------------------------------------
+
+    @property
+    def splits(self) -> Splits:
+        key = self.key("data")
+        if key not in _SPLITS:
+            _SPLITS[key] = load_splits(self.cfg.data)
+        return _SPLITS[key]
+
+    @cached_property
+    def class_text(self) -> torch.Tensor:
+        """t_{v,c} (V, K, D) of the configured views and the dataset's classes."""
+        return class_text_embeddings(self.cfg.text, self.splits.class_names, self.cfg.views.views, self.cache_dir,
+                                     encoder=_ENCODERS.get(self.text_id))
+
+    def text_encoder(self):
+        if self.text_id not in _ENCODERS:
+            _ENCODERS[self.text_id] = build_text_encoder(self.cfg.text)
+        return _ENCODERS[self.text_id]
+
+    # --- teachers ------------------------------------------------------------------------------
+
+    def _checkpoint(self, stage: str) -> Path:
+        return self.checkpoints / f"{stage}_{self.key(stage)}.pt"
+
+    def _train_or_load(self, stage: str, model: torch.nn.Module, train: Callable[[Path], dict] | None) -> dict:
+        """Load the finished checkpoint of `stage` into `model`, or train it (resuming a partial
+        checkpoint), save it as finished and return its info. `train` None: never train."""
+        partial = self._checkpoint(stage)
+        final = partial.with_suffix(".final.pt")
+
+        def load(path: Path) -> dict:
+            state = load_checkpoint(path)
+            model.load_state_dict(state["model"])
+            return state["info"]
+
+        if train is None:
+            if not final.exists():
+                raise TeacherNotTrained(f"the {stage.replace('_', ' ')} of this configuration is not trained yet "
+                                        f"(no {final.resolve()}); train it first with "
+                                        "Pipeline(cfg).train_or_load_teachers() (notebook 02 does)")
+            return load(final)
+
+        def build():
+            info = {**train(partial), "stage_key": self.key(stage)}
+            atomic_save({"model": model.state_dict(), "info": info}, final)
+            partial.unlink(missing_ok=True)
+
+        return build_once(final, build, load)
+
+    def _fit_kwargs(self, desc: str) -> dict:
+        return dict(device=self.device, progress=self.cfg.progress, desc=desc, amp=self.cfg.amp,
+                    channels_last=self.channels_last)
+
+    def _rgb_teacher(self, train: bool) -> tuple[torch.nn.Module, dict]:
+        splits = self.splits
+        seed_everything(TEACHER_SEED)
+        model = build_model(self.cfg.teacher.arch, splits.num_classes, splits.in_channels)
+
+        def train_fn(checkpoint: Path) -> dict:
+            t0 = time.perf_counter()
+            history = fit(model, supervised_loss(model), splits.train, self.cfg.teacher.optim, seed=TEACHER_SEED,
+                          augment_seed=TEACHER_SEED, checkpoint=checkpoint, **self._fit_kwargs("RGB teacher"))
+            return {"history": history, "train_time_s": time.perf_counter() - t0}
+
+        info = self._train_or_load("rgb_teacher", model, train_fn if train else None)
+        return model.to(self.device).eval(), info
+
+    def _multiview_teacher(self, train: bool) -> tuple[MultiViewTeacher, dict]:
+        cfg, splits = self.cfg, self.splits
+        rgb = self._rgb_teacher(train)[0] if cfg.teacher.teacher_init == "rgb" else None
+        t_text = self.class_text
+        seed_everything(TEACHER_SEED)
+        backbone = build_model(cfg.teacher.arch, splits.num_classes, splits.in_channels)
+        if rgb is not None:
+            backbone.load_state_dict(rgb.state_dict())
+        teacher = MultiViewTeacher(backbone, cfg.views.views, t_text.shape[-1], cfg.teacher.view_bn)
+
+        def train_fn(checkpoint: Path) -> dict:
+            t0 = time.perf_counter()
+            loss = multiview_teacher_loss(teacher, t_text, cfg.views, cfg.teacher.lambda_a, cfg.teacher.tau_a)
+            history = fit(teacher, loss, splits.train, cfg.teacher.multiview_optim, seed=TEACHER_SEED,
+                          augment_seed=TEACHER_SEED + 1, checkpoint=checkpoint,
+                          **self._fit_kwargs("multi-view teacher"))
+            return {"history": history, "train_time_s": time.perf_counter() - t0}
+
+        info = self._train_or_load("multiview_teacher", teacher, train_fn if train else None)
+        return teacher.to(self.device).eval(), info
+
+    def train_or_load_rgb_teacher(self) -> tuple[torch.nn.Module, dict]:
+        """The single-view (RGB) teacher: trained once per key and reused."""
+        return self._rgb_teacher(train=True)
+
+    def train_or_load_multiview_teacher(self) -> tuple[MultiViewTeacher, dict]:
+        """Backbone shared over views, per-view BN, text heads; fine-tuned from the RGB teacher."""
+        return self._multiview_teacher(train=True)
+
+    def train_or_load_teachers(self, control: bool = True) -> dict:
+        """Both teachers and, with `control`, the RGB teacher fine-tuned as long on RGB alone
+        (the multi-view teacher's extra epochs, without the extra views). Returns their infos."""
+        infos = {"rgb": self.train_or_load_rgb_teacher()[1], "multi": self.train_or_load_multiview_teacher()[1]}
+        if control and len(self.cfg.views.views) > 1:
+            infos["rgb_finetuned"] = self.with_overrides({"views.views": ["rgb"]}).train_or_load_multiview_teacher()[1]
+        return infos
+
+    def fused_teacher(self, train: bool = True) -> FusedTeacher:
+        """The multi-view teacher with its view fusion (`fusion` settings), frozen."""
+        mv, _ = self._multiview_teacher(train)
+        image_encoder = self.text_encoder().encode_image if self.cfg.fusion.weights == "clip_image" else None
+        fusion = ViewFusion(self.cfg.fusion, self.class_text, image_encoder).to(self.device)
+        if self.cfg.fusion.weights == "learned":
+            per_view = predict(lambda x: mv(make_views(x, self.cfg.views))["logits"].transpose(0, 1),
+                               self.splits.train, device=self.device).transpose(0, 1)
+            fit_learned_weights(fusion, per_view, self.splits.train.labels)
+        return FusedTeacher(mv, fusion, self.cfg.views).to(self.device)
+
+    def frozen_teacher(self, train: bool = True):
+        """The teacher the student's distiller reads, frozen, in the memory format and
+        precision that are fastest on the device (`teacher_precision`, `channels_last`)."""
+        if self.teacher_stage is None:
+            return None
+        if self.teacher_stage == "rgb_teacher":
+            teacher = SingleViewTeacher(self._rgb_teacher(train)[0])
+        else:
+            teacher = self.fused_teacher(train)
+        teacher.inference_dtype = self.teacher_dtype
+        if self.channels_last:
+            teacher.to(memory_format=torch.channels_last)
+        return teacher
+
+    def train_or_load_teacher_cache(self, teacher=None) -> TeacherCache | None:
+        """The teacher-output cache of the student's K replicas, or None (CE, online outputs)."""
+        if not self.uses("teacher_cache"):
+            return None
+        teacher = teacher or self.frozen_teacher()
+        return TeacherCache.build(self.cache_dir / f"teacher_{self.key('teacher_cache')}", teacher,
+                                  self.splits.train, self.replicas if self.cfg.student.optim.augment else None,
+                                  augment_seed=AUGMENT_SEED, batch_size=256, device=self.device,
+                                  progress=self.cfg.progress)
+
+    # --- reports -------------------------------------------------------------------------------
+
+    def teacher_report(self, split: str = "test") -> dict:
+        """Accuracy of the RGB teacher, of each view of the multi-view teacher, of the fused
+        teacher (conditioned on its own prediction, as at test time, and on the label, as
+        the student sees it), and of the RGB teacher fine-tuned as long on RGB alone
+        (`rgb_finetuned`). Reads trained teachers only: TeacherNotTrained if one is missing."""
+        data = getattr(self.splits, split)
+        rgb, rgb_info = self._rgb_teacher(train=False)
+        outs = {"logits": [], "view_logits": [], "weights": [], "label_logits": []}
+        by_pred = self.with_overrides({"fusion.condition": "pred"}).fused_teacher(train=False)
+        by_label = self.with_overrides({"fusion.condition": "label"}).fused_teacher(train=False)
+        for _, images, labels in data.batches(256):
+            x, y = to_float(images, self.device), labels.to(self.device)
+            out = by_pred(x, y)
+            for k in ("logits", "view_logits", "weights"):
+                outs[k].append(out[k].float().cpu())
+            outs["label_logits"].append(by_label(x, y)["logits"].float().cpu())
+        per_view = torch.cat(outs["view_logits"], dim=1)
+        weights = torch.cat(outs["weights"], dim=1)
+        report = {"split": split, "rgb_teacher": evaluate(rgb, data, device=self.device),
+                  "fused": accuracy(torch.cat(outs["logits"]), data.labels),
+                  "fused_label_conditioned": accuracy(torch.cat(outs["label_logits"]), data.labels),
+                  "uniform": accuracy(per_view.mean(0), data.labels),
+                  "mean_weights": dict(zip(self.cfg.views.views, weights.mean(1).tolist())),
+                  "teacher_params": count_parameters(rgb), "arch": self.cfg.teacher.arch,
+                  "rgb_train_time_s": rgb_info["train_time_s"],
+                  "stage_keys": {s: self.key(s) for s in ("rgb_teacher", "multiview_teacher")}}
+        for v, name in enumerate(self.cfg.views.views):
+            report[f"view_{name}"] = accuracy(per_view[v], data.labels)
+        if len(self.cfg.views.views) > 1:
+            report["rgb_finetuned"] = self.with_overrides({"views.views": ["rgb"]}).teacher_report(split)["fused"]
+        return report
+
+    # --- students ------------------------------------------------------------------------------
+
+    @property
+    def run_path(self) -> Path:
+        return self.runs_dir / f"{self.key('student')}.json"
+
+    def run_student(self, force: bool = False, on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
+        """Train this configuration's student (any distiller) and return its run record; a
+        finished run is read back. The student checkpoints every epoch and a killed run
+        resumes from its last epoch. `force` retrains from scratch and overwrites the record."""
+        path = self.run_path
+        checkpoint = self.checkpoints / f"student_{self.key('student')}.pt"
+
+        def build():
+            record = self._train_student(checkpoint, on_epoch_end)
+            write_json(record, path)
+            checkpoint.unlink(missing_ok=True)
+
+        if force:
+            with file_lock(path):
+                path.unlink(missing_ok=True)
+                checkpoint.unlink(missing_ok=True)
+                build()
+        return build_once(path, build, self._read_record)
+
+    def _read_record(self, path: Path) -> dict:
+        """A run record, checked to be the run this key stands for: a record written under
+        the same name by other code or for other settings is refused, never used."""
+        record = read_json(path)
+        if record.get("run_key") != self.key("student") or _comparable(record.get("config")) != _comparable(
+                json.loads(json.dumps(asdict(self.cfg)))):
+            raise damaged(path, "it records another configuration than the one its key stands for")
+        return record
+
+    def _train_student(self, checkpoint: Path, on_epoch_end) -> dict:
+        cfg, splits = self.cfg, self.splits
+        teacher = self.frozen_teacher()
+        t_cache0 = time.perf_counter()
+        cache = self.train_or_load_teacher_cache(teacher)
+        cache_time = time.perf_counter() - t_cache0
+        seed_everything(cfg.seed)
+        student = build_model(cfg.student.arch, splits.num_classes, splits.in_channels)
+        distiller = build_distiller(student, teacher, cfg.student, cache).to(self.device)
+        t0 = time.perf_counter()
+        history = fit(distiller, distiller.forward_train, splits.train, cfg.student.optim, seed=cfg.seed,
+                      augment_seed=AUGMENT_SEED, replicas=self.replicas, params=distiller.trainable_parameters(),
+                      val=splits.val, eval_fn=lambda m, d: evaluate(m.student, d, device=self.device),
+                      checkpoint=checkpoint, on_epoch_end=on_epoch_end,
+                      **self._fit_kwargs(f"{cfg.student.distiller} seed {cfg.seed}"))
+        return {"config": asdict(cfg), "run_key": self.key("student"), "stage_keys": self.keys(),
+                "seed": cfg.seed, "val_acc": evaluate(student, splits.val, device=self.device),
+                "test_acc": evaluate(student, splits.test, device=self.device),
+                "history": history, "train_time_s": time.perf_counter() - t0, "cache_time_s": cache_time,
+                "student_params": count_parameters(student), "replicas": self.replicas,
+                **run_metadata(self.precision())}
+
+    def precision(self) -> dict[str, str]:
+        """The precision each part actually ran in, for records."""
+        train = "bf16 autocast" if self.cfg.amp and self.device.type == "cuda" else "float32"
+        return {"training": train, "frozen_teacher": str(self.teacher_dtype or torch.float32).removeprefix("torch.")}
 
 
 def run_student(cfg: ExperimentConfig, force: bool = False) -> dict:
-    """Train one student (any distiller) and return its results; reuse a finished run."""
-    path = _dirs(cfg)["runs"] / f"{run_key(cfg)}.json"
-    if path.exists() and not force:
-        return json.loads(path.read_text())
-    splits = load_data(cfg)
-    device = resolve_device(cfg.device)
-    teacher = None if cfg.student.distiller == "ce" else frozen_teacher(cfg, splits)
-    t_cache0 = time.perf_counter()
-    cache = teacher_cache(cfg, teacher, splits, device)
-    cache_time = time.perf_counter() - t_cache0
-    seed_everything(cfg.seed)
-    student = build_model(cfg.student.arch, splits.num_classes, splits.in_channels)
-    distiller = build_distiller(student, teacher, cfg.student, cache).to(device)
-    t0 = time.perf_counter()
-    history = fit(distiller, distiller.forward_train, splits.train, cfg.student.optim,
-                  batch_size=cfg.data.batch_size, seed=cfg.seed, augment_seed=AUGMENT_SEED,
-                  augment=cfg.data.augment, device=device, params=distiller.trainable_parameters(),
-                  val=splits.val, eval_fn=lambda m, d: evaluate(m.student, d, device=device),
-                  progress=cfg.progress, desc=f"{cfg.student.distiller} seed {cfg.seed}", amp=cfg.amp,
-                  channels_last=_channels_last(cfg, device))
-    result = {"config": asdict(cfg), "run_key": run_key(cfg), "seed": cfg.seed,
-              "val_acc": evaluate(student, splits.val, device=device),
-              "test_acc": evaluate(student, splits.test, device=device),
-              "history": history, "train_time_s": time.perf_counter() - t0, "cache_time_s": cache_time,
-              "student_params": count_parameters(student), **run_metadata()}
-    write_json(result, path)
-    return result
+    """Shorthand for `Pipeline(cfg).run_student(force)`."""
+    return Pipeline(cfg).run_student(force)

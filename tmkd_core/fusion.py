@@ -6,16 +6,20 @@
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import FusionConfig
 from .registry import Registry
 
+if TYPE_CHECKING:
+    from .config import FusionConfig
+
 WEIGHTINGS: Registry[Callable] = Registry("weighting")
+CONDITIONS = ("label", "pred")  # the class c of s_v: the label, or the teacher's own prediction
+GRANULARITIES = ("sample", "class")  # weights per sample, or averaged over the batch's samples of a class
 
 
 def semantic_scores(text_q: torch.Tensor, class_text: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:

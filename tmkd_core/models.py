@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from .registry import Registry
 
 MODELS: Registry = Registry("model")
+VIEW_BN = ("per_view", "shared")  # BatchNorm of the multi-view teacher: one per view, or one for all
 
 
 class InputNorm(nn.Module):

@@ -6,18 +6,23 @@ except Canny, which goes through scikit-image on the CPU (for figures and ablati
 
 Padding follows scipy.ndimage's `reflect` mode (half-sample symmetric, `d c b a | a b c d`)
 so that each view matches its scikit-image reference, borders included.
+
+`VIEWS` is the one registry of views: each entry holds the view's prior function, the
+switch that sets its mode and its prompt templates; `ViewConfig` holds every view's
+switches. Adding a view touches this file only.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import ViewConfig
 from .registry import Registry
+from .settings import Section, setting
 
 # ITU-R BT.709 luma, as skimage.color.rgb2gray.
 LUMA_WEIGHTS = (0.2125, 0.7154, 0.0721)
@@ -25,6 +30,40 @@ EPS = 1e-8
 
 EDGE_OPERATORS: Registry[Callable[[torch.Tensor], torch.Tensor]] = Registry("edge operator")
 HF_FILTERS: Registry[Callable[..., torch.Tensor]] = Registry("high-pass filter")
+VIEW_MODES = ("map", "enhance")  # the prior alone, or clip(x + lambda * prior, 0, 1)
+
+
+@dataclass
+class ViewConfig(Section):
+    """The views the multi-view teacher sees and every view's switches (docs/method.md §1)."""
+
+    views: tuple[str, ...] = setting(("rgb", "edge", "hf"), choices="tmkd_core.priors:VIEWS")
+    edge_operator: str = setting("sobel", choices="tmkd_core.priors:EDGE_OPERATORS")
+    edge_mode: str = setting("map", choices=VIEW_MODES)
+    hf_filter: str = setting("fft", choices="tmkd_core.priors:HF_FILTERS")
+    hf_radius: float = setting(0.25, gt=0.0, lt=math.sqrt(2), doc="disc radius, fraction of the Nyquist radius")
+    hf_sigma: float = setting(1.0, gt=0.0, doc="Gaussian high-pass: x - G_sigma * x")
+    hf_mode: str = setting("map", choices=VIEW_MODES)
+    enhance_lambda: float = setting(0.5, ge=0.0, doc="enhance mode: clip(x + lambda * prior, 0, 1)")
+
+    def check(self):
+        if not self.views or self.views[0] != "rgb":
+            raise ValueError(f"views must start with 'rgb', got {list(self.views)}")
+        if len(set(self.views)) != len(self.views):
+            raise ValueError(f"views repeat a view: {list(self.views)}")
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """One view: its prior map (None: the image itself), the ViewConfig switch holding its
+    mode, and the prior-aware prompt templates of the text teacher (docs/method.md §3)."""
+
+    prior: Callable[[torch.Tensor, ViewConfig], torch.Tensor] | None
+    mode: str | None
+    templates: tuple[str, ...]
+
+
+VIEWS: Registry[ViewSpec] = Registry("view")
 
 
 def luminance(x: torch.Tensor) -> torch.Tensor:
@@ -165,18 +204,32 @@ def enhance(x: torch.Tensor, prior: torch.Tensor, lam: float) -> torch.Tensor:
     return (x + lam * prior).clamp(0.0, 1.0)
 
 
+VIEWS.register("rgb")(ViewSpec(
+    prior=None, mode=None,
+    templates=("a photo of a {}.", "a blurry photo of a {}.", "a close-up photo of a {}.")))
+VIEWS.register("edge")(ViewSpec(
+    prior=lambda x, cfg: edge_map(x, cfg.edge_operator), mode="edge_mode",
+    templates=("an edge map of a {}.", "a line drawing of a {}.", "a sketch of the outline of a {}.")))
+VIEWS.register("hf")(ViewSpec(
+    prior=lambda x, cfg: hf_map(x, cfg.hf_filter, cfg.hf_radius, cfg.hf_sigma), mode="hf_mode",
+    templates=("the fine texture details of a {}.", "a high-pass filtered photo of a {}.",
+               "the sharp edges and fine texture of a {}.")))
+
+
+def prior_map(x: torch.Tensor, name: str, cfg: ViewConfig | None = None) -> torch.Tensor:
+    """The prior of a view alone (what the `map` mode shows); the image itself for `rgb`."""
+    spec = VIEWS.get(name)
+    return x if spec.prior is None else spec.prior(x, cfg or ViewConfig())
+
+
 def view(x: torch.Tensor, name: str, cfg: ViewConfig | None = None) -> torch.Tensor:
-    """One view of the batch: `rgb`, `edge` or `hf`, with the operator and mode of `cfg`."""
+    """One view of the batch, with the operator and mode of `cfg`."""
     cfg = cfg or ViewConfig()
-    if name == "rgb":
+    spec = VIEWS.get(name)
+    if spec.prior is None:
         return x
-    if name == "edge":
-        prior, mode = edge_map(x, cfg.edge_operator), cfg.edge_mode
-    elif name == "hf":
-        prior, mode = hf_map(x, cfg.hf_filter, cfg.hf_radius, cfg.hf_sigma), cfg.hf_mode
-    else:
-        raise KeyError(f"unknown view {name!r}; available: rgb, edge, hf")
-    return enhance(x, prior, cfg.enhance_lambda) if mode == "enhance" else prior
+    prior = spec.prior(x, cfg)
+    return enhance(x, prior, cfg.enhance_lambda) if getattr(cfg, spec.mode) == "enhance" else prior
 
 
 @torch.no_grad()

@@ -59,9 +59,12 @@ class Outputs:
         atomic_write_text(latex, self.tables / f"{name}.tex")
         return self.tables / f"{name}.md"
 
-    def results_json(self, name: str, payload: dict[str, Any], cfg=None, seeds: Sequence[int] | None = None) -> Path:
+    def results_json(self, name: str, payload: dict[str, Any], cfg=None, seeds: Sequence[int] | None = None,
+                     runs: Sequence[dict] = ()) -> Path:
+        """The notebook's results file: its payload, every student run it used (`runs`, see
+        `run_record`), the configuration and the provenance of the process."""
         return write_json({"notebook": name, "config": config_to_dict(cfg) if cfg is not None else None,
-                           "seeds": list(seeds) if seeds is not None else None,
+                           "seeds": list(seeds) if seeds is not None else None, "runs": list(runs),
                            "wall_time_s": time.perf_counter() - self.started, **run_metadata(), **payload},
                           self.results / f"{name}.json")
 
@@ -92,19 +95,40 @@ def fmt_pm(mean: float, sd: float, scale: float = 100.0) -> str:
     return f"{mean * scale:.2f} ± {sd * scale:.2f}"
 
 
+RUN_FIELDS = ("dataset", "method", "setting", "seed", "val_acc", "test_acc", "run_key", "train_time_s")
+
+
+def run_record(dataset: str, method: str, result: dict, setting: str = "") -> dict:
+    """What a results file keeps of one student run: enough to recompute any mean, sd or
+    interval of its tables without the git-ignored data/ (`RUN_FIELDS`)."""
+    return {"dataset": dataset, "method": method, "setting": setting, **{k: result[k] for k in RUN_FIELDS[3:]}}
+
+
+def group_runs(records: Iterable[dict], by: str = "method") -> dict[str, list[dict]]:
+    """Records grouped by one field, groups in order of first appearance, seeds sorted."""
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        groups.setdefault(r[by], []).append(r)
+    return {k: sorted(v, key=lambda r: r["seed"]) for k, v in groups.items()}
+
+
 def method_table(runs: dict[str, list[dict]], reference: str = "KD", metric: str = "test_acc") -> pd.DataFrame:
     """One row per method: accuracy mean ± sd over seeds and the paired difference to `reference`.
 
-    `runs[method]` lists that method's run results, one per seed, in the same seed order.
+    `runs[method]` lists that method's runs (records or results), one per seed; the
+    difference pairs runs of the same seed and needs the reference on every seed.
     """
-    ref = [r[metric] for r in runs[reference]] if reference in runs else None
+    ref = {r["seed"]: r[metric] for r in runs[reference]} if reference in runs else None
     rows = []
     for method, results in runs.items():
         acc = [r[metric] for r in results]
         m, sd = mean_std(acc)
         row = {"method": method, "seeds": len(acc), f"{metric} (%)": fmt_pm(m, sd), "mean": 100 * m, "sd": 100 * sd}
         if ref is not None and method != reference:
-            d = paired_difference(acc, ref)
+            missing = [r["seed"] for r in results if r["seed"] not in ref]
+            if missing:
+                raise ValueError(f"{method}: seeds {missing} have no {reference} run to pair with")
+            d = paired_difference(acc, [ref[r["seed"]] for r in results])
             row.update({f"Δ vs {reference}": f"{100 * d['diff']:+.2f}",
                         "95% CI": f"[{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]"})
         else:

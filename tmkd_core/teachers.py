@@ -1,4 +1,5 @@
-"""Frozen teachers as the distillers see them, and the teacher-output cache.
+"""Teachers: the multi-view teacher's objective, frozen teachers as the distillers see
+them, and the teacher-output cache.
 
 A frozen teacher splits into the expensive part, `pooled_views(x)` -> (V, B, d) (the
 backbone on every view, one batched call), and the cheap part, `from_pooled(pooled, y, x)`
@@ -14,12 +15,31 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from .config import ViewConfig
 from .data import AugmentPlan, ImageSet, to_float
 from .fusion import ViewFusion
+from .losses import text_nce
 from .models import MultiViewTeacher
-from .priors import make_views
+from .priors import ViewConfig, make_views
+from .train import Batch, LossFn
+from .utils import atomic_write_text, build_once, damaged, read_json
+
+
+def multiview_teacher_loss(teacher: MultiViewTeacher, class_text: torch.Tensor, view_cfg: ViewConfig,
+                           lambda_a: float, tau_a: float) -> LossFn:
+    """sum_v CE(z_v, y) + lambda_a * sum_v NCE(P_v h_v, t_v, y)  (method.md §2)."""
+
+    def loss_fn(batch: Batch):
+        out = teacher(make_views(batch.x, view_cfg))
+        ce = sum(F.cross_entropy(z, batch.labels) for z in out["logits"])
+        losses = {"ce": ce}
+        if lambda_a > 0:
+            t = class_text.to(batch.x.device)
+            losses["align"] = lambda_a * sum(text_nce(q, t[v], batch.labels, tau_a) for v, q in enumerate(out["text"]))
+        return out["logits"].mean(0), losses
+
+    return loss_fn
 
 
 class FrozenTeacher(nn.Module):
@@ -113,45 +133,69 @@ class TeacherCache:
     """Pooled teacher features of K augmented replicas of the training set, memory-mapped.
 
     Replica k of sample i is the image that `AugmentPlan.draw(n, seed, k)` makes of it, so
-    a cached entry equals the online teacher's output on that image (up to float16).
+    a cached entry equals the online teacher's output on that image (up to float16). A
+    cache built without augmentation holds one replica, read with replica None. Asking
+    for a replica the cache does not hold is an error, never a silent wrap-around.
     """
 
     def __init__(self, path: Path):
-        meta = json.loads((path / "meta.json").read_text())
-        self.replicas = meta["replicas"]
-        self.array = np.load(path / "pooled.npy", mmap_mode="r")  # (K, N, V, d) float16
+        self.path = Path(path)
+        meta = read_json(self.path / "meta.json")
+        self.replicas, self.augmented = meta["replicas"], meta.get("augmented", True)
+        try:
+            self.array = np.load(self.path / "pooled.npy", mmap_mode="r")  # (K, N, V, d) float16
+        except (OSError, ValueError) as exc:  # a truncated .npy: "mmap length is greater than file size"
+            raise damaged(self.path / "pooled.npy", exc) from exc
+        if self.array.shape[:2] != (self.replicas, meta["n"]):
+            raise damaged(self.path / "pooled.npy", f"shape {self.array.shape}, meta.json says "
+                                                    f"{self.replicas} replicas of {meta['n']} images")
 
-    def get(self, idx: torch.Tensor, replica: int, device) -> torch.Tensor:
-        rows = self.array[replica % self.replicas][np.sort(idx.numpy())]
+    def get(self, idx: torch.Tensor, replica: int | None, device) -> torch.Tensor:
+        """Pooled features (V, B, d) of samples `idx` as augmented by `replica`."""
+        if (replica is None) == self.augmented or (replica is not None and not 0 <= replica < self.replicas):
+            held = f"replicas 0..{self.replicas - 1}" if self.augmented else "unaugmented images only"
+            raise ValueError(f"teacher cache {self.path} holds {held}; asked for replica {replica}")
+        rows = self.array[replica or 0][np.sort(idx.numpy())]
         order = np.argsort(np.argsort(idx.numpy()))  # memmaps read fastest in sorted order
         return torch.from_numpy(np.ascontiguousarray(rows[order])).to(device).float().transpose(0, 1)
 
     @classmethod
+    def build(cls, path: Path, teacher: FrozenTeacher, train: ImageSet, replicas: int | None, augment_seed: int,
+              batch_size: int, device, progress: bool = False) -> "TeacherCache":
+        """The cache at `path` (a folder), written first unless complete there already.
+
+        `replicas` None: one replica of the unaugmented images. Built under a file lock:
+        a second process asking for the same cache waits, then reads it.
+        """
+        return build_once(Path(path) / "meta.json",
+                          lambda: cls._write(Path(path), teacher, train, replicas, augment_seed, batch_size, device,
+                                             progress),
+                          lambda meta: cls(meta.parent))
+
+    @staticmethod
     @torch.no_grad()
-    def build(cls, path: Path, teacher: FrozenTeacher, train: ImageSet, replicas: int, augment_seed: int,
-              augment: bool, batch_size: int, device, progress: bool = False) -> "TeacherCache":
-        """Write the cache to `path` (a folder) unless it is complete there already."""
+    def _write(path: Path, teacher: FrozenTeacher, train: ImageSet, replicas: int | None, augment_seed: int,
+               batch_size: int, device, progress: bool) -> None:
         from tqdm.auto import tqdm
 
-        if (path / "meta.json").exists():
-            return cls(path)
         path.mkdir(parents=True, exist_ok=True)
-        n = len(train)
+        n, count = len(train), replicas or 1
         probe = teacher.pooled_views(to_float(train.load(torch.tensor([0])), device))
         tmp = path / "pooled.npy.tmp"
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
-                                          shape=(replicas, n, probe.shape[0], probe.shape[-1]))
-        bar = tqdm(total=replicas * n, desc="teacher cache", disable=not progress, unit="img")
-        for k in range(replicas):
-            plan = AugmentPlan.draw(n, augment_seed, k)
+                                          shape=(count, n, probe.shape[0], probe.shape[-1]))
+        bar = tqdm(total=count * n, desc="teacher cache", disable=not progress, unit="img")
+        for k in range(count):
+            plan = AugmentPlan.draw(n, augment_seed, k) if replicas is not None else None
             for idx, images, _ in train.batches(batch_size):
                 x = to_float(images, device)
-                x = plan.apply(x, idx) if augment else x
+                x = plan.apply(x, idx) if plan is not None else x
                 array[k, idx.numpy()] = teacher.pooled_views(x).transpose(0, 1).cpu().numpy().astype(np.float16)
                 bar.update(len(idx))
         bar.close()
         array.flush()
         del array
         tmp.rename(path / "pooled.npy")
-        (path / "meta.json").write_text(json.dumps({"replicas": replicas, "n": n, "augment_seed": augment_seed}))
-        return cls(path)
+        # meta.json last: its presence marks a complete cache
+        atomic_write_text(json.dumps({"replicas": count, "n": n, "augment_seed": augment_seed,
+                                      "augmented": replicas is not None}), path / "meta.json")

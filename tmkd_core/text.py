@@ -22,24 +22,19 @@ import torch
 import torch.nn.functional as F
 
 from .config import TextConfig, config_hash
+from .priors import VIEWS
 from .registry import Registry
-from .utils import atomic_save, load_checkpoint
+from .utils import atomic_save, build_once, load_checkpoint
 
-PRIOR_AWARE_TEMPLATES: dict[str, tuple[str, ...]] = {
-    "rgb": ("a photo of a {}.", "a blurry photo of a {}.", "a close-up photo of a {}."),
-    "edge": ("an edge map of a {}.", "a line drawing of a {}.", "a sketch of the outline of a {}."),
-    "hf": ("the fine texture details of a {}.", "a high-pass filtered photo of a {}.",
-           "the sharp edges and fine texture of a {}."),
-}
+PROMPT_SETS = ("prior_aware", "generic")
 
 
 def prompt_templates(prompts: str, views: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
-    """Templates per view: `prior_aware` gives each view its own; `generic` the RGB ones."""
-    if prompts == "prior_aware":
-        return {v: PRIOR_AWARE_TEMPLATES[v] for v in views}
-    if prompts == "generic":
-        return {v: PRIOR_AWARE_TEMPLATES["rgb"] for v in views}
-    raise ValueError(f"invalid prompts {prompts!r}; valid values: prior_aware, generic")
+    """Templates per view (from the view registry): `prior_aware` gives each view its own,
+    `generic` gives every view the RGB ones."""
+    if prompts not in PROMPT_SETS:
+        raise ValueError(f"invalid prompts {prompts!r}; valid values: {', '.join(PROMPT_SETS)}")
+    return {v: VIEWS.get(v if prompts == "prior_aware" else "rgb").templates for v in views}
 
 
 class TextEncoder:
@@ -80,8 +75,9 @@ def _verified_digest(path: Path, expected: str | None) -> str:
     key = (str(path), path.stat().st_mtime)
     if key not in _DIGESTS:
         _DIGESTS[key] = sha256_of(path)
-    if expected and _DIGESTS[key] != expected:
-        raise ValueError(f"checksum mismatch for {path}: expected sha256 {expected}, got {_DIGESTS[key]}")
+    if expected and _DIGESTS[key] != expected.lower():  # sha256sum prints lower case; users paste either
+        raise ValueError(f"checksum mismatch for {path.resolve()}: expected sha256 {expected.lower()}, "
+                         f"got {_DIGESTS[key]}")
     return _DIGESTS[key]
 
 
@@ -107,7 +103,7 @@ class SentenceTransformerEncoder(TextEncoder):
         from sentence_transformers import SentenceTransformer
 
         path = self.model_path(cfg)
-        self.identity = self.describe(cfg)
+        self.identity = text_identity(cfg)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder needs no hub
         self.model = SentenceTransformer(str(path), device=str(device))
         self.model.eval()
@@ -147,9 +143,16 @@ class OpenClipEncoder(TextEncoder):
     def __init__(self, cfg: TextConfig, device: str | torch.device = "cpu"):
         import open_clip
 
-        self.identity = self.describe(cfg)
-        model, _, _ = open_clip.create_model_and_transforms(
-            cfg.model, pretrained=cfg.pretrained, device=device, cache_dir=cfg.cache_dir)
+        self.identity = text_identity(cfg)
+        try:
+            model, _, _ = open_clip.create_model_and_transforms(
+                cfg.model, pretrained=cfg.pretrained, device=device, cache_dir=cfg.cache_dir)
+        except RuntimeError as exc:  # load_state_dict: missing keys or size mismatches
+            if not os.path.isfile(cfg.pretrained):
+                raise
+            raise ValueError(f"the open_clip weights file {Path(cfg.pretrained).resolve()} does not fit the "
+                             f"architecture text.model={cfg.model!r} ({str(exc).splitlines()[0]}); set text.model to "
+                             "the architecture the file was saved from") from exc
         self.model = model.eval()
         self.device = torch.device(device)
         self.tokenizer = open_clip.get_tokenizer(cfg.model)
@@ -180,29 +183,46 @@ def build_text_encoder(cfg: TextConfig, device: str | torch.device = "cpu") -> T
 
 
 def text_identity(cfg: TextConfig) -> str:
-    return BACKENDS.get(cfg.backend).describe(cfg)
+    """Architecture, weights checksum (or tag) and library version of the encoder `cfg` names;
+    resolving it checks a local weights file's checksum, so a wrong file fails here, before
+    anything trains."""
+    return f"{BACKENDS.get(cfg.backend).describe(cfg)}:{_library_version(cfg.backend)}"
+
+
+def _library_version(backend: str) -> str:
+    from importlib import metadata
+
+    package = {"sentence_transformers": "sentence-transformers", "open_clip": "open-clip-torch"}.get(backend)
+    try:
+        return f"{package}=={metadata.version(package)}" if package else "unknown"
+    except metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def class_text_embeddings(cfg: TextConfig, class_names: list[str], views: tuple[str, ...],
                           cache_dir: str | Path | None = None, encoder: TextEncoder | None = None) -> torch.Tensor:
     """t_{v,c}: (V, K, D), each row the normalised mean of its normalised template embeddings.
 
-    The encoder is loaded only on a cache miss (or passed in, already loaded).
+    The encoder is loaded only on a cache miss (or passed in, already loaded). The cache
+    file is written once, under a file lock, keyed by the encoder's identity, the
+    templates, the classes and the views.
     """
     templates = prompt_templates(cfg.prompts, views)
-    identity = encoder.identity if encoder is not None else text_identity(cfg)
+    identity = text_identity(cfg)
     key = config_hash(identity, templates, list(class_names), list(views), length=16)
-    path = Path(cache_dir) / f"text_{key}.pt" if cache_dir else None
-    if path is not None and path.exists():
-        return load_checkpoint(path)["embeddings"]
-    encoder = encoder or build_text_encoder(cfg)
-    per_view = []
-    for v in views:
-        texts = [t.format(c) for c in class_names for t in templates[v]]
-        emb = encoder.encode(texts).view(len(class_names), len(templates[v]), -1)
-        per_view.append(F.normalize(emb.mean(dim=1), dim=-1))
-    out = torch.stack(per_view)
-    if path is not None:
-        atomic_save({"embeddings": out, "identity": identity, "templates": templates,
-                     "class_names": list(class_names)}, path)
-    return out
+
+    def compute() -> torch.Tensor:
+        enc = encoder or build_text_encoder(cfg)
+        per_view = []
+        for v in views:
+            texts = [t.format(c) for c in class_names for t in templates[v]]
+            emb = enc.encode(texts).view(len(class_names), len(templates[v]), -1)
+            per_view.append(F.normalize(emb.mean(dim=1), dim=-1))
+        return torch.stack(per_view)
+
+    if not cache_dir:
+        return compute()
+    path = Path(cache_dir) / f"text_{key}.pt"
+    return build_once(path, lambda: atomic_save({"embeddings": compute(), "identity": identity, "templates": templates,
+                                                 "class_names": list(class_names)}, path),
+                      lambda p: load_checkpoint(p)["embeddings"])

@@ -1,9 +1,13 @@
 """One training loop for teachers and students, with evaluation, checkpoints and resume.
 
-`fit` trains any module whose `loss_fn(x, y, idx, epoch)` returns (logits, {term: loss});
-the loop sums the dict, so every term is logged per epoch and can be ablated by setting
-its weight to zero. Data order and augmentation depend on (seed, epoch) alone, so a run
-resumed from its last checkpoint continues exactly where it stopped.
+`fit` trains any module whose `loss_fn(batch)` returns (logits, {term: loss}); the loop
+sums the dict, so every term is logged per epoch and can be ablated by setting its weight
+to zero. Data order and augmentation depend on (seed, epoch) alone, so a run resumed from
+its last checkpoint continues exactly where it stopped.
+
+Augmentation comes from replicas: epoch e crops and flips the training set as replica
+`augment_replica(e, K)` does. The loop hands that replica to the loss in the `Batch`, so
+a teacher-output cache of K replicas is read at exactly the images the student sees.
 """
 from __future__ import annotations
 
@@ -11,21 +15,41 @@ import math
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .config import OptimConfig, ViewConfig
 from .data import AugmentPlan, ImageSet, hash_seed, to_float
-from .losses import text_nce
-from .models import MultiViewTeacher
-from .priors import make_views
 from .utils import atomic_save, load_checkpoint
 
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, dict]]
+if TYPE_CHECKING:
+    from .config import OptimConfig
+
+
+@dataclass
+class Batch:
+    """One training step's input: images as augmented (B, C, H, W), labels, their indices in
+    the training set, the fractional epoch (for warm-ups), and the augmentation replica
+    the images were drawn from (None: not augmented)."""
+
+    x: torch.Tensor
+    labels: torch.Tensor
+    idx: torch.Tensor
+    epoch: float
+    replica: int | None
+
+
+LossFn = Callable[[Batch], tuple[torch.Tensor, dict]]
+
+
+def augment_replica(epoch: int, replicas: int | None) -> int:
+    """The augmentation replica of a 0-based epoch: e mod K, or e itself when K is None.
+    The one place that decides it, for the student's images and the teacher cache alike."""
+    return epoch if replicas is None else epoch % replicas
 
 
 def make_optimizer(params, cfg: OptimConfig, steps_per_epoch: int):
@@ -55,19 +79,21 @@ def autocast(device: torch.device, amp: bool):
 
 
 @torch.enable_grad()  # a caller under no_grad (a notebook cell, an analysis helper) still trains
-def fit(module: nn.Module, loss_fn: LossFn, train: ImageSet, optim: OptimConfig, *, batch_size: int,
-        seed: int, augment_seed: int, augment: bool = True, device: torch.device | str = "cpu",
+def fit(module: nn.Module, loss_fn: LossFn, train: ImageSet, optim: OptimConfig, *,
+        seed: int, augment_seed: int, replicas: int | None = None, device: torch.device | str = "cpu",
         params=None, checkpoint: str | Path | None = None, val: ImageSet | None = None,
         eval_fn: Callable[[nn.Module, ImageSet], float] | None = None, progress: bool = True,
         desc: str = "train", amp: bool = True, channels_last: bool = False,
         on_epoch_end: Callable[[int, dict], None] | None = None) -> list[dict]:
     """Train `module` for optim.epochs; return per-epoch history (loss terms, accuracies, time).
 
-    `augment_seed` fixes the replica plan (crop/flip of sample i at epoch e); `seed` fixes
-    the data order. With `checkpoint`, the state is saved atomically after every epoch and
-    a run finds and resumes from it.
+    `augment_seed` and `replicas` fix the crop/flip of sample i at epoch e (replica
+    `augment_replica(e, replicas)`); `seed` fixes the data order; `optim` holds the batch
+    size and whether to augment. With `checkpoint`, the state is saved atomically after
+    every epoch and a run finds and resumes from it.
     """
     device = torch.device(device)
+    batch_size = optim.batch_size
     params = list(params if params is not None else (p for p in module.parameters() if p.requires_grad))
     steps_per_epoch = len(train) // batch_size
     if steps_per_epoch == 0:
@@ -89,7 +115,8 @@ def fit(module: nn.Module, loss_fn: LossFn, train: ImageSet, optim: OptimConfig,
     for epoch in range(start, optim.epochs):
         module.train()
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(hash_seed(seed, epoch)))
-        plan = AugmentPlan.draw(len(train), augment_seed, epoch) if augment else None
+        replica = augment_replica(epoch, replicas) if optim.augment else None
+        plan = AugmentPlan.draw(len(train), augment_seed, replica) if replica is not None else None
         sums: dict[str, float] = {}
         correct = seen = 0
         t0 = time.perf_counter()
@@ -102,7 +129,7 @@ def fit(module: nn.Module, loss_fn: LossFn, train: ImageSet, optim: OptimConfig,
             x = x.contiguous(memory_format=memory_format)
             labels = labels.to(device)
             with autocast(device, amp):
-                logits, losses = loss_fn(x, labels, idx, epoch + seen / len(train))
+                logits, losses = loss_fn(Batch(x, labels, idx, epoch + seen / len(train), replica))
             total = sum(losses.values())
             if not torch.isfinite(total):
                 raise FloatingPointError(f"{desc}: loss is {total.item()} at epoch {epoch + 1} "
@@ -156,25 +183,9 @@ def evaluate(model: nn.Module, data: ImageSet, batch_size: int = 256, device: to
     return acc
 
 
-def multiview_teacher_loss(teacher: MultiViewTeacher, class_text: torch.Tensor, view_cfg: ViewConfig,
-                           lambda_a: float, tau_a: float) -> LossFn:
-    """sum_v CE(z_v, y) + lambda_a * sum_v NCE(P_v h_v, t_v, y)  (method.md §2)."""
-
-    def loss_fn(x, labels, idx, epoch):
-        out = teacher(make_views(x, view_cfg))
-        ce = sum(F.cross_entropy(z, labels) for z in out["logits"])
-        losses = {"ce": ce}
-        if lambda_a > 0:
-            t = class_text.to(x.device)
-            losses["align"] = lambda_a * sum(text_nce(q, t[v], labels, tau_a) for v, q in enumerate(out["text"]))
-        return out["logits"].mean(0), losses
-
-    return loss_fn
-
-
 def supervised_loss(model: nn.Module) -> LossFn:
-    def loss_fn(x, labels, idx, epoch):
-        logits, _ = model(x)
-        return logits, {"ce": F.cross_entropy(logits, labels)}
+    def loss_fn(batch: Batch):
+        logits, _ = model(batch.x)
+        return logits, {"ce": F.cross_entropy(logits, batch.labels)}
 
     return loss_fn

@@ -19,8 +19,8 @@ import random
 import pandas as pd
 
 from .config import dataset_config, method_config
-from .experiment import run_student
-from .report import Outputs, find_root, method_table
+from .experiment import Pipeline
+from .report import Outputs, find_root, method_table, run_record
 
 SEARCH_SPACES: dict[str, dict[str, list]] = {
     "KD": {"student.alpha": [0.5, 1.0, 2.0, 4.0], "student.tau": [1.0, 2.0, 4.0, 8.0]},
@@ -61,11 +61,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     base = dataset_config(args.profile, args.dataset)
     out = Outputs(find_root() / args.out_dir)
-    rows, best = [], {}
+    rows, best, records = [], {}, []
     for method, space in SEARCH_SPACES.items():
         for trial, setting in enumerate(sample_trials(space, args.trials, args.search_seed)):
-            val = [run_student(method_config(base, method, {**setting, "seed": s}))["val_acc"]
-                   for s in args.trial_seeds]
+            results = [Pipeline(method_config(base, method, {**setting, "seed": s})).run_student()
+                       for s in args.trial_seeds]
+            records += [run_record(args.dataset, method, r, f"trial {trial}: {setting}") for r in results]
+            val = [r["val_acc"] for r in results]
             score = sum(val) / len(val)
             rows.append({"method": method, "trial": trial, **{k: str(v) for k, v in setting.items()},
                          **{f"val_acc seed {s}": 100 * a for s, a in zip(args.trial_seeds, val)},
@@ -75,17 +77,20 @@ def main(argv=None):
                 best[method] = (setting, score)
     search = pd.DataFrame(rows)
     search.to_csv(out.tables / f"tuning_{args.dataset}.csv", index=False)
-    runs = {f"{m} (tuned)": [run_student(method_config(base, m, {**best[m][0], "seed": s})) for s in args.seeds]
+    runs = {f"{m} (tuned)": [Pipeline(method_config(base, m, {**best[m][0], "seed": s})).run_student()
+                                  for s in args.seeds]
             for m in SEARCH_SPACES}
-    runs.update({f"{m} (default)": [run_student(method_config(base, m, {"seed": s})) for s in args.seeds]
+    runs.update({f"{m} (default)": [Pipeline(method_config(base, m, {"seed": s})).run_student() for s in args.seeds]
                  for m in SEARCH_SPACES})
     table = method_table(runs, reference="KD (tuned)").drop(columns=["mean", "sd"])
     table["chosen on val"] = [str(best[m.split(" (")[0]][0]) if "tuned" in m else "" for m in runs]
     out.table(table, f"tuned_{args.dataset}", f"Test accuracy (%) of the settings chosen on validation, "
                                               f"{args.dataset}, seeds {args.seeds}")
+    records += [run_record(args.dataset, m, r, "test of the chosen setting" if "tuned" in m else "")
+                for m, rs in runs.items() for r in rs]
     out.results_json(f"tuning_{args.dataset}", {"search": rows, "trial_seeds": args.trial_seeds,
                                                 "best": {m: b[0] for m, b in best.items()},
-                                                "test": table.to_dict("records")}, base, args.seeds)
+                                                "test": table.to_dict("records")}, base, args.seeds, runs=records)
     print(table.to_string(index=False))
 
 

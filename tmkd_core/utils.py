@@ -1,6 +1,8 @@
 """Small shared helpers: atomic checkpoints, seeds, devices, run metadata."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import platform
@@ -9,12 +11,14 @@ import subprocess
 import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
-from .config import TEACHER_PRECISIONS
+
+
+TEACHER_PRECISIONS = ("auto", "fp32", "bf16")  # autocast of the frozen teacher's forward
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
@@ -46,9 +50,66 @@ def write_json(obj: Any, path: str | Path) -> Path:
     return atomic_write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", path)
 
 
+class DamagedArtifact(RuntimeError):
+    """A cached file (checkpoint, cache, run record) that exists but cannot be read."""
+
+
+def damaged(path: str | Path, exc: BaseException | str) -> DamagedArtifact:
+    """The error for a file that exists but cannot be read: which file, why, and the fix.
+    Nothing is overwritten: the file may hold hours of work, so the user decides."""
+    path = Path(path).resolve()
+    return DamagedArtifact(f"{path} is damaged or truncated ({exc}). Delete it (rm -r '{path}') and rerun: "
+                           "it is rebuilt from its settings.")
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
     """Load a checkpoint written by atomic_save; tensors and plain containers only."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, OSError
+        raise damaged(path, exc) from exc
+
+
+def read_json(path: str | Path) -> Any:
+    """json.loads of a file, naming the file when it is not valid JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise damaged(path, exc) from exc
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """An exclusive advisory lock on `<path>.lock` (fcntl.flock), held for the block.
+
+    Every artefact under data/ is built inside the lock of its own path: a second process
+    that wants the same artefact waits, then finds it finished instead of building it
+    again into the same files. The lock dies with its process, so a killed run never
+    leaves a stale lock behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.parent / f".{path.name}.lock"
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def build_once(path: str | Path, build: Callable[[], Any], load: Callable[[Path], Any]) -> Any:
+    """`load(path)` if the artefact is there, else `build()` (which writes it) under its lock."""
+    path = Path(path)
+    if path.exists():
+        return load(path)
+    with file_lock(path):
+        if path.exists():  # another process finished it while this one waited
+            return load(path)
+        build()
+    return load(path)
 
 
 def seed_everything(seed: int) -> None:
@@ -98,8 +159,29 @@ def git_commit() -> str | None:
         return None
 
 
-def run_metadata() -> dict:
-    """What a results file needs to be traced back: commit, packages, machine."""
+def git_dirty() -> bool | None:
+    """True when tracked files differ from the commit (the results then come from code not in git)."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                             text=True, check=True, cwd=Path(__file__).parent).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return bool(out.strip())
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_metadata(precision: dict | None = None) -> dict:
+    """What a results file needs to be traced back: commit (and whether the tree was dirty),
+    packages, machine, threads, and the precision each part ran in."""
     packages = {}
     for name in ("torch", "torchvision", "numpy", "open-clip-torch", "sentence-transformers", "scikit-image"):
         try:
@@ -108,9 +190,13 @@ def run_metadata() -> dict:
             packages[name] = None
     return {
         "git_commit": git_commit(),
+        "git_dirty": git_dirty(),
         "packages": packages,
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
                    + (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"),
+        "cpu_model": cpu_model(),
+        "cpu_native_bf16": cpu_has_native_bf16(),
         "torch_threads": torch.get_num_threads(),
+        **({"precision": precision} if precision is not None else {}),
     }

@@ -1,0 +1,298 @@
+"""The pipeline: stage keys, teacher outputs at the student's replica, resume, locks, damaged files."""
+import json
+import multiprocessing as mp
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tmkd_core import distillers
+from tmkd_core.config import ExperimentConfig, method_config, neutral_paths, with_overrides
+from tmkd_core.experiment import STAGES, Pipeline, TeacherNotTrained
+from tmkd_core.report import group_runs, method_table, run_record
+from tmkd_core.settings import leaf_paths, resolve_choices
+from tmkd_core.utils import DamagedArtifact, build_once
+
+
+@pytest.fixture(scope="module")
+def tiny(cifar_cfg):
+    """The smoke configuration shrunk to seconds: 200 training images, one-epoch teachers."""
+    return with_overrides(cifar_cfg, {
+        "data.train_size": 200, "data.val_size": 100, "data.test_size": 200,
+        "teacher.optim.epochs": 1, "teacher.optim.batch_size": 50, "teacher.multiview_optim.batch_size": 50,
+        "student.optim.batch_size": 50, "student.optim.epochs": 2})
+
+
+# --- item 1: the teacher output the student reads is computed on the image it sees ----------
+
+def test_cached_teacher_outputs_match_the_images_the_student_sees_past_k_epochs(tiny, monkeypatch):
+    cfg = method_config(tiny, "TMKD", {"student.optim.epochs": 5, "student.cache_replicas": 2, "seed": 7})
+    pipe = Pipeline(cfg)
+    assert pipe.replicas == 2
+    seen = []
+    original = distillers.Distiller.teacher_outputs
+
+    def checked(self, batch):
+        cached = original(self, batch)
+        online = self.teacher(batch.x, batch.labels)  # the teacher on exactly the student's images
+        seen.append((batch.replica, float((cached["logits"] - online["logits"]).abs().max()),
+                     float(online["logits"].abs().max())))
+        return cached
+
+    monkeypatch.setattr(distillers.Distiller, "teacher_outputs", checked)
+    pipe.run_student(force=True)
+    assert [r for r, _, _ in seen[::4]] == [0, 1, 0, 1, 0]  # 4 steps an epoch; epochs 3-5 wrap to K = 2
+    worst = max(err / scale for _, err, scale in seen)
+    assert worst < 0.02, f"cached teacher logits differ from the online teacher by {worst:.3f} (relative)"
+
+
+def test_the_student_cycles_the_same_replicas_online_and_cached(tiny):
+    """Online and cached outputs give the same training (up to the cache's float16)."""
+    base = method_config(tiny, "KD", {"student.cache_replicas": 1, "teacher_precision": "fp32"})
+    cached = Pipeline(base).run_student()
+    online = Pipeline(with_overrides(base, {"student.teacher_outputs": "online"})).run_student()
+    assert cached["replicas"] == online["replicas"] == 1
+    for a, b in zip(cached["history"], online["history"]):
+        assert a["loss_kd"] == pytest.approx(b["loss_kd"], rel=2e-2)
+
+
+# --- item 2: keys derived from what each stage reads ----------------------------------------
+
+def _other_value(path, field, value):
+    """A different valid value for a setting (None: skip)."""
+    choices = field.metadata.get("choices")
+    if path == "views.views":
+        return ["rgb", "edge"] if tuple(value) != ("rgb", "edge") else ["rgb", "hf"]
+    if choices is not None:
+        return next((c for c in resolve_choices(choices) if c != value), None)
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value * 0.5 if value > 0 else 0.5
+    if value is None:
+        return 3 if path.endswith(("size", "replicas")) else "other"
+    return value + "-other"
+
+
+# identity-resolved settings (tested with real files in test_text) and neutral ones are not perturbed here
+SKIP = {"text.backend", "text.pretrained", "text.model"}
+
+
+def _changed_stages(a: Pipeline, b: Pipeline) -> set:
+    return {s for s in STAGES if a.uses(s) and b.uses(s) and a.key(s) != b.key(s)}
+
+
+def _expected_stages(a: Pipeline, b: Pipeline, path: str) -> set:
+    """Stages that read `path` (in either configuration), and every stage built on them."""
+    direct = {s for p in (a, b) for s in STAGES if p.uses(s)
+              and any(path == r or path.startswith(r + ".") for r in p.reads(s))}
+    closure, grew = set(direct), True
+    while grew:
+        grew = False
+        for p in (a, b):
+            for s in STAGES:
+                if p.uses(s) and s not in closure and closure & set(p.after(s)):
+                    closure.add(s)
+                    grew = True
+    return {s for s in closure if a.uses(s) and b.uses(s)}
+
+
+@pytest.mark.parametrize("method, extra", [("CE", {}), ("KD", {}), ("TMKD", {}),
+                                           ("TMKD", {"teacher.teacher_init": "scratch"}),
+                                           ("TMKD", {"student.teacher_outputs": "online"}),
+                                           ("KD", {"student.cache_replicas": 3})])
+def test_every_setting_changes_exactly_the_keys_of_the_stages_that_read_it(cifar_cfg, method, extra):
+    base = method_config(cifar_cfg, method, extra)
+    a = Pipeline(base)
+    neutral = neutral_paths()
+    checked = 0
+    for path, field in leaf_paths(ExperimentConfig):
+        if path in SKIP:
+            continue
+        value = a.cfg
+        for part in path.split("."):
+            value = getattr(value, part)
+        other = _other_value(path, field, value)
+        try:
+            b = Pipeline(with_overrides(base, {path: other}))
+        except ValueError:  # a value another setting of this method rules out
+            continue
+        changed = _changed_stages(a, b)
+        if path in neutral:
+            assert changed == set(), f"{path} is neutral but changed the keys of {changed}"
+        else:
+            expected = _expected_stages(a, b, path)
+            assert changed == expected, f"{method} {extra}: {path}={other!r} changed {changed}, expected {expected}"
+            checked += 1
+    assert checked > 40
+
+
+def test_keys_hold_what_changes_numbers_outside_the_configuration(cifar_cfg, monkeypatch):
+    cfg = method_config(cifar_cfg, "TMKD")
+    a = Pipeline(cfg)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        b = Pipeline(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    assert _changed_stages(a, b) == {"rgb_teacher", "multiview_teacher", "teacher_cache", "student"}
+    fp32, bf16 = (Pipeline(with_overrides(cfg, {"teacher_precision": p})) for p in ("fp32", "bf16"))
+    assert _changed_stages(fp32, bf16) == {"teacher_cache", "student"}
+    import tmkd_core.experiment as experiment
+
+    monkeypatch.setattr(experiment.torch, "__version__", "0.0.0")
+    assert _changed_stages(a, Pipeline(cfg)) == {"rgb_teacher", "multiview_teacher", "teacher_cache", "student"}
+
+
+def test_a_scratch_multiview_teacher_reads_its_own_batch_size(cifar_cfg):
+    """The bug this key scheme fixes: teacher_init=scratch ignored the batch size."""
+    scratch = method_config(cifar_cfg, "TMKD", {"teacher.teacher_init": "scratch"})
+    a = Pipeline(scratch)
+    b = Pipeline(with_overrides(scratch, {"teacher.multiview_optim.batch_size": 50}))
+    c = Pipeline(with_overrides(scratch, {"teacher.optim.batch_size": 50}))
+    assert a.key("multiview_teacher") != b.key("multiview_teacher")
+    assert a.key("multiview_teacher") == c.key("multiview_teacher")  # the RGB teacher is not used
+
+
+# --- item 3: two processes, one artefact ------------------------------------------------------
+
+def _build_slowly(path, log):
+    def build():
+        with open(log, "a") as f:
+            f.write("built\n")
+        time.sleep(1.0)
+        path.write_text(json.dumps({"value": 42}))
+
+    return build_once(path, build, lambda p: json.loads(p.read_text()))
+
+
+def test_two_processes_build_one_artefact_once(tmp_path):
+    path, log = tmp_path / "artefact.json", tmp_path / "log"
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(2) as pool:
+        results = pool.starmap(_build_slowly, [(path, log), (path, log)])
+    assert results == [{"value": 42}, {"value": 42}]
+    assert log.read_text() == "built\n"
+
+
+def _run_in_process(cfg):
+    return Pipeline(cfg).run_student()
+
+
+def test_two_processes_running_the_same_student_agree(tiny, tmp_path):
+    cfg = method_config(tiny, "KD", {"data.root": str(tmp_path / "data"), "seed": 3})
+    # share the decoded dataset with the session, so each process starts in seconds
+    (tmp_path / "data" / "cache").mkdir(parents=True)
+    for f in (Path(tiny.data.root) / "cache").glob("cifar10_*.pt"):
+        (tmp_path / "data" / "cache" / f.name).symlink_to(f)
+    with mp.get_context("spawn").Pool(2) as pool:
+        a, b = pool.map(_run_in_process, [cfg, cfg])
+    assert a == b  # one trained, the other waited and read the record
+    assert len(list((tmp_path / "data" / "runs").glob("*.json"))) == 1
+    assert len(list((tmp_path / "data" / "checkpoints").glob("rgb_teacher_*.final.pt"))) == 1
+
+
+# --- resume and damaged files ------------------------------------------------------------------
+
+class Interrupt(Exception):
+    pass
+
+
+def test_a_killed_student_resumes_from_its_last_epoch(tiny, tmp_path):
+    cfg = method_config(tiny, "KD", {"student.optim.epochs": 3, "seed": 5})
+    straight = Pipeline(cfg).run_student(force=True)
+    pipe = Pipeline(cfg)
+    pipe.run_path.unlink()
+
+    def stop(epoch, record):
+        if epoch == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        pipe.run_student(on_epoch_end=stop)
+    assert not pipe.run_path.exists()
+    checkpoint = pipe.checkpoints / f"student_{pipe.key('student')}.pt"
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 2
+    resumed = Pipeline(cfg).run_student()
+    assert not checkpoint.exists()  # removed once the record is written
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
+    assert resumed["test_acc"] == straight["test_acc"] and resumed["val_acc"] == straight["val_acc"]
+    assert resumed["history"][-1]["loss_kd"] == pytest.approx(straight["history"][-1]["loss_kd"], rel=1e-5)
+
+
+def _damage(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    return path.read_bytes()
+
+
+def test_damaged_artefacts_name_their_file_and_are_never_overwritten(tiny):
+    pipe = Pipeline(method_config(tiny, "TMKD"))
+    pipe.run_student()
+    files = {"checkpoint": pipe.checkpoints / f"rgb_teacher_{pipe.key('rgb_teacher')}.final.pt",
+             "teacher cache": pipe.cache_dir / f"teacher_{pipe.key('teacher_cache')}" / "pooled.npy",
+             "run record": pipe.run_path,
+             "text cache": next(f for f in pipe.cache_dir.glob("text_*.pt")
+                                if torch.equal(torch.load(f, weights_only=True)["embeddings"], pipe.class_text))}
+    for what, path in files.items():
+        original = path.read_bytes()
+        damaged = _damage(path)
+        try:
+            fresh = Pipeline(method_config(tiny, "TMKD"))
+            with pytest.raises(DamagedArtifact, match="damaged") as err:
+                if what == "text cache":
+                    fresh.class_text
+                elif what == "run record":
+                    fresh.run_student()
+                else:
+                    fresh.frozen_teacher() if what == "checkpoint" else fresh.train_or_load_teacher_cache()
+            assert str(path.resolve()) in str(err.value) and "Delete it" in str(err.value), what
+            assert path.read_bytes() == damaged, f"the damaged {what} was overwritten"
+        finally:
+            path.write_bytes(original)
+
+
+def test_teacher_report_trains_nothing(tiny, tmp_path):
+    pipe = Pipeline(with_overrides(tiny, {"data.root": str(tmp_path / "empty")}))
+    (tmp_path / "empty" / "cache").mkdir(parents=True)
+    for f in (Path(tiny.data.root) / "cache").glob("cifar10_*.pt"):
+        (tmp_path / "empty" / "cache" / f.name).symlink_to(f)
+    with pytest.raises(TeacherNotTrained, match="not trained yet"):
+        pipe.teacher_report("val")
+    assert not (tmp_path / "empty" / "checkpoints").exists()
+
+
+# --- item 4: tables recompute from the run records ----------------------------------------------
+
+def test_tables_recompute_from_run_records():
+    def rec(method, seed, acc):
+        return run_record("cifar10", method, {"seed": seed, "val_acc": acc, "test_acc": acc, "run_key": "k",
+                                              "train_time_s": 1.0})
+
+    records = [rec("KD", 1, 0.50), rec("KD", 0, 0.40), rec("TMKD", 0, 0.43), rec("TMKD", 1, 0.52)]
+    table = method_table(group_runs(records)).set_index("method")
+    assert table.loc["KD", "mean"] == pytest.approx(45.0) and table.loc["KD", "sd"] == pytest.approx(7.0711, 1e-4)
+    # paired by seed: differences +3 and +2 points -> mean +2.5, sd 0.707, t(1) interval 2.5 +- 12.706 * 0.5
+    assert table.loc["TMKD", "Δ vs KD"] == "+2.50"
+    assert table.loc["TMKD", "95% CI"] == "[-3.85, +8.85]"
+    with pytest.raises(ValueError, match="no KD run to pair"):
+        method_table(group_runs(records + [rec("TMKD", 2, 0.5)]))
+
+
+def test_a_record_of_other_settings_under_a_run_key_is_refused(tiny):
+    pipe = Pipeline(method_config(tiny, "CE", {"seed": 11}))
+    record = pipe.run_student()
+    assert Pipeline(with_overrides(pipe.cfg, {"progress": True})).run_student() == record  # neutral setting
+    original = pipe.run_path.read_text()
+    forged = json.loads(original)
+    forged["config"]["student"]["alpha"] = 9.0
+    pipe.run_path.write_text(json.dumps(forged))
+    try:
+        with pytest.raises(DamagedArtifact, match="another configuration"):
+            Pipeline(pipe.cfg).run_student()
+    finally:
+        pipe.run_path.write_text(original)
