@@ -63,9 +63,14 @@ class Outputs:
                      runs: Sequence[dict] = ()) -> Path:
         """The notebook's results file: its payload, every student run it used (`runs`, see
         `run_record`), the configuration and the provenance of the process."""
+        precision = None
+        if cfg is not None:
+            from .experiment import Pipeline  # late: the pipeline imports most of the library
+
+            precision = Pipeline(cfg).precision()
         return write_json({"notebook": name, "config": config_to_dict(cfg) if cfg is not None else None,
                            "seeds": list(seeds) if seeds is not None else None, "runs": list(runs),
-                           "wall_time_s": time.perf_counter() - self.started, **run_metadata(), **payload},
+                           "wall_time_s": time.perf_counter() - self.started, **run_metadata(precision), **payload},
                           self.results / f"{name}.json")
 
 
