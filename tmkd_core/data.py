@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
+import shutil
 import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -25,11 +28,12 @@ from PIL import Image
 
 from .config import DataConfig
 from .registry import Registry
-from .utils import atomic_save, load_checkpoint
+from .utils import atomic_save, file_lock, load_checkpoint
 
 MIRROR_FILES = {
     "cifar10": ("cifar10-jpeg.tar.gz", "d877bdec11f54282b92da36e9f045bd305d663b1223e3822baff39ca9ff6690a"),
     "imagenette64": ("imagenette-64-jpeg.tar.gz", "53efd8a0e3ccf0806abe7862c0fe85931f271f0fff72e167724edee622ad4562"),
+    "cifar100": ("cifar100-png.tar.gz", "64045149576da92976cf94912e2726e315bea9644b5906f9aac5e039ada8bb74"),
 }
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 IMAGENETTE_CLASSES = {
@@ -123,7 +127,7 @@ def _decode(path: str, size: int | None, channels: int) -> torch.Tensor:
                 im = _resize_center_crop(im, size)
             arr = np.asarray(im, dtype=np.uint8)
     except Exception as exc:  # name the file: a corrupt image among thousands is otherwise a hunt
-        raise ValueError(f"cannot decode image {path}: {exc}") from exc
+        raise ValueError(f"cannot decode image {Path(path).resolve()}: {exc}") from exc
     arr = arr[:, :, None] if arr.ndim == 2 else arr
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
@@ -150,31 +154,57 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _mirror_archive(cfg: DataConfig, name: str) -> Path:
+    """The absolute path of a mirror archive: error messages must say where to put it from any folder."""
+    return (Path(cfg.mirror) / MIRROR_FILES[name][0]).resolve()
+
+
+def _torchvision_root(cfg: DataConfig) -> Path:
+    return (Path(cfg.root) / "torchvision").resolve()
+
+
 def _extract_mirror(cfg: DataConfig, name: str) -> Path | None:
-    """Extract the verified mirror archive into data/<name>/; None when no archive is there."""
-    archive_name, digest = MIRROR_FILES[name]
-    archive = Path(cfg.mirror) / archive_name
-    target = Path(cfg.root) / name
+    """Extract the verified mirror archive into data/<name>/; None when no archive is there.
+
+    Under the lock of data/<name>: a second process waits, then finds the stamp. The archive
+    is extracted into a temporary sibling renamed into place when complete, so that no one
+    ever reads a half-extracted folder.
+    """
+    digest = MIRROR_FILES[name][1]
+    archive = _mirror_archive(cfg, name)
+    target = Path(cfg.root).resolve() / name
     stamp = target / ".extracted"
     if stamp.exists():
         return target
     if not archive.exists():
         return None
-    actual = sha256_file(archive)
-    if actual != digest:
-        raise ValueError(f"checksum mismatch for {archive}: expected sha256 {digest}, got {actual}; "
-                         "the archive is corrupt or not the one the mirror README lists")
-    target.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(archive) as tar:
-        tar.extractall(target, filter="data")
-    stamp.write_text(digest)
+    with file_lock(target):
+        if stamp.exists():  # another process extracted it while this one waited
+            return target
+        actual = sha256_file(archive)
+        if actual != digest:
+            raise ValueError(f"checksum mismatch for {archive}: expected sha256 {digest}, got {actual}; "
+                             "the archive is corrupt or not the one the mirror README lists")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}.", suffix=".tmp"))
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(staging, filter="data")
+            staging.chmod(0o755)  # mkdtemp makes it private
+            if target.exists():  # no stamp: an extraction that was interrupted
+                shutil.rmtree(target)
+            os.replace(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        stamp.write_text(digest)
     return target
 
 
 def _find_split_dir(root: Path, split: str) -> Path:
     hits = [p for p in root.rglob(split) if p.is_dir() and any(c.is_dir() for c in p.iterdir())]
     if not hits:
-        raise DatasetNotFound(f"no '{split}/<class>/' folder under {root}")
+        raise DatasetNotFound(f"no '{split}/<class>/' folder under {root.resolve()}")
     return min(hits, key=lambda p: len(p.parts))
 
 
@@ -188,12 +218,18 @@ def _decode_folder(split_dir: Path, class_dirs: list[str], size: int | None, cha
 
 
 def _cached_tensors(cfg: DataConfig, key: str, build) -> dict:
-    """Decode once; later loads read data/cache/<key>.pt (weights_only)."""
+    """Decode once; later loads read data/cache/<key>.pt (weights_only).
+
+    Decoding runs under the file's lock: a second process waits, then reads the finished file.
+    """
     path = Path(cfg.root) / "cache" / f"{key}.pt"
     if path.exists():
         return load_checkpoint(path)
-    tensors = build()
-    atomic_save(tensors, path)
+    with file_lock(path):
+        if path.exists():  # another process decoded it while this one waited
+            return load_checkpoint(path)
+        tensors = build()
+        atomic_save(tensors, path)
     return tensors
 
 
@@ -201,29 +237,49 @@ def _not_found(name: str, tried: list[str], how: str) -> DatasetNotFound:
     return DatasetNotFound(f"dataset {name!r} not found. Tried: {'; '.join(tried)}. {how}")
 
 
-def _mirror_dataset(cfg: DataConfig, name: str, test_split: str, classes: list[str], class_names: list[str]):
+def _mirror_dataset(cfg: DataConfig, name: str, test_split: str, classes: list[str] | None,
+                    class_names: list[str] | None):
+    """classes=None: the sorted subfolders of the train split, which are also the class names
+    (kept in the cache, so that a cached load needs no extracted folder)."""
     def build():  # reached only when the archive or its extraction is there
         root = _extract_mirror(cfg, name)
-        out = {}
-        for split, folder in (("train", "train"), ("test", test_split)):
-            out[f"{split}_images"], out[f"{split}_labels"] = _decode_folder(
-                _find_split_dir(root, folder), classes, cfg.image_size, 3)
+        train_dir = _find_split_dir(root, "train")
+        folders = classes or sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+        out = {} if classes else {"class_names": folders}
+        for split, split_dir in (("train", train_dir), ("test", _find_split_dir(root, test_split))):
+            out[f"{split}_images"], out[f"{split}_labels"] = _decode_folder(split_dir, folders, cfg.image_size, 3)
         return out
 
     key = f"{name}_{cfg.image_size or 'native'}"
     path = Path(cfg.root) / "cache" / f"{key}.pt"
-    if path.exists() or (Path(cfg.mirror) / MIRROR_FILES[name][0]).exists() or (Path(cfg.root) / name / ".extracted").exists():
+    if path.exists() or _mirror_archive(cfg, name).exists() or (Path(cfg.root) / name / ".extracted").exists():
         t = _cached_tensors(cfg, key, build)
-        return (ImageSet(t["train_images"], t["train_labels"], class_names),
-                ImageSet(t["test_images"], t["test_labels"], class_names))
+        names = class_names or t["class_names"]
+        return (ImageSet(t["train_images"], t["train_labels"], names),
+                ImageSet(t["test_images"], t["test_labels"], names))
     return None
 
 
-def _torchvision_sets(cls, cfg: DataConfig, class_names=None, **kwargs):
-    root = Path(cfg.root) / "torchvision"
+def _fetch(cfg: DataConfig, name: str, make, instead: str | None = None):
+    """make() a torchvision dataset. With data.download=True a failed download (no network, a
+    file that fails its checksum) becomes one line saying where to put the files instead of
+    torchvision's chained urllib tracebacks; `instead` defaults to "<mirror archive> at <mirror>"."""
+    try:
+        return make()
+    except (OSError, RuntimeError) as exc:
+        if not cfg.download:
+            raise
+        instead = instead or f"{MIRROR_FILES[name][0]} at {_mirror_archive(cfg, name).parent}"
+        detail = " ".join(str(exc).split())  # one line even when torchvision's message has several
+        raise DatasetNotFound(f"dataset {name!r}: download failed, no network? ({exc.__class__.__name__}: {detail}). "
+                              f"Put {instead} or torchvision's files at {_torchvision_root(cfg)} instead.") from None
+
+
+def _torchvision_sets(cls, cfg: DataConfig, name: str, class_names=None, instead: str | None = None, **kwargs):
+    root = _torchvision_root(cfg)
     sets = []
     for train in (True, False):
-        ds = cls(str(root), train=train, download=cfg.download, **kwargs)
+        ds = _fetch(cfg, name, lambda: cls(str(root), train=train, download=cfg.download, **kwargs), instead)
         data = torch.as_tensor(np.asarray(ds.data))
         images = data.unsqueeze(1) if data.dim() == 3 else data.permute(0, 3, 1, 2)
         sets.append(ImageSet(images.contiguous(), torch.as_tensor(ds.targets, dtype=torch.int64),
@@ -238,10 +294,9 @@ def cifar10(cfg: DataConfig):
         return found
     from torchvision.datasets import CIFAR10
     try:
-        return _torchvision_sets(CIFAR10, cfg, CIFAR10_CLASSES)
+        return _torchvision_sets(CIFAR10, cfg, "cifar10", CIFAR10_CLASSES)
     except RuntimeError as exc:
-        raise _not_found("cifar10", [str(Path(cfg.mirror) / MIRROR_FILES["cifar10"][0]),
-                                      str(Path(cfg.root) / "torchvision")],
+        raise _not_found("cifar10", [str(_mirror_archive(cfg, "cifar10")), str(_torchvision_root(cfg))],
                          "Put the mirror archive there, or set data.download=True on a machine with a network.") from exc
 
 
@@ -253,7 +308,7 @@ def imagenette64(cfg: DataConfig):
     if found:
         return found
     if not cfg.download:
-        raise _not_found("imagenette64", [str(Path(cfg.mirror) / MIRROR_FILES["imagenette64"][0])],
+        raise _not_found("imagenette64", [str(_mirror_archive(cfg, "imagenette64"))],
                          "Put the mirror archive there, or set data.download=True to fetch Imagenette "
                          "(160 px) through torchvision and resize it to 64 px.")
     from torchvision.datasets import Imagenette
@@ -261,7 +316,8 @@ def imagenette64(cfg: DataConfig):
     def build():
         out = {}
         for split, tv_split in (("train", "train"), ("test", "val")):
-            ds = Imagenette(str(Path(cfg.root) / "torchvision"), split=tv_split, size="160px", download=True)
+            ds = _fetch(cfg, "imagenette64", lambda: Imagenette(str(_torchvision_root(cfg)), split=tv_split,
+                                                                size="160px", download=True))
             files, labels = zip(*ds._samples)
             folder = FolderImageSet(files, labels, names, cfg.image_size or 64)
             out[f"{split}_images"] = folder.load(torch.arange(len(folder)))
@@ -293,22 +349,26 @@ def fashion_mnist(cfg: DataConfig):
             return tuple(sets)
     from torchvision.datasets import FashionMNIST
     try:
-        return _torchvision_sets(FashionMNIST, cfg, FASHION_CLASSES)
+        return _torchvision_sets(FashionMNIST, cfg, "fashion_mnist", FASHION_CLASSES,
+                                 instead=f"the IDX files (train-images-idx3-ubyte.gz, ...) at {FASHION_DIRS[0]}")
     except RuntimeError as exc:
         raise _not_found("fashion_mnist", [f"{d}/train-images-idx3-ubyte.gz" for d in FASHION_DIRS]
-                         + [str(Path(cfg.root) / "torchvision")],
+                         + [str(_torchvision_root(cfg))],
                          "Install the Debian package dataset-fashion-mnist, or set data.download=True.") from exc
 
 
 @SOURCES.register("cifar100")
 def cifar100(cfg: DataConfig):
+    found = _mirror_dataset(cfg, "cifar100", "test", None, None)  # class folders sort into labels 0-99
+    if found:
+        return found
     from torchvision.datasets import CIFAR100
     try:
-        return _torchvision_sets(CIFAR100, cfg)
+        return _torchvision_sets(CIFAR100, cfg, "cifar100")
     except RuntimeError as exc:
-        raise _not_found("cifar100", [str(Path(cfg.root) / "torchvision")],
-                         "Set data.download=True on a machine with a network, or place torchvision's "
-                         "cifar-100-python folder there.") from exc
+        raise _not_found("cifar100", [str(_mirror_archive(cfg, "cifar100")), str(_torchvision_root(cfg))],
+                         "Put the mirror archive there, set data.download=True on a machine with a network, "
+                         "or place torchvision's cifar-100-python folder there.") from exc
 
 
 @SOURCES.register("imagefolder")
@@ -316,7 +376,7 @@ def imagefolder(cfg: DataConfig):
     """Any ImageNet-style folder: <folder>/train/<class>/*, <folder>/val/<class>/* (or test/)."""
     if not cfg.folder:
         raise ValueError("data.name='imagefolder' needs data.folder=<root with train/ and val/ inside>")
-    root = Path(cfg.folder)
+    root = Path(cfg.folder).resolve()  # absolute in errors, whatever folder the run started in
     test_dir = next((root / s for s in ("val", "test") if (root / s).is_dir()), None)
     if not (root / "train").is_dir() or test_dir is None:
         raise _not_found("imagefolder", [str(root / "train"), str(root / "val"), str(root / "test")],
