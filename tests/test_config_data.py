@@ -196,3 +196,11 @@ def test_teacher_precision_resolves_per_device(monkeypatch):
         assert utils.teacher_dtype("auto", cpu) is expected
     with pytest.raises(ValueError, match="valid values: auto, fp32, bf16"):
         make_config("smoke", {"teacher_precision": "fp16"})
+
+
+def test_a_dict_for_a_section_sets_those_fields_and_keeps_the_profiles_others():
+    cfg = make_config("smoke", {"student.optim": {"epochs": 3}, "data": {"train_size": 300}})
+    assert cfg.student.optim.epochs == 3 and cfg.student.optim.batch_size == 100  # the profile's batch size
+    assert cfg.data.train_size == 300 and cfg.data.val_size == 500
+    with pytest.raises(ConfigError, match="views.views must start with 'rgb'"):
+        make_config("smoke", {"views.views": ["edge", "rgb"]})

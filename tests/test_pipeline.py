@@ -296,3 +296,13 @@ def test_a_record_of_other_settings_under_a_run_key_is_refused(tiny):
             Pipeline(pipe.cfg).run_student()
     finally:
         pipe.run_path.write_text(original)
+
+
+def test_a_batch_larger_than_the_data_fails_before_any_teacher_trains(tiny, tmp_path):
+    cfg = method_config(tiny, "KD", {"data.root": str(tmp_path / "data"), "student.optim.batch_size": 500})
+    (tmp_path / "data" / "cache").mkdir(parents=True)
+    for f in (Path(tiny.data.root) / "cache").glob("cifar10_*.pt"):
+        (tmp_path / "data" / "cache" / f.name).symlink_to(f)
+    with pytest.raises(ValueError, match="student.optim.batch_size=500 exceeds the 200 training images"):
+        Pipeline(cfg).run_student()
+    assert not (tmp_path / "data" / "checkpoints").exists()

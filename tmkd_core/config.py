@@ -2,8 +2,8 @@
 
 `make_config(profile, overrides)` is the one entry point. Overrides use dotted keys
 (`"fusion.tau_w": 0.5`); an unknown key or an invalid switch value raises an error that
-lists what is valid. `config_hash` keys checkpoints and caches, so a changed setting
-never reuses a stale artefact.
+lists what is valid, when the configuration is built. Cache keys are derived from these
+sections by `experiment.Pipeline.key`.
 """
 from __future__ import annotations
 
@@ -190,13 +190,24 @@ def with_overrides(cfg: ExperimentConfig, overrides: Mapping[str, Any] | None) -
                 valid = ", ".join(node) if isinstance(node, dict) else "(none: not a section)"
                 raise KeyError(f"unknown setting {key!r}: {here} has no {part!r}; valid: {valid}")
             if i == len(parts) - 1:
-                if isinstance(node[part], dict) and not isinstance(value, Mapping):
-                    raise ConfigError(f"{key} is a section, got {value!r}; set its fields instead "
-                                      f"(e.g. {key}.{next(iter(node[part]))}=...)")
-                node[part] = copy.deepcopy(value)
+                if isinstance(node[part], dict):
+                    if not isinstance(value, Mapping):
+                        raise ConfigError(f"{key} is a section, got {value!r}; set its fields instead "
+                                          f"(e.g. {key}.{next(iter(node[part]))}=...)")
+                    # a dict for a section sets those fields and keeps the others
+                    node[part] = _merge(node[part], value)
+                else:
+                    node[part] = copy.deepcopy(value)
             else:
                 node = node[part]
     return config_from_dict(data)
+
+
+def _merge(base: dict, update: Mapping[str, Any]) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in update.items():
+        out[k] = _merge(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, Mapping) else copy.deepcopy(v)
+    return out
 
 
 def config_hash(*parts: Any, length: int = 12) -> str:

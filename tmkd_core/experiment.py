@@ -232,6 +232,8 @@ class Pipeline:
             model.load_state_dict(state["model"])
             return state["info"]
 
+        if train is not None and not final.exists():
+            self.check_batch_sizes()
         if train is None:
             if not final.exists():
                 raise TeacherNotTrained(f"the {stage.replace('_', ' ')} of this configuration is not trained yet "
@@ -246,6 +248,16 @@ class Pipeline:
 
         return build_once(final, build, load)
 
+    def check_batch_sizes(self) -> None:
+        """Every batch size this configuration trains with fits the training set: said at
+        once, not after the teachers have trained."""
+        n = len(self.splits.train)
+        for path in ("teacher.optim", "teacher.multiview_optim", "student.optim"):
+            size = get_path(self.cfg, path)["batch_size"]
+            if size > n:
+                raise ValueError(f"{path}.batch_size={size} exceeds the {n} training images of "
+                                 f"{self.cfg.data.name} (data.train_size={self.cfg.data.train_size})")
+
     def _fit_kwargs(self, desc: str) -> dict:
         return dict(device=self.device, progress=self.cfg.progress, desc=desc, amp=self.cfg.amp,
                     channels_last=self.channels_last)
@@ -256,18 +268,17 @@ class Pipeline:
         model = build_model(self.cfg.teacher.arch, splits.num_classes, splits.in_channels)
 
         def train_fn(checkpoint: Path) -> dict:
-            t0 = time.perf_counter()
             history = fit(model, supervised_loss(model), splits.train, self.cfg.teacher.optim, seed=TEACHER_SEED,
                           augment_seed=TEACHER_SEED, checkpoint=checkpoint, **self._fit_kwargs("RGB teacher"))
-            return {"history": history, "train_time_s": time.perf_counter() - t0}
+            return {"history": history, "train_time_s": sum(h["time_s"] for h in history)}  # resumed runs too
 
         info = self._train_or_load("rgb_teacher", model, train_fn if train else None)
         return model.to(self.device).eval(), info
 
     def _multiview_teacher(self, train: bool) -> tuple[MultiViewTeacher, dict]:
         cfg, splits = self.cfg, self.splits
+        t_text = self.class_text  # first: a text encoder that fails to load fails before any training
         rgb = self._rgb_teacher(train)[0] if cfg.teacher.teacher_init == "rgb" else None
-        t_text = self.class_text
         seed_everything(TEACHER_SEED)
         backbone = build_model(cfg.teacher.arch, splits.num_classes, splits.in_channels)
         if rgb is not None:
@@ -275,12 +286,11 @@ class Pipeline:
         teacher = MultiViewTeacher(backbone, cfg.views.views, t_text.shape[-1], cfg.teacher.view_bn)
 
         def train_fn(checkpoint: Path) -> dict:
-            t0 = time.perf_counter()
             loss = multiview_teacher_loss(teacher, t_text, cfg.views, cfg.teacher.lambda_a, cfg.teacher.tau_a)
             history = fit(teacher, loss, splits.train, cfg.teacher.multiview_optim, seed=TEACHER_SEED,
                           augment_seed=TEACHER_SEED + 1, checkpoint=checkpoint,
                           **self._fit_kwargs("multi-view teacher"))
-            return {"history": history, "train_time_s": time.perf_counter() - t0}
+            return {"history": history, "train_time_s": sum(h["time_s"] for h in history)}  # resumed runs too
 
         info = self._train_or_load("multiview_teacher", teacher, train_fn if train else None)
         return teacher.to(self.device).eval(), info
@@ -384,6 +394,7 @@ class Pipeline:
         checkpoint = self.checkpoints / f"student_{self.key('student')}.pt"
 
         def build():
+            self.check_batch_sizes()
             record = self._train_student(checkpoint, on_epoch_end)
             write_json(record, path)
             checkpoint.unlink(missing_ok=True)
@@ -413,7 +424,6 @@ class Pipeline:
         seed_everything(cfg.seed)
         student = build_model(cfg.student.arch, splits.num_classes, splits.in_channels)
         distiller = build_distiller(student, teacher, cfg.student, cache).to(self.device)
-        t0 = time.perf_counter()
         history = fit(distiller, distiller.forward_train, splits.train, cfg.student.optim, seed=cfg.seed,
                       augment_seed=AUGMENT_SEED, replicas=self.replicas, params=distiller.trainable_parameters(),
                       val=splits.val, eval_fn=lambda m, d: evaluate(m.student, d, device=self.device),
@@ -422,7 +432,7 @@ class Pipeline:
         return {"config": asdict(cfg), "run_key": self.key("student"), "stage_keys": self.keys(),
                 "seed": cfg.seed, "val_acc": evaluate(student, splits.val, device=self.device),
                 "test_acc": evaluate(student, splits.test, device=self.device),
-                "history": history, "train_time_s": time.perf_counter() - t0, "cache_time_s": cache_time,
+                "history": history, "train_time_s": sum(h["time_s"] for h in history), "cache_time_s": cache_time,
                 "student_params": count_parameters(student), "replicas": self.replicas,
                 **run_metadata(self.precision())}
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .registry import Registry
-from .settings import Section, setting
+from .settings import ConfigError, Section, setting
 
 # ITU-R BT.709 luma, as skimage.color.rgb2gray.
 LUMA_WEIGHTS = (0.2125, 0.7154, 0.0721)
@@ -48,9 +48,9 @@ class ViewConfig(Section):
 
     def check(self):
         if not self.views or self.views[0] != "rgb":
-            raise ValueError(f"views must start with 'rgb', got {list(self.views)}")
+            raise ConfigError(f"ViewConfig.views must start with 'rgb', got {list(self.views)}")
         if len(set(self.views)) != len(self.views):
-            raise ValueError(f"views repeat a view: {list(self.views)}")
+            raise ConfigError(f"ViewConfig.views repeats a view: {list(self.views)}")
 
 
 @dataclass(frozen=True)

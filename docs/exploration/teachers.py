@@ -1,7 +1,13 @@
 """Exploration run (see README.md here); settings pinned to what they were when it ran."""
 import sys, time, json
 from tmkd_core.config import dataset_config
-from tmkd_core.experiment import teacher_report
+from tmkd_core.experiment import Pipeline
+
+
+def teacher_report(cfg, split):  # trained the teachers as well when this ran
+    pipe = Pipeline(cfg)
+    pipe.train_or_load_teachers()
+    return pipe.teacher_report(split)
 ds = sys.argv[1]
 settings = [
  {},
