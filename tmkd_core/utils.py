@@ -160,9 +160,11 @@ def git_commit() -> str | None:
 
 
 def git_dirty() -> bool | None:
-    """True when tracked files differ from the commit (the results then come from code not in git)."""
+    """True when tracked files other than figures/ (which a run itself rewrites) differ from the
+    commit: the results then come from code that is not in git."""
     try:
-        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!figures"],
+                             capture_output=True,
                              text=True, check=True, cwd=Path(__file__).parent).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
