@@ -24,7 +24,7 @@
 profile = "cpu"
 dataset = None  # None: the profile's first dataset
 seeds = None  # None: the profile's ablation seeds
-groups = None  # None: every group of tmkd_core.config.ABLATIONS
+groups = None  # None: the profile's ablation groups (every group of tmkd_core.config.ABLATIONS but in smoke)
 out_dir = "figures"
 
 # %%
@@ -34,14 +34,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from tmkd_core.config import ABLATIONS, dataset_config, method_config, profile_plan
+from tmkd_core.config import ABLATIONS, PROFILE_PLANS, dataset_config, method_config, profile_plan
 from tmkd_core.experiment import Pipeline
 from tmkd_core.report import Outputs, enter_project_root, mean_std, paired_difference, run_record
 
 out = Outputs(enter_project_root() / out_dir)
 dataset = dataset or profile_plan(profile, "datasets")[0]
 seeds = profile_plan(profile, "ablation_seeds", seeds)
-groups = list(groups or ABLATIONS)
+groups = list(groups or PROFILE_PLANS[profile].get("ablation_groups", ABLATIONS))
 base = dataset_config(profile, dataset)
 
 # %%
