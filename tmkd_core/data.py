@@ -28,7 +28,7 @@ from PIL import Image
 
 from .config import DataConfig
 from .registry import Registry
-from .utils import atomic_save, file_lock, load_checkpoint
+from .utils import atomic_save, file_lock, load_checkpoint, sha256_file
 
 MIRROR_FILES = {
     "cifar10": ("cifar10-jpeg.tar.gz", "d877bdec11f54282b92da36e9f045bd305d663b1223e3822baff39ca9ff6690a"),
@@ -144,14 +144,6 @@ def _resize_center_crop(im: Image.Image, size: int) -> Image.Image:
 # --- sources ------------------------------------------------------------------------------
 
 SOURCES: Registry = Registry("dataset")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _mirror_archive(cfg: DataConfig, name: str) -> Path:

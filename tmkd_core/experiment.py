@@ -209,7 +209,7 @@ class Pipeline:
     def class_text(self) -> torch.Tensor:
         """t_{v,c} (V, K, D) of the configured views and the dataset's classes."""
         return class_text_embeddings(self.cfg.text, self.splits.class_names, self.cfg.views.views, self.cache_dir,
-                                     encoder=_ENCODERS.get(self.text_id))
+                                     load_encoder=self.text_encoder)
 
     def text_encoder(self):
         if self.text_id not in _ENCODERS:

@@ -14,9 +14,9 @@ under a hash of the encoder's identity (architecture and weights), templates and
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from .config import TextConfig, config_hash
 from .priors import VIEWS
 from .registry import Registry
-from .utils import atomic_save, build_once, load_checkpoint
+from .utils import atomic_save, build_once, load_checkpoint, sha256_file
 
 PROMPT_SETS = ("prior_aware", "generic")
 
@@ -59,12 +59,7 @@ class TextEncoder:
 BACKENDS: Registry = Registry("text backend")
 
 
-def sha256_of(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+sha256_of = sha256_file
 
 
 _DIGESTS: dict[tuple[str, float], str] = {}
@@ -200,10 +195,12 @@ def _library_version(backend: str) -> str:
 
 
 def class_text_embeddings(cfg: TextConfig, class_names: list[str], views: tuple[str, ...],
-                          cache_dir: str | Path | None = None, encoder: TextEncoder | None = None) -> torch.Tensor:
+                          cache_dir: str | Path | None = None, encoder: TextEncoder | None = None,
+                          load_encoder: Callable[[], TextEncoder] | None = None) -> torch.Tensor:
     """t_{v,c}: (V, K, D), each row the normalised mean of its normalised template embeddings.
 
-    The encoder is loaded only on a cache miss (or passed in, already loaded). The cache
+    The encoder is loaded only on a cache miss (by `load_encoder`, e.g. a process-wide
+    memo), or passed in, already loaded. The cache
     file is written once, under a file lock, keyed by the encoder's identity, the
     templates, the classes and the views.
     """
@@ -212,7 +209,7 @@ def class_text_embeddings(cfg: TextConfig, class_names: list[str], views: tuple[
     key = config_hash(identity, templates, list(class_names), list(views), length=16)
 
     def compute() -> torch.Tensor:
-        enc = encoder or build_text_encoder(cfg)
+        enc = encoder or (load_encoder or (lambda: build_text_encoder(cfg)))()
         per_view = []
         for v in views:
             texts = [t.format(c) for c in class_names for t in templates[v]]
