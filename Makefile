@@ -1,10 +1,11 @@
 # TMKD companion. `make test` and `make reproduce` set themselves up on a fresh clone.
 #   make setup      .venv with the pinned environment (once; a stamp file skips it later)
 #   make test       pytest + every notebook under nbval (smoke profile), < 10 min on 2 CPU cores
-#   make reproduce  run the five notebooks (PROFILE=cpu by default) -> figures/ and figures/tables/
+#   make reproduce  run the five notebooks (PROFILE=cpu by default) -> figures/, figures/tables/,
+#                   notebooks/executed/*.ipynb (with their outputs) and notebooks/executed/report.html
 #   make bench      step-time benchmark -> figures/tables/bench.md
 #   make tune       validation-only search (TMKD and KD) -> figures/tables/tuning_*.csv, tuned_*.md
-#   make lab        JupyterLab with jupytext: open notebooks/*.py as notebooks
+#   make lab        JupyterLab on notebooks/: click a notebook (.py files open as notebooks)
 #   make clean      remove executed notebooks; `make clean-cache` also removes checkpoints/caches
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -16,7 +17,11 @@ NOTEBOOKS := 01_priors 02_teachers 03_semantic_weights 04_distillation 05_ablati
 FIGURES := figures
 RESULTS := $(FIGURES)/results
 LIB := $(wildcard tmkd_core/*.py)
+EXECUTED := notebooks/executed
+# The explorer's panel needs a live kernel: executed copies keep its static figure only.
+PARAMS_03_semantic_weights := -p interactive False
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+CHROMIUM := /usr/bin/chromium
 export PYTHONUNBUFFERED := 1
 
 .PHONY: setup test reproduce bench tune lab clean clean-cache data
@@ -36,28 +41,35 @@ $(FASHION):
 	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
 	else echo "Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist'" >&2; exit 1; fi
 
+# Headless Chromium for the browser tests (tests/test_lab.py), which are skipped without it.
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null \
+	  || echo "chromium could not be installed: the browser tests will be skipped" >&2; \
+	else echo "Chromium missing: 'sudo apt-get install chromium' runs the browser tests (skipped without it)" >&2; fi
+
 data: setup
 	$(PY) -c "from tmkd_core.config import DataConfig; from tmkd_core.data import load_splits; \
 	[print(n, len(load_splits(DataConfig(name=n)).train)) for n in ('cifar10', 'imagenette64', 'fashion_mnist')]"
 
 # nbval runs each notebook, prepared by papermill with the smoke profile, writing under
 # build/smoke/ so that a test never touches the committed figures.
-test: setup $(foreach n,$(NOTEBOOKS),build/nbval/$(n).ipynb)
+test: setup $(CHROMIUM) $(foreach n,$(NOTEBOOKS),build/nbval/$(n).ipynb)
 	$(PY) -m pytest tests build/nbval --nbval-lax -p no:cacheprovider --durations=5
 
 build/nbval/%.ipynb: build/ipynb/%.ipynb
 	@mkdir -p $(@D)
-	$(VENV)/bin/papermill --prepare-only -p profile smoke -p out_dir build/smoke/figures $< $@
+	$(VENV)/bin/papermill --prepare-only -p profile smoke -p out_dir build/smoke/figures $(PARAMS_$*) $< $@
 
 # --- notebooks -------------------------------------------------------------------------------
-# jupytext .py -> .ipynb, papermill executes it; the results JSON is the file that Make tracks.
+# jupytext .py -> .ipynb, papermill executes it into notebooks/executed/ (kept with its
+# outputs for readers); the results JSON is the file that Make tracks.
 build/ipynb/%.ipynb: notebooks/%.py | setup
 	@mkdir -p $(@D)
 	$(VENV)/bin/jupytext --quiet --to ipynb --output $@ $<
 
 $(RESULTS)/%.json: build/ipynb/%.ipynb $(LIB)
-	@mkdir -p build/executed
-	$(VENV)/bin/papermill --cwd . -p profile $(PROFILE) $< build/executed/$*.ipynb
+	@mkdir -p $(EXECUTED)
+	$(VENV)/bin/papermill --cwd . -p profile $(PROFILE) $(PARAMS_$*) $< $(EXECUTED)/$*.ipynb
 
 # Later notebooks read what earlier ones computed (teachers, runs) through the data/ caches.
 $(RESULTS)/02_teachers.json: $(RESULTS)/01_priors.json
@@ -65,8 +77,11 @@ $(RESULTS)/03_semantic_weights.json: $(RESULTS)/02_teachers.json
 $(RESULTS)/04_distillation.json: $(RESULTS)/03_semantic_weights.json
 $(RESULTS)/05_ablations.json: $(RESULTS)/04_distillation.json
 
-reproduce: setup $(foreach n,$(NOTEBOOKS),$(RESULTS)/$(n).json)
-	@echo "figures and tables are in $(FIGURES)/ and $(FIGURES)/tables/"
+$(EXECUTED)/report.html: $(foreach n,$(NOTEBOOKS),$(RESULTS)/$(n).json)
+	$(PY) -m tmkd_core.htmlreport $(foreach n,$(NOTEBOOKS),$(EXECUTED)/$(n).ipynb) -o $@
+
+reproduce: setup $(EXECUTED)/report.html
+	@echo "figures and tables are in $(FIGURES)/ and $(FIGURES)/tables/; executed notebooks and report.html in $(EXECUTED)/"
 
 # Step time of CE, KD, TMKD online and TMKD cached (needs the cpu-profile teachers: they
 # are trained first if absent).
@@ -79,8 +94,9 @@ TUNE_TRIALS ?= 8
 tune: setup
 	$(PY) -m tmkd_core.tune --profile $(PROFILE) --dataset $(TUNE_DATASET) --trials $(TUNE_TRIALS)
 
+# jupyter/lab/settings/overrides.json makes the jupytext .py notebooks open as notebooks.
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+	$(PY) -m tmkd_core.lab
 
 clean:
 	rm -rf build

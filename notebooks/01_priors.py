@@ -28,9 +28,6 @@ n_samples = 6
 radii = [0.1, 0.25, 0.5, 0.75]
 
 # %%
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -143,33 +140,35 @@ out.figure(fig, "priors_operators")
 
 # %% [markdown]
 # ## The offline datasets
-# Samples of each dataset's training split with their views, and the mean radial power
-# spectrum of each view over 512 training images.
+# Samples of each dataset's training split as the profile's multi-view teacher sees them:
+# the image, each prior map and, in the `enhance` mode, the enhanced view beside its prior
+# (`priors.view_panels`). Then the mean radial power spectrum of each prior map over 512
+# training images.
 
 # %%
 samples, energy_rows, spectra_rows = {}, [], {}
 for name in datasets:
-    splits = Pipeline(dataset_config(profile, name)).splits
+    pipe = Pipeline(dataset_config(profile, name))
+    splits = pipe.splits
     x = splits.train.images[:512].float() / 255
     first_of_class = torch.stack([(splits.train.labels == c).nonzero()[0, 0] for c in range(n_samples)])
-    samples[name] = (splits.train.images[first_of_class].float() / 255,
-                     [splits.class_names[c] for c in range(n_samples)])
+    samples[name] = priors.view_panels(splits.train.images[first_of_class].float() / 255, pipe.cfg.views), \
+        [splits.class_names[c] for c in range(n_samples)]
     for r in radii:
         energy_rows.append({"dataset": name, "radius": r, "energy kept (%)": 100 * energy_kept(x, r)})
     spectra_rows[name] = {v: radial_energy(priors.view(x, v, cfg)).numpy() for v in cfg.views}
 
-fig, axes = plt.subplots(len(datasets) * 3, n_samples, figsize=(1.6 * n_samples, 1.7 * 3 * len(datasets)))
-axes = np.atleast_2d(axes)
-for d, name in enumerate(datasets):
-    x, labels = samples[name]
-    v = priors.make_views(x, cfg)
-    for j in range(n_samples):
-        for k, view_name in enumerate(cfg.views):
-            show(axes[3 * d + k, j], v[k, j], f"{labels[j]}" if k == 0 else None)
-        axes[3 * d, 0].text(-0.1, 0.5, name, transform=axes[3 * d, 0].transAxes, rotation=90, va="center",
-                            ha="right", fontsize=9)
-fig.suptitle("Training samples: rgb / edge / hf rows per dataset")
-fig.tight_layout()
+n_rows = sum(len(panels) for panels, _ in samples.values())
+fig, axes = plt.subplots(n_rows, n_samples, figsize=(1.6 * n_samples, 1.75 * n_rows), layout="constrained")
+row = 0
+for name, (panels, labels) in samples.items():
+    for k, (title, imgs) in enumerate(panels):
+        for j in range(n_samples):
+            show(axes[row, j], imgs[j], labels[j] if k == 0 else None)
+        axes[row, 0].text(-0.08, 0.5, f"{name}\n{title}" if k == 0 else title, transform=axes[row, 0].transAxes,
+                          rotation=90, va="center", ha="right", fontsize=7)
+        row += 1
+fig.suptitle("Training samples: the image, each prior map and the view built from it, per dataset")
 out.figure(fig, "priors_datasets")
 
 fig, axes = plt.subplots(1, len(datasets), figsize=(4 * len(datasets), 3), squeeze=False)

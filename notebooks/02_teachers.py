@@ -29,9 +29,6 @@ out_dir = "figures"
 n_cam = 6
 
 # %%
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch

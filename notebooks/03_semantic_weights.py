@@ -29,11 +29,10 @@ dataset = None  # None: the profile's first dataset
 out_dir = "figures"
 tau_ws = [0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
 n_grid = 6
+explore_index = 7  # the validation image the explorer's static figure shows
+interactive = True  # False: the explorer's static figure only (make reproduce, make test)
 
 # %%
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -44,6 +43,7 @@ from tmkd_core import priors
 from tmkd_core.analysis import fusion_weights
 from tmkd_core.config import dataset_config, profile_plan
 from tmkd_core.experiment import Pipeline
+from tmkd_core.explorer import ViewExplorer
 from tmkd_core.report import Outputs, enter_project_root
 from tmkd_core.text import prompt_templates
 
@@ -139,6 +139,25 @@ ax.set_title("Mean weights vs tau_w (x: generic prompts)")
 ax.legend()
 out.figure(fig, "weights_tau")
 sweep
+
+# %% [markdown]
+# ## Explore: views and weights under other switches
+# The cached multi-view teacher sees one validation image through views built with other
+# switches, without retraining: each prior map, the view it makes, the view's spectrum,
+# the fusion weights and each view's probability of the class. Below, the profile's
+# switches and then a few changed ones; in JupyterLab the panel after them has controls
+# for all of them (dataset, image or an upload, edge operator, high-pass filter and radius,
+# view mode and lambda, `tau_w`, label or prediction conditioning).
+
+# %%
+explorer = ViewExplorer({name: Pipeline(dataset_config(profile, name)) for name in profile_plan(profile, "datasets")})
+fig = explorer.draw(dataset, explore_index)
+out.figure(fig, "explorer_default")
+fig = explorer.draw(dataset, explore_index, edge_operator="canny", hf_radius=0.5, tau_w=0.02, condition="pred")
+out.figure(fig, "explorer_changed")
+
+# %%
+explorer.widget(dataset) if interactive else None
 
 # %% tags=["nbval-check"]
 # NBVAL_CHECK_OUTPUT

@@ -28,9 +28,6 @@ groups = None  # None: the profile's ablation groups (every group of tmkd_core.c
 out_dir = "figures"
 
 # %%
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 

@@ -415,15 +415,22 @@ class Pipeline:
             raise damaged(path, "it records another configuration than the one its key stands for")
         return record
 
+    def student_distiller(self, teacher=None, cache: TeacherCache | None = None):
+        """A freshly initialised student (seeded by `seed`) in the configured distiller, on the
+        device: what `run_student` trains, and what notebooks take apart step by step."""
+        splits = self.splits
+        seed_everything(self.cfg.seed)
+        student = build_model(self.cfg.student.arch, splits.num_classes, splits.in_channels)
+        return build_distiller(student, teacher, self.cfg.student, cache).to(self.device)
+
     def _train_student(self, checkpoint: Path, on_epoch_end) -> dict:
         cfg, splits = self.cfg, self.splits
         teacher = self.frozen_teacher()
         t_cache0 = time.perf_counter()
         cache = self.train_or_load_teacher_cache(teacher)
         cache_time = time.perf_counter() - t_cache0
-        seed_everything(cfg.seed)
-        student = build_model(cfg.student.arch, splits.num_classes, splits.in_channels)
-        distiller = build_distiller(student, teacher, cfg.student, cache).to(self.device)
+        distiller = self.student_distiller(teacher, cache)
+        student = distiller.student
         history = fit(distiller, distiller.forward_train, splits.train, cfg.student.optim, seed=cfg.seed,
                       augment_seed=AUGMENT_SEED, replicas=self.replicas, params=distiller.trainable_parameters(),
                       val=splits.val, eval_fn=lambda m, d: evaluate(m.student, d, device=self.device),

@@ -222,6 +222,17 @@ def prior_map(x: torch.Tensor, name: str, cfg: ViewConfig | None = None) -> torc
     return x if spec.prior is None else spec.prior(x, cfg or ViewConfig())
 
 
+def view_panels(x: torch.Tensor, cfg: ViewConfig) -> list[tuple[str, torch.Tensor]]:
+    """What each view adds, for figures: the image, then every prior map and, where its mode
+    is `enhance`, the enhanced view beside it (in `map` mode the view is the prior)."""
+    panels = [("rgb", x)]
+    for name in cfg.views[1:]:
+        panels.append((f"{name} prior", prior_map(x, name, cfg)))
+        if getattr(cfg, VIEWS.get(name).mode) == "enhance":
+            panels.append((f"{name} view (x + {cfg.enhance_lambda:g} prior)", view(x, name, cfg)))
+    return panels
+
+
 def view(x: torch.Tensor, name: str, cfg: ViewConfig | None = None) -> torch.Tensor:
     """One view of the batch, with the operator and mode of `cfg`."""
     cfg = cfg or ViewConfig()

@@ -44,12 +44,14 @@ class Outputs:
             d.mkdir(parents=True, exist_ok=True)
         self.started = time.perf_counter()
 
-    def figure(self, fig, name: str) -> Path:
+    def figure(self, fig, name: str) -> None:
+        """Save as PNG + PDF. The figure stays open, so that a notebook shows it inline (the
+        inline backend displays and closes it at the end of the cell); returns nothing, so
+        that a cell ending here prints no path."""
         for ext in ("png", "pdf"):
             # A fixed creation date keeps PDFs byte-identical across reruns.
             meta = {"CreationDate": None} if ext == "pdf" else {"Software": None}
             fig.savefig(self.figures / f"{name}.{ext}", dpi=150, bbox_inches="tight", metadata=meta)
-        return self.figures / f"{name}.png"
 
     def table(self, df: pd.DataFrame, name: str, caption: str = "", float_format: str = "{:.2f}") -> Path:
         df.to_csv(self.tables / f"{name}.csv", index=False)

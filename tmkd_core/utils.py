@@ -169,10 +169,11 @@ def git_commit() -> str | None:
 
 
 def git_dirty() -> bool | None:
-    """True when tracked files other than figures/ (which a run itself rewrites) differ from the
-    commit: the results then come from code that is not in git."""
+    """True when tracked files other than what a run itself rewrites (figures/ and the executed
+    notebooks) differ from the commit: the results then come from code that is not in git."""
     try:
-        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!figures"],
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!figures",
+                              ":!notebooks/executed"],
                              capture_output=True,
                              text=True, check=True, cwd=Path(__file__).parent).stdout
     except (OSError, subprocess.CalledProcessError):
