@@ -6,7 +6,8 @@
 #   make bench      step-time benchmark -> figures/tables/bench.md
 #   make tune       validation-only search (TMKD and KD) -> figures/tables/tuning_*.csv, tuned_*.md
 #   make lab        JupyterLab on notebooks/: click a notebook (.py files open as notebooks)
-#   make clean      remove executed notebooks; `make clean-cache` also removes checkpoints/caches
+#   make clean      remove build/ (nbval copies, smoke outputs, screenshots); `make clean-cache`
+#                   also removes checkpoints, caches and runs
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -16,12 +17,13 @@ PROFILE ?= cpu
 NOTEBOOKS := 01_priors 02_teachers 03_semantic_weights 04_distillation 05_ablations
 FIGURES := figures
 RESULTS := $(FIGURES)/results
-LIB := $(wildcard tmkd_core/*.py)
+# The library the notebooks compute with (a change reruns them); not the launchers.
+LIB := $(filter-out tmkd_core/lab.py tmkd_core/htmlreport.py,$(wildcard tmkd_core/*.py))
 EXECUTED := notebooks/executed
 # The explorer's panel needs a live kernel: executed copies keep its static figure only.
 PARAMS_03_semantic_weights := -p interactive False
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
-CHROMIUM := /usr/bin/chromium
+CHROMIUM := $(VENV)/.chromium
 export PYTHONUNBUFFERED := 1
 
 .PHONY: setup test reproduce bench tune lab clean clean-cache data
@@ -41,11 +43,14 @@ $(FASHION):
 	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
 	else echo "Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist'" >&2; exit 1; fi
 
-# Headless Chromium for the browser tests (tests/test_lab.py), which are skipped without it.
-$(CHROMIUM):
-	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null \
+# Headless Chromium for the browser tests (tests/test_lab.py), which are skipped without it;
+# tried once (the stamp), as root through apt.
+$(CHROMIUM): | $(STAMP)
+	@if command -v chromium >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null \
 	  || echo "chromium could not be installed: the browser tests will be skipped" >&2; \
 	else echo "Chromium missing: 'sudo apt-get install chromium' runs the browser tests (skipped without it)" >&2; fi
+	@touch $@
 
 data: setup
 	$(PY) -c "from tmkd_core.config import DataConfig; from tmkd_core.data import load_splits; \
@@ -77,7 +82,7 @@ $(RESULTS)/03_semantic_weights.json: $(RESULTS)/02_teachers.json
 $(RESULTS)/04_distillation.json: $(RESULTS)/03_semantic_weights.json
 $(RESULTS)/05_ablations.json: $(RESULTS)/04_distillation.json
 
-$(EXECUTED)/report.html: $(foreach n,$(NOTEBOOKS),$(RESULTS)/$(n).json)
+$(EXECUTED)/report.html: $(foreach n,$(NOTEBOOKS),$(RESULTS)/$(n).json) tmkd_core/htmlreport.py
 	$(PY) -m tmkd_core.htmlreport $(foreach n,$(NOTEBOOKS),$(EXECUTED)/$(n).ipynb) -o $@
 
 reproduce: setup $(EXECUTED)/report.html

@@ -152,14 +152,15 @@ for name in datasets:
     splits = pipe.splits
     x = splits.train.images[:512].float() / 255
     first_of_class = torch.stack([(splits.train.labels == c).nonzero()[0, 0] for c in range(n_samples)])
-    samples[name] = priors.view_panels(splits.train.images[first_of_class].float() / 255, pipe.cfg.views), \
-        [splits.class_names[c] for c in range(n_samples)]
+    panels = priors.view_panels(splits.train.load(first_of_class).float() / 255, pipe.cfg.views)
+    samples[name] = (panels, [splits.class_names[c] for c in range(n_samples)])
     for r in radii:
         energy_rows.append({"dataset": name, "radius": r, "energy kept (%)": 100 * energy_kept(x, r)})
     spectra_rows[name] = {v: radial_energy(priors.view(x, v, cfg)).numpy() for v in cfg.views}
 
 n_rows = sum(len(panels) for panels, _ in samples.values())
-fig, axes = plt.subplots(n_rows, n_samples, figsize=(1.6 * n_samples, 1.75 * n_rows), layout="constrained")
+fig, axes = plt.subplots(n_rows, n_samples, figsize=(1.6 * n_samples, 1.75 * n_rows), layout="constrained",
+                         squeeze=False)
 row = 0
 for name, (panels, labels) in samples.items():
     for k, (title, imgs) in enumerate(panels):

@@ -150,14 +150,15 @@ sweep
 # view mode and lambda, `tau_w`, label or prediction conditioning).
 
 # %%
-explorer = ViewExplorer({name: Pipeline(dataset_config(profile, name)) for name in profile_plan(profile, "datasets")})
+explorer = ViewExplorer({name: pipe if name == dataset else Pipeline(dataset_config(profile, name))
+                         for name in profile_plan(profile, "datasets")})
 fig = explorer.draw(dataset, explore_index)
 out.figure(fig, "explorer_default")
 fig = explorer.draw(dataset, explore_index, edge_operator="canny", hf_radius=0.5, tau_w=0.02, condition="pred")
 out.figure(fig, "explorer_changed")
 
 # %%
-explorer.widget(dataset) if interactive else None
+explorer.widget(dataset, explore_index) if interactive else None
 
 # %% tags=["nbval-check"]
 # NBVAL_CHECK_OUTPUT

@@ -37,6 +37,7 @@ import torch
 from tmkd_core.analysis import tmkd_step_trace
 from tmkd_core.config import METHODS, dataset_config, method_config, profile_plan
 from tmkd_core.experiment import Pipeline
+from tmkd_core.explorer import draw_step_trace
 from tmkd_core.report import Outputs, enter_project_root, group_runs, method_table, run_record
 
 out = Outputs(enter_project_root() / out_dir)
@@ -55,40 +56,18 @@ seeds = profile_plan(profile, "seeds", seeds)
 # %%
 tmkd = Pipeline(method_config(dataset_config(profile, datasets[0]), "TMKD"))
 trace = tmkd_step_trace(tmkd, n_trace)
-names, classes = tmkd.cfg.views.views, tmkd.splits.class_names
-fig, axes = plt.subplots(n_trace, len(names) + 2, figsize=(2.0 * (len(names) + 2), 2.0 * n_trace), squeeze=False)
-for i in range(n_trace):
-    y = int(trace["labels"][i])
-    for v, name in enumerate(names):
-        axes[i, v].imshow(trace["views"][v, i].permute(1, 2, 0).squeeze(-1).clamp(0, 1),
-                          cmap="gray" if trace["views"].shape[2] == 1 else None, vmin=0, vmax=1)
-        axes[i, v].set_title(f"{name}: s={trace['scores'][v, i]:.2f} w={trace['weights'][v, i]:.2f}", fontsize=7)
-        axes[i, v].set_axis_off()
-    ax = axes[i, len(names)]
-    for v, name in enumerate(names):
-        ax.plot(torch.softmax(trace["view_logits"][v, i], -1), marker=".", lw=0.8, label=name)
-    ax.plot(torch.softmax(trace["logits"][i], -1), color="k", lw=1.5, label="fused z_T")
-    ax.axvline(y, color="gray", ls=":")
-    ax.set_title(f"teacher p(c), label {classes[y]}", fontsize=7)
-    ax.tick_params(labelsize=6)
-    ax = axes[i, len(names) + 1]
-    ax.bar(["teacher", "student"], [torch.softmax(trace[z][i], -1)[y] for z in ("logits", "student_logits")])
-    ax.set_ylim(0, 1)
-    ax.set_title(f"p({classes[y]})", fontsize=7)
-    ax.tick_params(labelsize=6)
-axes[0, len(names)].legend(fontsize=6)
-fig.suptitle(f"One TMKD step on {datasets[0]}: views, scores s and weights w, per-view and fused teacher, fresh student")
-fig.tight_layout()
+classes = tmkd.splits.class_names
+fig = draw_step_trace(trace, classes, f"One TMKD step on {datasets[0]}: views with scores s and weights w, "
+                                      "per-view and fused teacher, fresh student")
 out.figure(fig, "tmkd_step")
-per_view = pd.DataFrame([{"image": i, "label": classes[int(trace["labels"][i])], "view": name,
-                          "score s": float(trace["scores"][v, i]), "weight w": float(trace["weights"][v, i]),
-                          "p_view(label)": float(torch.softmax(trace["view_logits"][v, i], -1)[trace["labels"][i]])}
-                         for i in range(n_trace) for v, name in enumerate(names)])
 print("fusion:", trace["fusion"])
+per_view = pd.DataFrame([{"image": i, "label": classes[y], "view": name, "weight w": float(trace["weights"][v, i]),
+                          "score s": float(trace["scores"][v, i]) if trace["scores"] is not None else None,
+                          "p_view(label)": float(torch.softmax(trace["view_logits"][v, i], -1)[y])}
+                         for i, y in enumerate(trace["labels"].tolist()) for v, name in enumerate(trace["view_names"])])
 print(per_view.to_string(index=False, float_format="%.3f"))
-step = pd.DataFrame([{"term": term, "value": value} for term, value in trace["losses"].items()]
-                    + [{"term": "total (what the optimiser sees)", "value": trace["total_loss"]}])
-step
+pd.DataFrame([{"term": term, "value": value} for term, value in trace["losses"].items()]
+             + [{"term": "total (what the optimiser sees)", "value": trace["total_loss"]}])
 
 # %% [markdown]
 # ## Runs

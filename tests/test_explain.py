@@ -1,6 +1,7 @@
 """What the notebooks show a reader: one image's views and weights taken apart, one TMKD step
 taken apart, and the interactive explorer (without a browser)."""
 import dataclasses
+from datetime import datetime, timezone
 import io
 
 import pytest
@@ -11,8 +12,9 @@ from tmkd_core.analysis import explain_views, tmkd_step_trace
 from tmkd_core.config import method_config
 from tmkd_core.data import to_float
 from tmkd_core.experiment import Pipeline
-from tmkd_core.explorer import FUSION_SWITCHES, VIEW_SWITCHES, ViewExplorer, image_from_bytes
+from tmkd_core.explorer import FUSION_SWITCHES, VIEW_SWITCHES, ViewExplorer, draw_step_trace, image_from_bytes
 from tmkd_core.losses import kd_loss
+from tmkd_core.teachers import FusedTeacher
 
 
 @pytest.fixture(scope="module")
@@ -26,13 +28,18 @@ def batch(tmkd):
     return to_float(train.images[:8]), train.labels[:8]
 
 
-def test_explain_views_is_the_fused_teacher_taken_apart(tmkd, batch):
-    teacher = tmkd.frozen_teacher()
+def entropy(w: torch.Tensor) -> float:
+    return float(-(w * w.clamp_min(1e-12).log()).sum(0).mean())
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_explain_views_is_the_distillers_teacher_taken_apart(tmkd, batch, precision):
+    teacher = tmkd.with_overrides({"teacher_precision": precision}).frozen_teacher()
     x, y = batch
     e = explain_views(teacher, x, y)
-    online = teacher(x, y)
-    torch.testing.assert_close(e["logits"], online["logits"], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(e["weights"], online["weights"], atol=1e-5, rtol=1e-5)
+    online = teacher(x, y)  # what the distiller reads, in the teacher's own precision
+    torch.testing.assert_close(e["logits"], online["logits"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(e["weights"], online["weights"], atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(e["weights"], torch.softmax(e["scores"] / tmkd.cfg.fusion.tau_w, 0))
     torch.testing.assert_close((e["weights"][..., None] * e["view_logits"]).sum(0), e["logits"])
     v = len(teacher.view_names)
@@ -41,68 +48,105 @@ def test_explain_views_is_the_fused_teacher_taken_apart(tmkd, batch):
     torch.testing.assert_close(e["priors"][0], x)  # rgb has no prior: the image itself
 
 
-def test_explain_views_under_other_switches_changes_what_it_should(tmkd, batch):
+def test_explain_views_under_other_switches_is_a_teacher_built_with_them(tmkd, batch):
     teacher = tmkd.frozen_teacher()
     x, y = batch
-    base = explain_views(teacher, x, y)
-    canny = explain_views(teacher, x, y, dataclasses.replace(teacher.view_cfg, edge_operator="canny"))
-    assert torch.equal(canny["views"][0], base["views"][0]) and not torch.equal(canny["views"][1], base["views"][1])
-    sharp = explain_views(teacher, x, y, fusion=dataclasses.replace(teacher.fusion.cfg, tau_w=0.01))
-    entropy = lambda w: float(-(w * w.clamp_min(1e-12).log()).sum(0).mean())  # noqa: E731
-    assert entropy(sharp["weights"]) < entropy(base["weights"])
+    canny = dataclasses.replace(teacher.view_cfg, edge_operator="canny")
+    e = explain_views(teacher, x, y, canny)
+    rebuilt = FusedTeacher(teacher.teacher, teacher.fusion, canny)(x, y)
+    torch.testing.assert_close(e["weights"], rebuilt["weights"], atol=1e-6, rtol=1e-6)
+    assert not torch.equal(e["views"][1], explain_views(teacher, x, y)["views"][1])
+
     by_pred = explain_views(teacher, x, y, fusion=dataclasses.replace(teacher.fusion.cfg, condition="pred"))
-    assert torch.equal(by_pred["classes"], base["view_logits"].mean(0).argmax(-1))
+    reference = tmkd.with_overrides({"fusion.condition": "pred"}).frozen_teacher()(x, y)
+    torch.testing.assert_close(by_pred["weights"], reference["weights"], atol=1e-6, rtol=1e-6)
+    sharp = explain_views(teacher, x, y, fusion=dataclasses.replace(teacher.fusion.cfg, tau_w=0.01))
+    assert entropy(sharp["weights"]) < entropy(explain_views(teacher, x, y)["weights"])
+
     with pytest.raises(ValueError, match="not the teacher's"):
         explain_views(teacher, x, y, dataclasses.replace(teacher.view_cfg, views=("rgb", "edge")))
+    with pytest.raises(ValueError, match="fusion.weights='uniform' is not the teacher's 'text'"):
+        explain_views(teacher, x, y, fusion=dataclasses.replace(teacher.fusion.cfg, weights="uniform"))
+    uniform = explain_views(tmkd.with_overrides({"fusion.weights": "uniform"}).frozen_teacher(), x, y)
+    assert uniform["scores"] is None and torch.allclose(uniform["weights"], torch.full_like(uniform["weights"], 1 / 3))
 
 
 def test_the_step_trace_shows_the_target_and_loss_terms_the_distiller_uses(tmkd):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
     trace = tmkd_step_trace(tmkd, n_images=6)
     s = tmkd.cfg.student
+    assert trace["labels"].tolist() == list(range(6))  # one image of each class
     assert set(trace["losses"]) == {"ce", "kd", "feat", "vlc"}
     assert trace["total_loss"] == pytest.approx(sum(trace["losses"].values()))
     z_s, z_t, y = trace["student_logits"], trace["logits"], trace["labels"]
-    # the terms are recomputed from the traced student logits and fused target
+    # the terms recomputed from the traced student logits and fused target
     assert trace["losses"]["ce"] == pytest.approx(float(F.cross_entropy(z_s, y)), rel=1e-5)
     assert trace["losses"]["kd"] == pytest.approx(float(s.alpha * kd_loss(z_s, z_t, s.tau)), rel=1e-4)
     again = tmkd_step_trace(tmkd, n_images=6)  # a seeded fresh student: the same step
     assert again["losses"] == trace["losses"]
+    fig = draw_step_trace(trace, tmkd.splits.class_names)
+    assert len(fig.axes) == 6 * (len(trace["view_names"]) + 2)
     with pytest.raises(ValueError, match="student.distiller='tmkd'"):
         tmkd_step_trace(tmkd.with_overrides({"student.distiller": "kd", "student.teacher": "single"}))
 
 
-def test_explorer_draws_uploads_and_redraws_on_every_control(tmkd, monkeypatch):
+def png_bytes(x: torch.Tensor) -> bytes:
+    from PIL import Image
+
+    arr = (x[0].permute(1, 2, 0).squeeze(-1) * 255).round().byte().numpy()
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("channels, size", [(3, 32), (1, 28), (3, 64)])
+def test_an_upload_is_prepared_as_the_datasets_images(channels, size):
+    x = torch.rand(1, channels, size, size).mul(255).round().div(255)
+    torch.testing.assert_close(image_from_bytes(png_bytes(x), channels, size), x)  # lossless at the same size
+    big = image_from_bytes(png_bytes(torch.rand(1, channels, 2 * size, 3 * size)), channels, size)
+    assert big.shape == (1, channels, size, size)  # short side resized, centre crop
+    with pytest.raises(ValueError, match="cannot decode image"):
+        image_from_bytes(b"not an image", channels, size)
+
+
+def test_explorer_draws_and_every_control_redraws(tmkd, monkeypatch):
     matplotlib = pytest.importorskip("matplotlib")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from PIL import Image
 
     explorer = ViewExplorer({"cifar10": tmkd})
     v = len(tmkd.cfg.views.views)
     fig = explorer.draw("cifar10", 3, tau_w=0.05, condition="pred")
     assert len(fig.axes) == 3 * (v + 1)
-    plt.close(fig)
+    x, _ = explorer.image("cifar10", 3)
+    plt.close(explorer.draw("cifar10", image=x))  # an upload of unknown class conditions on the prediction
     with pytest.raises(TypeError, match="available: edge_operator"):
         explorer.draw("cifar10", 0, radius=0.3)
     with pytest.raises(IndexError, match="outside the"):
         explorer.draw("cifar10", 10**6)
-
-    x, _ = explorer.image("cifar10", 3)
-    buf = io.BytesIO()
-    Image.fromarray((x[0].permute(1, 2, 0) * 255).round().byte().numpy()).save(buf, format="PNG")
-    upload = image_from_bytes(buf.getvalue(), 3, (32, 32))
-    torch.testing.assert_close(upload, x, atol=1 / 255, rtol=0)  # a lossless round trip
-    with pytest.raises(ValueError, match="needs a label"):
-        explorer.draw("cifar10", image=upload)
+    plt.close("all")
 
     pytest.importorskip("ipywidgets")
     calls = []
     monkeypatch.setattr(explorer, "draw", lambda *a, **k: calls.append((a, k)) or plt.figure())
-    panel = explorer.widget()
-    assert len(calls) == 1  # drawn once on creation
+    panel = explorer.widget(index=5)
+    assert len(calls) == 1 and calls[0][0] == ("cifar10", 5)  # drawn once, at the index asked for
     controls = {c.description: c for box in panel.children[0].children for c in box.children}
-    controls["tau_w"].value = 0.05
-    controls["edge"].value = "canny"
-    assert calls[-1][1]["tau_w"] == 0.05 and calls[-1][1]["edge_operator"] == "canny"
-    assert set(calls[-1][1]) == set(VIEW_SWITCHES + FUSION_SWITCHES)
+    assert set(calls[0][1]) == set(VIEW_SWITCHES + FUSION_SWITCHES)
+    assert {k: calls[0][1][k] for k in explorer.defaults("cifar10")} == explorer.defaults("cifar10")
+    for name, value, switch in [("tau_w", 0.05, "tau_w"), ("edge", "canny", "edge_operator"),
+                                ("hf mode", "map", "hf_mode"), ("radius", 0.5, "hf_radius")]:
+        controls[name].value = value
+        assert calls[-1][1][switch] == value
+    n = len(calls)
+    content = png_bytes(x)
+    controls["upload"].value = ({"name": "cat.png", "type": "image/png", "size": len(content),
+                                 "content": memoryview(content), "last_modified": datetime.now(timezone.utc)},)
+    assert len(calls) == n + 1 and calls[-1][1]["label"] is None  # an upload: class unknown
+    torch.testing.assert_close(calls[-1][1]["image"], x)
+    controls["its class"].value = 3
+    assert calls[-1][1]["label"] == 3
+    controls["val image"].value = 7  # a new index replaces the upload
+    assert calls[-1][0] == ("cifar10", 7) and not controls["upload"].value
     plt.close("all")

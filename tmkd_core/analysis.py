@@ -2,7 +2,6 @@
 taken apart, one TMKD training step taken apart, Grad-CAM maps, spectra."""
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING
 
 import torch
@@ -43,54 +42,67 @@ def explain_views(teacher: FusedTeacher, x: torch.Tensor, labels: torch.Tensor,
                   views: ViewConfig | None = None, fusion: FusionConfig | None = None) -> dict:
     """A trained multi-view teacher on images x (B, C, H, W) in [0, 1], taken apart:
 
-        priors   p_v(x) (V, B, C', H, W)      the prior map of each view (the image for rgb)
-        views    x_v (V, B, C, H, W)          what the teacher sees (`views` mode: map or enhance)
-        spectra  log(1 + |FFT x_v|) (V, B, H, W)
-        view_logits z_v (V, B, K), scores s_v = cos(P_v h_v, t_{v,c}) (V, B),
-        weights  w = softmax_v(s / tau_w) (V, B), logits z_T = sum_v w_v z_v (B, K)
+        view_names   the V views, in order
+        priors       p_v(x) (V, B, C, H, W)   the prior map of each view (the image for rgb)
+        views        x_v (V, B, C, H, W)      what the teacher sees (`map` or `enhance` mode)
+        spectra      log(1 + |FFT x_v|) (V, B, H, W)
+        view_logits  z_v (V, B, K)
+        classes      c (B,)                   the label, or the prediction (`fusion.condition`)
+        scores       s_v = cos(P_v h_v, t_{v,c}) (V, B); None unless `fusion.weights = text`
+        weights      w (V, B): softmax_v(s / tau_w) for `text`
+        logits       z_T = sum_v w_v z_v (B, K)
 
     `views` and `fusion` default to those the teacher was trained and distils with; others
-    (an edge operator, a radius, tau_w, conditioning on the prediction) show what they would
-    change without retraining. The view names must be the teacher's."""
+    (an edge operator, a radius, `tau_w`, conditioning on the prediction) show what they
+    change without retraining. The view names and the weighting must be the teacher's. The
+    backbone runs in the teacher's inference precision, as the distiller's teacher does."""
     views = views or teacher.view_cfg
     if tuple(views.views) != tuple(teacher.view_names):
         raise ValueError(f"views {list(views.views)} are not the teacher's {list(teacher.view_names)}")
     fuse = teacher.fusion
-    if fusion is not None:  # the teacher's fusion under other settings, fitted weights kept
-        fuse = ViewFusion(fusion, teacher.class_text, teacher.fusion.image_encoder).to(teacher.class_text.device)
+    if fusion is not None:
+        if fusion.weights != fuse.cfg.weights:  # `learned` weights are fitted to the teacher's own
+            raise ValueError(f"fusion.weights={fusion.weights!r} is not the teacher's {fuse.cfg.weights!r}: "
+                             "build the pipeline with that weighting instead")
+        fuse = ViewFusion(fusion, teacher.class_text, fuse.image_encoder).to(teacher.class_text.device)
         fuse.view_logits.data.copy_(teacher.fusion.view_logits)
-    fusion_cfg = fuse.cfg
     x, labels = x.to(teacher.class_text.device), labels.to(teacher.class_text.device)
-    view_images = make_views(x, views)
-    out = teacher.teacher.heads(teacher.teacher.pooled(view_images).float())
-    fused = fuse(out, labels, view_images if fusion_cfg.weights == "clip_image" else None)
-    classes = labels if fusion_cfg.condition == "label" else out["logits"].mean(0).argmax(-1)
-    return {"priors": torch.stack([prior_map(x, v, views) for v in views.views]).cpu(),
+    with teacher.precision(x.device):  # the views too: the distiller's teacher builds them under autocast
+        view_images = make_views(x, views)
+        pooled = teacher.teacher.pooled(view_images).float()
+    view_images = view_images.float()
+    out = teacher.teacher.heads(pooled)
+    fused = fuse(out, labels, view_images if fuse.cfg.weights == "clip_image" else None)
+    classes = fuse.classes(out, labels)
+    scores = semantic_scores(out["text"], teacher.class_text, classes).cpu() if fuse.cfg.weights == "text" else None
+    return {"view_names": tuple(views.views), "priors": torch.stack([prior_map(x, v, views) for v in views.views]).cpu(),
             "views": view_images.cpu(), "spectra": torch.stack([amplitude_spectrum(v) for v in view_images]).cpu(),
-            "view_logits": out["logits"].cpu(), "scores": semantic_scores(out["text"], teacher.class_text, classes).cpu(),
-            "weights": fused["weights"].cpu(), "logits": fused["logits"].cpu(), "classes": classes.cpu()}
+            "view_logits": out["logits"].cpu(), "classes": classes.cpu(), "scores": scores,
+            "weights": fused["weights"].cpu(), "logits": fused["logits"].cpu(), "fusion": fuse.cfg}
 
 
 def tmkd_step_trace(pipe: Pipeline, n_images: int = 4) -> dict:
-    """One TMKD training step on n training images (the first of each of the first n classes,
-    not augmented), taken apart: `explain_views` of the frozen fused teacher (views, per-view
-    logits, scores, weights, fused target), the student's logits, and each loss term the
-    distiller returns, before any update. The student is the seeded fresh one `run_student`
-    starts from; the teachers must be trained (notebook 02)."""
+    """One TMKD training step taken apart, before any update: `explain_views` of the frozen
+    fused teacher (views, per-view logits, scores, weights, fused target), the student's
+    logits, and each loss term the distiller returns (`losses`, already weighted).
+
+    The batch is the first training image of each of the first n classes, not augmented,
+    at epoch 0 (a DKD term is still at zero warm-up there); the teacher runs online (a
+    cached run reads the same outputs from its float16 cache). The student is the seeded
+    fresh one `run_student` starts from; the teachers must be trained (notebook 02)."""
     if pipe.cfg.student.distiller != "tmkd":
         raise ValueError(f"tmkd_step_trace needs student.distiller='tmkd', got {pipe.cfg.student.distiller!r}")
     teacher = pipe.frozen_teacher(train=False)
     distiller = pipe.student_distiller(teacher).train()
     train = pipe.splits.train
     classes = range(min(n_images, pipe.splits.num_classes))
-    idx = torch.stack([(train.labels == c).nonzero()[0, 0] for c in classes])  # one image of each class
-    x, labels = to_float(train.images[idx], pipe.device), train.labels[idx].to(pipe.device)
+    idx = torch.stack([(train.labels == c).nonzero()[0, 0] for c in classes])
+    x, labels = to_float(train.load(idx), pipe.device), train.labels[idx].to(pipe.device)
     parts = explain_views(teacher, x, labels)
     logits, losses = distiller.forward_train(Batch(x, labels, idx, epoch=0.0, replica=None))
     return {**parts, "images": x.cpu(), "labels": labels.cpu(), "student_logits": logits.detach().cpu(),
             "losses": {k: float(v.detach()) for k, v in losses.items()},
-            "total_loss": float(sum(losses.values()).detach()),
-            "fusion": dataclasses.asdict(teacher.fusion.cfg)}
+            "total_loss": float(sum(losses.values()).detach())}
 
 
 def grad_cam(x: torch.Tensor, target: torch.Tensor, forward, layer: torch.nn.Module,

@@ -20,7 +20,7 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import BinaryIO, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -95,7 +95,7 @@ class FolderImageSet(torch.utils.data.Dataset):
                               self.num_workers)
 
     def __getitem__(self, i: int):
-        return _decode(self.files[i], self.size, channels=3)
+        return decode_image(self.files[i], self.size, channels=3)
 
     def load(self, indices: torch.Tensor) -> torch.Tensor:
         return torch.stack([self[i] for i in indices.tolist()])
@@ -119,15 +119,18 @@ class _BatchDecoder(torch.utils.data.Dataset):
         return idx, self.images.load(idx)
 
 
-def _decode(path: str, size: int | None, channels: int) -> torch.Tensor:
+def decode_image(source: str | Path | BinaryIO, size: int | None, channels: int) -> torch.Tensor:
+    """An image file (a path, or an open binary file such as an upload) as the datasets hold
+    images: uint8 (C, H, W), resized on its short side to `size` and centre-cropped."""
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             im = im.convert("RGB" if channels == 3 else "L")
             if size is not None and im.size != (size, size):
                 im = _resize_center_crop(im, size)
             arr = np.asarray(im, dtype=np.uint8)
     except Exception as exc:  # name the file: a corrupt image among thousands is otherwise a hunt
-        raise ValueError(f"cannot decode image {Path(path).resolve()}: {exc}") from exc
+        name = Path(source).resolve() if isinstance(source, (str, Path)) else getattr(source, "name", "from bytes")
+        raise ValueError(f"cannot decode image {name}: {exc}") from exc
     arr = arr[:, :, None] if arr.ndim == 2 else arr
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
@@ -204,7 +207,7 @@ def _decode_folder(split_dir: Path, class_dirs: list[str], size: int | None, cha
     images, labels = [], []
     for label, cls in enumerate(class_dirs):
         for path in sorted((split_dir / cls).iterdir()):
-            images.append(_decode(str(path), size, channels))
+            images.append(decode_image(str(path), size, channels))
             labels.append(label)
     return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
 

@@ -59,9 +59,13 @@ class ViewFusion(nn.Module):
             raise ValueError("fusion.weights='clip_image' needs CLIP's image tower: set text.backend='open_clip' "
                              "with real CLIP weights (text.model, text.pretrained)")
 
+    def classes(self, out: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        """The class c the scores s_v read: the label, or the teacher's mean prediction."""
+        return labels if self.cfg.condition == "label" else out["logits"].mean(0).argmax(-1)
+
     def weights(self, out: dict[str, torch.Tensor], labels: torch.Tensor, views: torch.Tensor | None = None) -> torch.Tensor:
         logits = out["logits"]  # (V, B, K)
-        classes = labels if self.cfg.condition == "label" else logits.mean(0).argmax(-1)
+        classes = self.classes(out, labels)
         w = WEIGHTINGS.get(self.cfg.weights)(self, out, classes, views)
         if self.cfg.granularity == "class":
             w = average_per_class(w, classes, logits.shape[-1])

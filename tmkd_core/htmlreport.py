@@ -1,5 +1,6 @@
-"""One self-contained HTML page of the executed notebooks: every figure embedded, so it
-opens from disk with no server and no network.
+"""One HTML page of the executed notebooks that opens from disk, without a server: every
+figure and table is embedded. Only the scripts of nbconvert's template (MathJax,
+require.js) come from a CDN: offline, equations show as TeX source.
 
     python -m tmkd_core.htmlreport notebooks/executed/0*.ipynb -o notebooks/executed/report.html
 """

@@ -9,6 +9,8 @@ nothing in it.
 """
 from __future__ import annotations
 
+import contextlib
+
 import json
 from pathlib import Path
 
@@ -60,12 +62,16 @@ class FrozenTeacher(nn.Module):
     def train(self, mode: bool = True):
         return super().train(False)
 
+    def precision(self, device: torch.device):
+        """The context the backbone runs in: autocast to `inference_dtype`, or nothing."""
+        if self.inference_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.inference_dtype)
+
     @torch.no_grad()
     def pooled_views(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features of every view, (V, B, d), float32."""
-        if self.inference_dtype is None:
-            return self.backbone_pooled(x).float()
-        with torch.autocast(x.device.type, dtype=self.inference_dtype):
+        with self.precision(x.device):
             return self.backbone_pooled(x).float()
 
     def backbone_pooled(self, x: torch.Tensor) -> torch.Tensor:
