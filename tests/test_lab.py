@@ -93,6 +93,8 @@ def test_lab_serves_jupytext_as_the_default_viewer_of_python_files(lab_server):
         settings = json.load(r)
     # overrides.json becomes the schema's default; no user setting changes it here
     assert settings["schema"]["properties"]["defaultViewers"]["default"]["python"] == "Jupytext Notebook"
+    # opening a notebook must not rewrite a tracked file (JupyterLab normalises metadata on load)
+    assert settings["schema"]["properties"]["autosave"]["default"] is False
     assert "defaultViewers" not in settings["settings"]
 
 

@@ -310,7 +310,7 @@ PROFILE_PLANS: dict[str, dict[str, list]] = {
     # smoke: three ablation groups (one retrains teachers) keep nbval within the test budget
     "smoke": {"datasets": ["cifar10"], "seeds": [0, 1], "ablation_seeds": [0, 1],
               "ablation_groups": ["views", "weights", "vlc"]},
-    # cpu: the ablations use 2 seeds so that `make reproduce` fits an hour on 2 cores
+    # cpu: the ablations use 2 seeds so that `make reproduce` stays near 1.5 h on 2 cores
     "cpu": {"datasets": ["cifar10", "imagenette64", "fashion_mnist"], "seeds": [0, 1, 2], "ablation_seeds": [0, 1]},
     "paper": {"datasets": ["cifar100"], "seeds": [0, 1, 2], "ablation_seeds": [0, 1, 2]},
 }

@@ -39,7 +39,8 @@ def html_report(paths: Sequence[str | Path], out: str | Path, title: str = "TMKD
     for p, nb in zip(paths, notebooks):
         merged.cells.append(nbformat.v4.new_markdown_cell(f'<a id="{p.stem}"></a>\n\n---\n\n`notebooks/executed/{p.name}`'))
         merged.cells.extend(nb.cells)
-    body, _ = HTMLExporter(template_name="lab", embed_images=True).from_notebook_node(merged)
+    body, _ = HTMLExporter(template_name="lab", embed_images=True).from_notebook_node(
+        merged, resources={"metadata": {"name": title}})  # the page's <title>
     return atomic_write_text(body, out)
 
 

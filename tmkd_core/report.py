@@ -62,18 +62,19 @@ class Outputs:
         return self.tables / f"{name}.md"
 
     def results_json(self, name: str, payload: dict[str, Any], cfg=None, seeds: Sequence[int] | None = None,
-                     runs: Sequence[dict] = ()) -> Path:
+                     runs: Sequence[dict] = ()) -> None:
         """The notebook's results file: its payload, every student run it used (`runs`, see
-        `run_record`), the configuration and the provenance of the process."""
+        `run_record`), the configuration and the provenance of the process. Returns nothing,
+        so that a notebook's last cell prints no local path."""
         precision = None
         if cfg is not None:
             from .experiment import Pipeline  # late: the pipeline imports most of the library
 
             precision = Pipeline(cfg).precision()
-        return write_json({"notebook": name, "config": config_to_dict(cfg) if cfg is not None else None,
-                           "seeds": list(seeds) if seeds is not None else None, "runs": list(runs),
-                           "wall_time_s": time.perf_counter() - self.started, **run_metadata(precision), **payload},
-                          self.results / f"{name}.json")
+        write_json({"notebook": name, "config": config_to_dict(cfg) if cfg is not None else None,
+                    "seeds": list(seeds) if seeds is not None else None, "runs": list(runs),
+                    "wall_time_s": time.perf_counter() - self.started, **run_metadata(precision), **payload},
+                   self.results / f"{name}.json")
 
 
 def t_quantile_975(dof: int) -> float:
