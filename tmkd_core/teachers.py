@@ -10,7 +10,6 @@ nothing in it.
 from __future__ import annotations
 
 import contextlib
-
 import json
 from pathlib import Path
 
