@@ -32,12 +32,11 @@ n_trace = 4  # images in the one-step walk-through
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import torch
 
 from tmkd_core.analysis import tmkd_step_trace
 from tmkd_core.config import METHODS, dataset_config, method_config, profile_plan
 from tmkd_core.experiment import Pipeline
-from tmkd_core.explorer import draw_step_trace
+from tmkd_core.explorer import draw_step_trace, step_trace_tables
 from tmkd_core.report import Outputs, enter_project_root, group_runs, method_table, run_record
 
 out = Outputs(enter_project_root() / out_dir)
@@ -60,14 +59,10 @@ classes = tmkd.splits.class_names
 fig = draw_step_trace(trace, classes, f"One TMKD step on {datasets[0]}: views with scores s and weights w, "
                                       "per-view and fused teacher, fresh student")
 out.figure(fig, "tmkd_step")
+per_view, step_losses = step_trace_tables(trace, classes)
 print("fusion:", trace["fusion"])
-per_view = pd.DataFrame([{"image": i, "label": classes[y], "view": name, "weight w": float(trace["weights"][v, i]),
-                          "score s": float(trace["scores"][v, i]) if trace["scores"] is not None else None,
-                          "p_view(label)": float(torch.softmax(trace["view_logits"][v, i], -1)[y])}
-                         for i, y in enumerate(trace["labels"].tolist()) for v, name in enumerate(trace["view_names"])])
 print(per_view.to_string(index=False, float_format="%.3f"))
-pd.DataFrame([{"term": term, "value": value} for term, value in trace["losses"].items()]
-             + [{"term": "total (what the optimiser sees)", "value": trace["total_loss"]}])
+step_losses
 
 # %% [markdown]
 # ## Runs

@@ -12,7 +12,8 @@ from tmkd_core.analysis import explain_views, tmkd_step_trace
 from tmkd_core.config import method_config
 from tmkd_core.data import to_float
 from tmkd_core.experiment import Pipeline
-from tmkd_core.explorer import FUSION_SWITCHES, VIEW_SWITCHES, ViewExplorer, draw_step_trace, image_from_bytes
+from tmkd_core.explorer import (FUSION_SWITCHES, VIEW_SWITCHES, ViewExplorer, draw_step_trace, image_from_bytes,
+                                step_trace_tables)
 from tmkd_core.losses import kd_loss
 from tmkd_core.teachers import FusedTeacher
 
@@ -87,6 +88,8 @@ def test_the_step_trace_shows_the_target_and_loss_terms_the_distiller_uses(tmkd)
     assert again["losses"] == trace["losses"]
     fig = draw_step_trace(trace, tmkd.splits.class_names)
     assert len(fig.axes) == 6 * (len(trace["view_names"]) + 2)
+    per_view, losses = step_trace_tables(trace, tmkd.splits.class_names)
+    assert len(per_view) == 6 * len(trace["view_names"]) and losses["value"].iloc[-1] == trace["total_loss"]
     with pytest.raises(ValueError, match="student.distiller='tmkd'"):
         tmkd_step_trace(tmkd.with_overrides({"student.distiller": "kd", "student.teacher": "single"}))
 

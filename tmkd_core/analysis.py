@@ -100,7 +100,7 @@ def tmkd_step_trace(pipe: Pipeline, n_images: int = 4) -> dict:
     x, labels = to_float(train.load(idx), pipe.device), train.labels[idx].to(pipe.device)
     parts = explain_views(teacher, x, labels)
     logits, losses = distiller.forward_train(Batch(x, labels, idx, epoch=0.0, replica=None))
-    return {**parts, "images": x.cpu(), "labels": labels.cpu(), "student_logits": logits.detach().cpu(),
+    return {**parts, "labels": labels.cpu(), "student_logits": logits.detach().cpu(),
             "losses": {k: float(v.detach()) for k, v in losses.items()},
             "total_loss": float(sum(losses.values()).detach())}
 

@@ -10,7 +10,7 @@ cached one, seeing views built with other switches.
     explorer.draw("cifar10", index=3, tau_w=0.05)   # a static figure (papermill, nbval, HTML)
     explorer.widget()                               # the same figure under ipywidgets controls
 
-`draw_step_trace` draws `analysis.tmkd_step_trace` (notebook 04).
+`draw_step_trace` and `step_trace_tables` show `analysis.tmkd_step_trace` (notebook 04).
 """
 from __future__ import annotations
 
@@ -18,8 +18,10 @@ import dataclasses
 import io
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+import pandas as pd
 import torch
 
+from .analysis import explain_views
 from .data import decode_image
 from .fusion import CONDITIONS
 from .priors import EDGE_OPERATORS, HF_FILTERS, VIEW_MODES
@@ -86,8 +88,6 @@ class ViewExplorer:
     def explain(self, dataset: str, x: torch.Tensor, label: int | None, **switches) -> dict:
         """`explain_views` under the given switches (the teacher's own for the others). A
         label of None (an upload of unknown class) conditions on the teacher's prediction."""
-        from .analysis import explain_views
-
         unknown = set(switches) - set(VIEW_SWITCHES) - set(FUSION_SWITCHES)
         if unknown:
             raise TypeError(f"unknown switches {sorted(unknown)}; available: {', '.join(VIEW_SWITCHES + FUSION_SWITCHES)}")
@@ -252,3 +252,16 @@ def draw_step_trace(trace: dict, class_names: Sequence[str], title: str = "") ->
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def step_trace_tables(trace: dict, class_names: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`analysis.tmkd_step_trace` as two tables: per image and view, the weight, the score
+    and the view's probability of the label; and each loss term of the step with their sum."""
+    per_view = pd.DataFrame([
+        {"image": i, "label": class_names[y], "view": name, "weight w": float(trace["weights"][v, i]),
+         "score s": float(trace["scores"][v, i]) if trace["scores"] is not None else None,
+         "p_view(label)": float(torch.softmax(trace["view_logits"][v, i], -1)[y])}
+        for i, y in enumerate(trace["labels"].tolist()) for v, name in enumerate(trace["view_names"])])
+    losses = pd.DataFrame([{"term": term, "value": value} for term, value in trace["losses"].items()]
+                          + [{"term": "total (what the optimiser sees)", "value": trace["total_loss"]}])
+    return per_view, losses
