@@ -294,6 +294,16 @@ def test_a_record_of_other_settings_under_a_run_key_is_refused(tiny):
     try:
         with pytest.raises(DamagedArtifact, match="another configuration"):
             Pipeline(pipe.cfg).run_student()
+        # a record written before a setting existed ran with its default: still read
+        older = json.loads(original)
+        for added in ("teacher_compile", "cpu_amp"):
+            older["config"].pop(added, None)
+        pipe.run_path.write_text(json.dumps(older))
+        assert Pipeline(pipe.cfg).run_student()["test_acc"] == record["test_acc"]
+        older["config"]["student"]["no_such_setting"] = 1
+        pipe.run_path.write_text(json.dumps(older))
+        with pytest.raises(DamagedArtifact, match="another configuration"):
+            Pipeline(pipe.cfg).run_student()
     finally:
         pipe.run_path.write_text(original)
 

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
 from .priors import ViewConfig
-from .settings import ConfigError, Section, leaf_paths, resolve_choices, section_type, setting
+from .settings import ConfigError, Section, default_of, leaf_paths, resolve_choices, section_type, setting
 
 __all__ = ["ConfigError", "DataConfig", "ViewConfig", "OptimConfig", "TeacherConfig", "TextConfig", "FusionConfig",
            "StudentConfig", "ExperimentConfig", "make_config", "with_overrides", "switches", "config_hash"]
@@ -46,7 +46,9 @@ class OptimConfig(Section):
     momentum: float = setting(0.9, ge=0.0, lt=1.0)
     weight_decay: float = setting(5e-4, ge=0.0)
     warmup_epochs: float = setting(0.0, ge=0.0)
-    schedule: str = setting("cosine", choices=("cosine", "step"), doc="step: x0.1 at 50% and 75%")
+    schedule: str = setting("cosine", choices=("cosine", "step"), doc="step: x0.1 at each milestone")
+    milestones: tuple[int, ...] | None = setting(None, added=True, doc="schedule=step: the epochs at which the lr "
+                                                                       "drops x0.1; None: 50% and 75% of the run")
     augment: bool = setting(True, doc="random crop (pad 4) + horizontal flip")
 
 
@@ -59,6 +61,18 @@ class TeacherConfig(Section):
     teacher_init: str = setting("rgb", choices=("rgb", "scratch"))
     lambda_a: float = setting(0.5, ge=0.0, doc="weight of the text-alignment NCE term")
     tau_a: float = setting(0.1, gt=0.0, doc="temperature of the text-alignment NCE term")
+    input_norm: str = setting("fixed", choices="tmkd_core.models:INPUT_NORMS", added=True,
+                              doc="the teachers' input normalisation: this project's fixed map, or a dataset's "
+                                  "channel statistics (cifar100: what RepDistiller/mdistiller teachers expect)")
+    checkpoint: str | None = setting(None, neutral=True,
+                                     doc="a local RepDistiller/mdistiller CIFAR checkpoint, imported as the RGB "
+                                         "teacher instead of training one (tmkd_core/checkpoints.py)")
+    checkpoint_sha256: str | None = setting(None, added=True, doc="sha256 of teacher.checkpoint, verified before it is read")
+
+    def check(self):
+        if self.checkpoint is not None and not self.checkpoint_sha256:
+            raise ConfigError("TeacherConfig.checkpoint needs TeacherConfig.checkpoint_sha256 (`sha256sum FILE` "
+                              "prints it)")
 
 
 @dataclass
@@ -93,6 +107,8 @@ class StudentConfig(Section):
     teacher: str = setting("multi", choices=("single", "multi"), doc="which teacher the distiller reads")
     kd_term: str = setting("kd", choices=("kd", "dkd"), doc='the KD term of TMKD ("TMKD + DKD")')
     vlc: str = setting("class_text", choices="tmkd_core.distillers:VLC_MODES")
+    ce_weight: float = setting(1.0, ge=0.0, added=True, doc="weight of the student's cross-entropy term in the "
+                                                               "distillers (0.1 for KD in the CIFAR-100 protocol)")
     tau: float = setting(4.0, gt=0.0, doc="KD temperature")
     alpha: float = setting(1.0, ge=0.0, doc="KD weight")
     beta: float = setting(1.0, ge=0.0, doc="feature (connector MSE) weight")
@@ -121,10 +137,14 @@ class ExperimentConfig(Section):
     student: StudentConfig = setting(default_factory=StudentConfig)
     seed: int = setting(0, ge=0, doc="the student's initialisation and data order")
     device: str = setting("auto", neutral=True, doc="auto | cpu | cuda | cuda:N (the device used enters every key)")
-    amp: bool = setting(True, doc="bf16 autocast of training on CUDA; ignored on CPU")
+    amp: bool = setting(True, doc="bf16 autocast of training on CUDA; ignored on CPU (see cpu_amp)")
+    cpu_amp: bool = setting(False, added=True, doc="bf16 autocast of training on a CPU with native bf16 (AVX512-BF16 or AMX; "
+                                       "refused elsewhere); off until its parity check has run")
     channels_last: bool = setting(False, doc="always on for CPU training (faster there)")
     teacher_precision: str = setting("auto", choices="tmkd_core.utils:TEACHER_PRECISIONS",
                                      doc="frozen teacher's forward; the precision used enters the keys")
+    teacher_compile: bool = setting(False, added=True, doc="torch.compile the frozen teacher's backbone (inductor, weights "
+                                               "frozen in): a faster online teacher after ~10 s of compiling")
     progress: bool = setting(True, neutral=True, doc="tqdm bars")
 
     def check(self):
@@ -151,6 +171,20 @@ def switches() -> dict[str, tuple[str, ...]]:
 def neutral_paths() -> set[str]:
     """Settings that change no number (file locations, progress bars, worker counts)."""
     return {path for path, f in leaf_paths(ExperimentConfig) if f.metadata.get("neutral")}
+
+
+def unkeyed_paths(cfg: ExperimentConfig) -> set[str]:
+    """The settings that enter no key in `cfg`: the neutral ones, and those added later
+    (`setting(added=True)`) while at their default."""
+    out = neutral_paths()
+    for path, f in leaf_paths(ExperimentConfig):
+        if f.metadata.get("added"):
+            node = cfg
+            for part in path.split("."):
+                node = getattr(node, part)
+            if node == default_of(f):
+                out.add(path)
+    return out
 
 
 def _from_dict(cls, data: Mapping[str, Any], prefix: str = ""):
@@ -247,15 +281,19 @@ def _cpu() -> dict:
 
 
 def _paper() -> dict:
+    # The CIFAR-100 protocol of RepDistiller / mdistiller: SGD (momentum 0.9, weight decay
+    # 5e-4), lr 0.05 decayed x0.1 at epochs 150, 180 and 210 of 240, batch 64; DKD warms up
+    # over 20 epochs with beta 8 for resnet32x4 -> resnet8x4 (loss weights: PROFILE_METHODS).
+    protocol = {"epochs": 240, "lr": 0.05, "schedule": "step", "milestones": [150, 180, 210], "batch_size": 64,
+                "momentum": 0.9, "weight_decay": 5e-4}
     return {
         "profile": "paper",
         "data": {"name": "cifar100", "val_size": 5000, "download": True, "num_workers": 8},
-        "teacher": {"arch": "resnet32x4",
-                    "optim": {"epochs": 240, "lr": 0.05, "schedule": "step", "batch_size": 64},
+        "teacher": {"arch": "resnet32x4", "optim": protocol,
                     "multiview_optim": {"epochs": 30, "lr": 0.005, "schedule": "cosine", "batch_size": 64}},
         "text": {"backend": "open_clip", "model": "ViT-B-32", "pretrained": "openai"},
-        "student": {"arch": "resnet8x4", "optim": {"epochs": 240, "lr": 0.05, "schedule": "step", "batch_size": 64},
-                    "teacher_outputs": "online"},
+        "student": {"arch": "resnet8x4", "optim": protocol, "teacher_outputs": "online", "tau": 4.0,
+                    "dkd_alpha": 1.0, "dkd_beta": 8.0, "dkd_warmup_epochs": 20.0},
         "device": "cuda",
         "channels_last": True,
     }
@@ -284,10 +322,21 @@ METHODS: dict[str, dict[str, Any]] = {
 }
 
 
+# A profile's loss weights per method, on top of METHODS. The CIFAR-100 protocol weighs KD
+# as 0.1 CE + 0.9 KD (tau 4) and DKD as CE + DKD; TMKD keeps KD's weights for its KD term,
+# so that TMKD vs KD differs only in the teacher and TMKD's own terms.
+_KD_WEIGHTS = {"student.ce_weight": 0.1, "student.alpha": 0.9}
+PROFILE_METHODS: dict[str, dict[str, dict[str, Any]]] = {
+    "paper": {"KD": _KD_WEIGHTS, "KD (multi-view, uniform)": _KD_WEIGHTS, "TMKD": _KD_WEIGHTS},
+}
+
+
 def method_config(cfg: ExperimentConfig, method: str, overrides: Mapping[str, Any] | None = None):
+    """`cfg` with a method of METHODS (and its profile's loss weights) applied, then `overrides`."""
     if method not in METHODS:
         raise KeyError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
-    return with_overrides(cfg, {**METHODS[method], **(overrides or {})})
+    per_profile = PROFILE_METHODS.get(cfg.profile, {}).get(method, {})
+    return with_overrides(cfg, {**METHODS[method], **per_profile, **(overrides or {})})
 
 
 # Per-dataset settings of a profile. On a 2-core CPU, 64 px Imagenette costs 4x the

@@ -453,7 +453,7 @@ class AugmentPlan:
                    torch.rand(n, generator=g) < 0.5, pad)
 
     def apply(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """Crop-and-flip a float batch x (B, C, H, W) whose samples have dataset indices idx."""
+        """Crop-and-flip a batch x (B, C, H, W), uint8 or float, whose samples have dataset indices idx."""
         b, _, h, w = x.shape
         p = self.pad
         padded = torch.nn.functional.pad(x, (p, p, p, p))

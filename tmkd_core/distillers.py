@@ -82,7 +82,7 @@ class KD(Distiller):
     def forward_train(self, batch):
         logits, _ = self.student(batch.x)
         z_t = self.teacher_outputs(batch)["logits"]
-        return logits, {"ce": F.cross_entropy(logits, batch.labels),
+        return logits, {"ce": self.cfg.ce_weight * F.cross_entropy(logits, batch.labels),
                         self.kind: _kd_term(self.cfg, self.kind, logits, z_t, batch.labels, batch.epoch)}
 
 
@@ -105,7 +105,7 @@ class TMKD(Distiller):
         labels = batch.labels
         logits, feats = self.student(batch.x)
         t = self.teacher_outputs(batch)
-        losses = {"ce": F.cross_entropy(logits, labels),
+        losses = {"ce": self.cfg.ce_weight * F.cross_entropy(logits, labels),
                   self.cfg.kd_term: _kd_term(self.cfg, self.cfg.kd_term, logits, t["logits"], labels, batch.epoch)}
         h_s = feats["pooled"]
         if self.connector is not None:

@@ -13,7 +13,8 @@ Every artefact that takes long to compute is a *stage*, stored under `data/` and
 
 so a changed setting never reuses a stale artefact, and a setting that a stage does not
 read never rebuilds it. Settings marked neutral (file locations, progress bars, worker
-counts) enter no key. Each artefact is built under a file lock (`utils.build_once`): two
+counts) enter no key, nor do settings added later (`setting(added=True)`) while at their
+default, so that artefacts keyed before they existed stay valid. Each artefact is built under a file lock (`utils.build_once`): two
 processes that need the same one build it once.
 
     stage               artefact
@@ -35,8 +36,9 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from .config import ExperimentConfig, config_hash, neutral_paths, with_overrides
+from .config import ExperimentConfig, config_from_dict, config_hash, neutral_paths, unkeyed_paths, with_overrides
 from .data import Splits, load_splits, to_float
+from .checkpoints import load_peer_checkpoint
 from .distillers import build_distiller
 from .fusion import ViewFusion, fit_learned_weights
 from .models import MultiViewTeacher, build_model, count_parameters
@@ -45,7 +47,7 @@ from .teachers import FusedTeacher, SingleViewTeacher, TeacherCache, multiview_t
 from .text import build_text_encoder, class_text_embeddings, text_identity
 from .train import accuracy, evaluate, fit, predict, supervised_loss
 from .utils import (atomic_save, build_once, damaged, file_lock, load_checkpoint, read_json, resolve_device, run_metadata,
-                    seed_everything, teacher_dtype, write_json)
+                    seed_everything, teacher_dtype, train_dtype, write_json)
 
 TEACHER_SEED = 0  # teachers are shared by every student seed
 # Student augmentation replicas are shared by every seed and method, so one teacher-output
@@ -61,8 +63,13 @@ class TeacherNotTrained(FileNotFoundError):
 
 
 def _comparable(config: dict | None) -> dict | None:
-    """A configuration dict less its neutral settings (where files live, progress bars)."""
+    """A configuration dict less its neutral settings (where files live, progress bars), with
+    the settings added since it was written at their defaults (what such a run ran with)."""
     if config is None:
+        return None
+    try:
+        config = asdict(config_from_dict(config))
+    except (KeyError, TypeError, ValueError):  # a setting since removed or renamed: not comparable
         return None
     out = json.loads(json.dumps(config))
     for path in neutral_paths():
@@ -89,6 +96,7 @@ class Pipeline:
         self.device = resolve_device(cfg.device)
         self.channels_last = cfg.channels_last or self.device.type == "cpu"  # 1.4x faster resnet8 on CPU
         self.teacher_dtype = teacher_dtype(cfg.teacher_precision, self.device)
+        self.train_dtype = train_dtype(cfg.amp, cfg.cpu_amp, self.device)
         # epoch e of the student sees augmentation replica e mod K (train.augment_replica)
         self.replicas = cfg.student.cache_replicas or cfg.student.optim.epochs
         # what changes numbers outside the configuration, read once (a later change of thread
@@ -133,23 +141,26 @@ class Pipeline:
     def reads(self, stage: str) -> list[str]:
         """The settings (dotted paths; a section means all its fields) a stage's artefact depends on."""
         c = self.cfg
-        training = ["amp", "channels_last"]
+        training = ["amp", "channels_last", "cpu_amp"]
+        frozen_teacher = ["teacher_precision", "teacher_compile"]
         if stage == "data":
             return ["data"]
         if stage == "text":
             return ["text", "views.views"]
         if stage == "rgb_teacher":
-            return ["teacher.arch", "teacher.optim", *training]
+            if c.teacher.checkpoint is not None:  # imported, not trained: the file's checksum stands for it
+                return ["teacher.arch", "teacher.checkpoint_sha256", "teacher.input_norm"]
+            return ["teacher.arch", "teacher.optim", "teacher.input_norm", *training]
         if stage == "multiview_teacher":
             return ["teacher.arch", "teacher.multiview_optim", "teacher.view_bn", "teacher.teacher_init",
-                    "teacher.lambda_a", "teacher.tau_a", "views", *training]
+                    "teacher.lambda_a", "teacher.tau_a", "teacher.input_norm", "views", *training]
         if stage == "teacher_cache":
             replicas = ["student.cache_replicas"] + (["student.optim.epochs"] if c.student.cache_replicas is None else [])
-            return ["student.teacher", "student.optim.augment", *replicas, "teacher_precision"]
+            return ["student.teacher", "student.optim.augment", *replicas, *frozen_teacher]
         if stage == "student":
             paths = ["student", "seed", *training]
             if self.teacher_stage is not None:
-                paths.append("teacher_precision")
+                paths += frozen_teacher
             if self.teacher_stage == "multiview_teacher":
                 paths.append("fusion")
             return paths
@@ -182,13 +193,14 @@ class Pipeline:
 
     def key(self, stage: str) -> str:
         if stage not in self._keys:
-            neutral = neutral_paths()
-            reads = {}
-            for path in self.reads(stage):
-                value = get_path(self.cfg, path)
-                if isinstance(value, dict):  # a whole section, less its neutral settings
-                    value = {k: v for k, v in value.items() if f"{path}.{k}" not in neutral}
-                reads[path] = value
+            unkeyed = unkeyed_paths(self.cfg)
+
+            def keyed(path: str, value):  # a whole section less its unkeyed settings, at any depth
+                if not isinstance(value, dict):
+                    return value
+                return {k: keyed(f"{path}.{k}", v) for k, v in value.items() if f"{path}.{k}" not in unkeyed}
+
+            reads = {path: keyed(path, get_path(self.cfg, path)) for path in self.reads(stage) if path not in unkeyed}
             self._keys[stage] = config_hash({"stage": stage, "reads": reads, "facts": self.facts(stage),
                                              "after": {s: self.key(s) for s in self.after(stage)}}, length=16)
         return self._keys[stage]
@@ -259,15 +271,18 @@ class Pipeline:
                                  f"{self.cfg.data.name} (data.train_size={self.cfg.data.train_size})")
 
     def _fit_kwargs(self, desc: str) -> dict:
-        return dict(device=self.device, progress=self.cfg.progress, desc=desc, amp=self.cfg.amp,
-                    channels_last=self.channels_last)
+        return dict(device=self.device, progress=self.cfg.progress, desc=desc,
+                    autocast_dtype=self.train_dtype, channels_last=self.channels_last)
 
     def _rgb_teacher(self, train: bool) -> tuple[torch.nn.Module, dict]:
-        splits = self.splits
+        splits, t = self.splits, self.cfg.teacher
         seed_everything(TEACHER_SEED)
-        model = build_model(self.cfg.teacher.arch, splits.num_classes, splits.in_channels)
+        model = build_model(t.arch, splits.num_classes, splits.in_channels, t.input_norm)
 
         def train_fn(checkpoint: Path) -> dict:
+            if t.checkpoint is not None:  # a teacher trained elsewhere: imported once, then kept like ours
+                load_peer_checkpoint(model, t.checkpoint, t.checkpoint_sha256)
+                return {"history": [], "train_time_s": 0.0, "imported_from": str(t.checkpoint)}
             history = fit(model, supervised_loss(model), splits.train, self.cfg.teacher.optim, seed=TEACHER_SEED,
                           augment_seed=TEACHER_SEED, checkpoint=checkpoint, **self._fit_kwargs("RGB teacher"))
             return {"history": history, "train_time_s": sum(h["time_s"] for h in history)}  # resumed runs too
@@ -280,7 +295,7 @@ class Pipeline:
         t_text = self.class_text  # first: a text encoder that fails to load fails before any training
         rgb = self._rgb_teacher(train)[0] if cfg.teacher.teacher_init == "rgb" else None
         seed_everything(TEACHER_SEED)
-        backbone = build_model(cfg.teacher.arch, splits.num_classes, splits.in_channels)
+        backbone = build_model(cfg.teacher.arch, splits.num_classes, splits.in_channels, cfg.teacher.input_norm)
         if rgb is not None:
             backbone.load_state_dict(rgb.state_dict())
         teacher = MultiViewTeacher(backbone, cfg.views.views, t_text.shape[-1], cfg.teacher.view_bn)
@@ -324,7 +339,8 @@ class Pipeline:
 
     def frozen_teacher(self, train: bool = True):
         """The teacher the student's distiller reads, frozen, in the memory format and
-        precision that are fastest on the device (`teacher_precision`, `channels_last`)."""
+        precision that are fastest on the device (`teacher_precision`, `channels_last`),
+        compiled with `teacher_compile`."""
         if self.teacher_stage is None:
             return None
         if self.teacher_stage == "rgb_teacher":
@@ -334,6 +350,8 @@ class Pipeline:
         teacher.inference_dtype = self.teacher_dtype
         if self.channels_last:
             teacher.to(memory_format=torch.channels_last)
+        if self.cfg.teacher_compile:
+            teacher.compile_backbone()
         return teacher
 
     def train_or_load_teacher_cache(self, teacher=None) -> TeacherCache | None:
@@ -445,7 +463,7 @@ class Pipeline:
 
     def precision(self) -> dict[str, str]:
         """The precision each part actually ran in, for records."""
-        train = "bf16 autocast" if self.cfg.amp and self.device.type == "cuda" else "float32"
+        train = "bf16 autocast" if self.train_dtype is not None else "float32"
         return {"training": train, "frozen_teacher": str(self.teacher_dtype or torch.float32).removeprefix("torch.")}
 
 

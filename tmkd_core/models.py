@@ -19,11 +19,32 @@ MODELS: Registry = Registry("model")
 VIEW_BN = ("per_view", "shared")  # BatchNorm of the multi-view teacher: one per view, or one for all
 
 
+# Input normalisation of [0, 1] images: this project's fixed map, or the per-channel
+# statistics of the codebases whose checkpoints can be imported (RepDistiller, mdistiller).
+INPUT_NORMS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "fixed": ((0.5,), (0.25,)),
+    "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+}
+
+
 class InputNorm(nn.Module):
-    """Centre [0, 1] inputs; a fixed map, so that every view goes through the same one."""
+    """(x - mean) / std on [0, 1] inputs, one map for every view. Not part of the state
+    dict: it is a setting (`input_norm`), and checkpoints stay loadable across it."""
+
+    def __init__(self, name: str = "fixed", in_channels: int = 3):
+        super().__init__()
+        if name not in INPUT_NORMS:
+            raise KeyError(f"unknown input_norm {name!r}; available: {', '.join(INPUT_NORMS)}")
+        mean, std = INPUT_NORMS[name]
+        if len(mean) not in (1, in_channels):
+            raise ValueError(f"input_norm {name!r} has {len(mean)} channels; the images have {in_channels}")
+        self.name = name
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, x):
-        return (x - 0.5) / 0.25
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
 
 class BasicBlock(nn.Module):
@@ -71,12 +92,13 @@ class Backbone(nn.Module):
 class CifarResNet(Backbone):
     """ResNet-(6n+2) for 32 px images (He et al. 2016), widths as in CRD / mdistiller."""
 
-    def __init__(self, depth: int, widths: tuple[int, int, int, int], num_classes: int, in_channels: int = 3):
+    def __init__(self, depth: int, widths: tuple[int, int, int, int], num_classes: int, in_channels: int = 3,
+                 input_norm: str = "fixed"):
         super().__init__()
         if (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
         n = (depth - 2) // 6
-        self.norm = InputNorm()
+        self.norm = InputNorm(input_norm, in_channels)
         self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
                                   nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
         stages, cin = [], widths[0]
@@ -109,13 +131,13 @@ class WideBlock(nn.Module):
 
 
 class WideResNet(Backbone):
-    def __init__(self, depth: int, widen: int, num_classes: int, in_channels: int = 3):
+    def __init__(self, depth: int, widen: int, num_classes: int, in_channels: int = 3, input_norm: str = "fixed"):
         super().__init__()
         if (depth - 4) % 6:
             raise ValueError(f"WRN depth must be 6n+4, got {depth}")
         n = (depth - 4) // 6
         widths = [16, 16 * widen, 32 * widen, 64 * widen]
-        self.norm = InputNorm()
+        self.norm = InputNorm(input_norm, in_channels)
         self.stem = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         stages, cin = [], widths[0]
         for i, w in enumerate(widths[1:]):
@@ -142,7 +164,8 @@ def _init_weights(model: nn.Module) -> None:
 
 
 def _register_resnet(name, depth, widths):
-    MODELS.register(name)(lambda num_classes, in_channels=3: CifarResNet(depth, widths, num_classes, in_channels))
+    MODELS.register(name)(lambda num_classes, in_channels=3, input_norm="fixed":
+                          CifarResNet(depth, widths, num_classes, in_channels, input_norm))
 
 
 for _depth in (8, 14, 20, 32, 44, 56, 110):
@@ -151,11 +174,12 @@ _register_resnet("resnet8x4", 8, (32, 64, 128, 256))
 _register_resnet("resnet32x4", 32, (32, 64, 128, 256))
 for _depth, _widen in ((16, 1), (16, 2), (40, 1), (40, 2)):
     MODELS.register(f"wrn_{_depth}_{_widen}")(
-        lambda num_classes, in_channels=3, d=_depth, k=_widen: WideResNet(d, k, num_classes, in_channels))
+        lambda num_classes, in_channels=3, input_norm="fixed", d=_depth, k=_widen:
+        WideResNet(d, k, num_classes, in_channels, input_norm))
 
 
-def build_model(arch: str, num_classes: int, in_channels: int = 3) -> nn.Module:
-    return MODELS.get(arch)(num_classes=num_classes, in_channels=in_channels)
+def build_model(arch: str, num_classes: int, in_channels: int = 3, input_norm: str = "fixed") -> nn.Module:
+    return MODELS.get(arch)(num_classes=num_classes, in_channels=in_channels, input_norm=input_norm)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -24,14 +24,18 @@ class ConfigError(ValueError):
 
 def setting(default: Any = MISSING, *, default_factory: Callable[[], Any] | Any = MISSING,
             choices: Sequence[str] | str | None = None, ge: float | None = None, gt: float | None = None,
-            lt: float | None = None, le: float | None = None, neutral: bool = False, doc: str = ""):
+            lt: float | None = None, le: float | None = None, neutral: bool = False, added: bool = False,
+            doc: str = ""):
     """A dataclass field with its validity rule.
 
     `choices`: a tuple of values, or "module:REGISTRY" whose registered names are the
     values. `neutral=True` marks a setting that cannot change any number (where files
-    live, progress bars, worker counts): it enters no cache key.
+    live, progress bars, worker counts): it enters no cache key. `added=True` marks a
+    setting added after artefacts were keyed whose default is what they ran with: at its
+    default it enters no key, so those artefacts stay valid.
     """
-    meta = {"choices": choices, "ge": ge, "gt": gt, "lt": lt, "le": le, "neutral": neutral, "doc": doc}
+    meta = {"choices": choices, "ge": ge, "gt": gt, "lt": lt, "le": le, "neutral": neutral, "added": added,
+            "doc": doc}
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -131,6 +135,10 @@ def leaf_paths(section_type, prefix: str = "") -> list[tuple[str, dataclasses.Fi
         else:
             out.append((f"{prefix}{f.name}", f))
     return out
+
+
+def default_of(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not MISSING else f.default
 
 
 def section_type(section_type_, name: str):

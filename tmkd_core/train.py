@@ -53,8 +53,11 @@ def augment_replica(epoch: int, replicas: int | None) -> int:
 
 
 def make_optimizer(params, cfg: OptimConfig, steps_per_epoch: int):
-    """SGD with momentum and a per-step schedule (linear warm-up, cosine or step)."""
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    """SGD with momentum and a per-step schedule (linear warm-up, cosine or step decay).
+
+    `foreach`: one multi-tensor kernel per update instead of a Python loop over the
+    parameters (PyTorch uses it by default on CUDA only); the same arithmetic."""
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, foreach=True)
     total = max(1, cfg.epochs * steps_per_epoch)
     warm = int(cfg.warmup_epochs * steps_per_epoch)
 
@@ -64,6 +67,8 @@ def make_optimizer(params, cfg: OptimConfig, steps_per_epoch: int):
         t = (step - warm) / max(1, total - warm)
         if cfg.schedule == "cosine":
             return 0.5 * (1 + math.cos(math.pi * t))
+        if cfg.milestones is not None:  # epochs, as the CIFAR-100 protocol gives them (150/180/210 of 240)
+            return 0.1 ** sum(step >= m * steps_per_epoch for m in cfg.milestones)
         return 0.1 ** ((t >= 0.5) + (t >= 0.75))
 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
@@ -74,8 +79,32 @@ def trainable_state(module: nn.Module) -> dict:
     return {k: v for k, v in module.state_dict().items() if not k.startswith("teacher.")}
 
 
-def autocast(device: torch.device, amp: bool):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else nullcontext()
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Autocast to `dtype` on `device`, or nothing for None (float32)."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def prepare_batch(images: torch.Tensor, idx: torch.Tensor, plan: AugmentPlan | None, device: torch.device,
+                  memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """uint8 images (B, C, H, W) of training indices idx -> the float [0, 1] batch a step sees.
+
+    Crop and flip run on the whole uint8 batch (a quarter of float32's memory traffic);
+    the zero padding maps to 0.0, so this equals augmenting the float batch exactly."""
+    images = plan.apply(images, idx) if plan is not None else images
+    return to_float(images, device).contiguous(memory_format=memory_format)
+
+
+def train_step(loss_fn: LossFn, opt: torch.optim.Optimizer, batch: Batch,
+               dtype: torch.dtype | None = None) -> tuple[torch.Tensor, dict]:
+    """One optimiser step on sum(losses): forward under autocast(`dtype`), backward, update.
+    `fit` and the benchmark both take their steps here."""
+    with autocast(batch.x.device, dtype):
+        logits, losses = loss_fn(batch)
+    total = sum(losses.values())
+    opt.zero_grad(set_to_none=True)
+    total.backward()
+    opt.step()
+    return logits, losses
 
 
 @torch.enable_grad()  # a caller under no_grad (a notebook cell, an analysis helper) still trains
@@ -83,14 +112,15 @@ def fit(module: nn.Module, loss_fn: LossFn, train: ImageSet, optim: OptimConfig,
         seed: int, augment_seed: int, replicas: int | None = None, device: torch.device | str = "cpu",
         params=None, checkpoint: str | Path | None = None, val: ImageSet | None = None,
         eval_fn: Callable[[nn.Module, ImageSet], float] | None = None, progress: bool = True,
-        desc: str = "train", amp: bool = True, channels_last: bool = False,
+        desc: str = "train", autocast_dtype: torch.dtype | None = None, channels_last: bool = False,
         on_epoch_end: Callable[[int, dict], None] | None = None) -> list[dict]:
     """Train `module` for optim.epochs; return per-epoch history (loss terms, accuracies, time).
 
     `augment_seed` and `replicas` fix the crop/flip of sample i at epoch e (replica
     `augment_replica(e, replicas)`); `seed` fixes the data order; `optim` holds the batch
     size and whether to augment. With `checkpoint`, the state is saved atomically after
-    every epoch and a run finds and resumes from it.
+    every epoch and a run finds and resumes from it. `autocast_dtype` (None: float32) is the
+    precision of the forward pass.
     """
     device = torch.device(device)
     batch_size = optim.batch_size
@@ -124,19 +154,14 @@ def fit(module: nn.Module, loss_fn: LossFn, train: ImageSet, optim: OptimConfig,
                    total=steps_per_epoch, desc=f"{desc} {epoch + 1}/{optim.epochs}", disable=not progress,
                    leave=False)
         for idx, images, labels in bar:
-            x = to_float(images, device)
-            x = plan.apply(x, idx) if plan is not None else x
-            x = x.contiguous(memory_format=memory_format)
+            x = prepare_batch(images, idx, plan, device, memory_format)
             labels = labels.to(device)
-            with autocast(device, amp):
-                logits, losses = loss_fn(Batch(x, labels, idx, epoch + seen / len(train), replica))
-            total = sum(losses.values())
-            if not torch.isfinite(total):
+            logits, losses = train_step(loss_fn, opt, Batch(x, labels, idx, epoch + seen / len(train), replica),
+                                        autocast_dtype)
+            total = sum(v.detach() for v in losses.values())
+            if not torch.isfinite(total):  # raised before any checkpoint holds the diverged weights
                 raise FloatingPointError(f"{desc}: loss is {total.item()} at epoch {epoch + 1} "
                                          f"({ {k: float(v) for k, v in losses.items()} }); lower the learning rate")
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            opt.step()
             sched.step()
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)

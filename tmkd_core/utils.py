@@ -160,6 +160,21 @@ def teacher_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if precision == "bf16" else None
 
 
+def train_dtype(amp: bool, cpu_amp: bool, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of training: bf16 with `amp` on CUDA or `cpu_amp` on CPU, else None (float32).
+
+    `cpu_amp` on a CPU without native bf16 is an error: bf16 is emulated there, many times
+    slower than float32 (`make bench`'s "CE (bf16 autocast)" row shows how much)."""
+    if device.type == "cuda":
+        return torch.bfloat16 if amp else None
+    if not cpu_amp:
+        return None
+    if device.type == "cpu" and not cpu_has_native_bf16():
+        raise ValueError("cpu_amp=True needs a CPU with native bf16 (AVX512-BF16 or AMX); this one "
+                         f"({torch.backends.cpu.get_cpu_capability()}) has none: set cpu_amp=False")
+    return torch.bfloat16
+
+
 def git_commit() -> str | None:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
