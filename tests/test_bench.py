@@ -39,13 +39,3 @@ def test_bench_writes_every_variant_with_every_column(cifar_cfg, tmp_path, monke
     ops = pd.read_csv(tmp_path / "tables" / "bench_ops.csv")
     ce = ops[ops["variant"] == "CE"].set_index("category")
     assert ce["share"].sum() == pytest.approx(1.0) and ce.loc["convolution backward", "ms_per_step"] > 0
-
-
-def test_tuning_trials_start_from_the_default_and_never_repeat():
-    from tmkd_core.tune import SEARCH_SPACES, sample_trials
-
-    trials = sample_trials(SEARCH_SPACES["TMKD"], 12, seed=0)
-    assert trials[0] == {} and len(trials) == 12
-    assert len({tuple(sorted(t.items())) for t in trials}) == 12
-    assert sample_trials(SEARCH_SPACES["TMKD"], 12, seed=0) == trials
-    assert len(sample_trials({"a": [1, 2]}, 10, seed=0)) == 3  # default + the whole 2-point grid

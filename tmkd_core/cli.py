@@ -6,6 +6,10 @@
     python -m tmkd_core switches                                         # every switch and its values
     tmkd ...                                                             # the same, as a console script
 
+Under torchrun (`torchrun --nproc_per_node=N -m tmkd_core student ...`) every rank runs
+the command; training is data-parallel (tmkd_core/distributed.py) and rank 0 alone writes
+files and the JSON line.
+
 `--set key=value` (repeatable) takes the library's dotted keys, validated the same way
 (a value is read as JSON when it parses, else as a string: `--set views.views='["rgb","edge"]'`,
 `--set student.cache_replicas=null`). The result is one JSON line on stdout; progress bars
@@ -20,6 +24,7 @@ import json
 import sys
 from typing import Any
 
+from . import distributed
 from .config import METHODS, PROFILES, dataset_config, method_config, switches
 from .settings import ConfigError
 
@@ -108,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    distributed.init()  # launched by torchrun: join its process group (gloo on CPU, nccl on CUDA)
     if args.command != "switches":
         try:  # every setting is checked here, before anything is read or trained
             args.cfg = _config(args)
@@ -120,7 +126,8 @@ def main(argv=None) -> int:
         result = args.func(args)
     finally:
         sys.stdout = stdout
-    print(json.dumps(result, default=str), flush=True)
+    if distributed.is_main():  # one JSON line per job, not per rank
+        print(json.dumps(result, default=str), flush=True)
     return 0
 
 

@@ -14,8 +14,10 @@ Every artefact that takes long to compute is a *stage*, stored under `data/` and
 so a changed setting never reuses a stale artefact, and a setting that a stage does not
 read never rebuilds it. Settings marked neutral (file locations, progress bars, worker
 counts) enter no key, nor do settings added later (`setting(added=True)`) while at their
-default, so that artefacts keyed before they existed stay valid. Each artefact is built under a file lock (`utils.build_once`): two
-processes that need the same one build it once.
+default, so that artefacts keyed before they existed stay valid. Each artefact is built
+under a file lock (`utils.build_once`): two processes that need the same one build it
+once. Under torchrun, the ranks train a stage together and rank 0 writes it
+(`distributed.build_once`).
 
     stage               artefact
     data                the splits (in memory; the decoded dataset is cached by data.py)
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
 from functools import cached_property
 from pathlib import Path
@@ -38,6 +41,7 @@ import torch
 
 from .config import ExperimentConfig, config_from_dict, config_hash, neutral_paths, unkeyed_paths, with_overrides
 from .data import Splits, load_splits, to_float
+from . import distributed
 from .checkpoints import load_peer_checkpoint
 from .distillers import build_distiller
 from .fusion import ViewFusion, fit_learned_weights
@@ -46,7 +50,7 @@ from .priors import make_views
 from .teachers import FusedTeacher, SingleViewTeacher, TeacherCache, multiview_teacher_loss
 from .text import build_text_encoder, class_text_embeddings, text_identity
 from .train import accuracy, evaluate, fit, predict, supervised_loss
-from .utils import (atomic_save, build_once, damaged, file_lock, load_checkpoint, read_json, resolve_device, run_metadata,
+from .utils import (atomic_save, damaged, file_lock, load_checkpoint, read_json, resolve_device, run_metadata,
                     seed_everything, teacher_dtype, train_dtype, write_json)
 
 TEACHER_SEED = 0  # teachers are shared by every student seed
@@ -62,7 +66,7 @@ class TeacherNotTrained(FileNotFoundError):
     """A report asked for a teacher that no run has trained yet."""
 
 
-def _comparable(config: dict | None) -> dict | None:
+def comparable_config(config: dict | None) -> dict | None:
     """A configuration dict less its neutral settings (where files live, progress bars), with
     the settings added since it was written at their defaults (what such a run ran with)."""
     if config is None:
@@ -93,7 +97,13 @@ class Pipeline:
 
     def __init__(self, cfg: ExperimentConfig):
         self.cfg = cfg
+        self.group = distributed.current()  # torchrun's process group (None: one process)
         self.device = resolve_device(cfg.device)
+        if self.group is not None and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.group.local_rank)  # one device per process
+        if cfg.sync_batchnorm and self.device.type != "cuda":
+            raise ValueError("sync_batchnorm=True needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel); "
+                             "set sync_batchnorm=False")
         self.channels_last = cfg.channels_last or self.device.type == "cpu"  # 1.4x faster resnet8 on CPU
         self.teacher_dtype = teacher_dtype(cfg.teacher_precision, self.device)
         self.train_dtype = train_dtype(cfg.amp, cfg.cpu_amp, self.device)
@@ -103,6 +113,8 @@ class Pipeline:
         # count belongs to a new Pipeline)
         self.environment = {"device": self.device.type, "torch": torch.__version__, "threads": torch.get_num_threads(),
                             "channels_last": self.channels_last}
+        if self.group is not None and not cfg.sync_batchnorm:  # BatchNorm over a shard of each batch
+            self.environment["batchnorm_shards"] = self.group.world
         root = Path(cfg.data.root)
         self.checkpoints, self.cache_dir, self.runs_dir = root / "checkpoints", root / "cache", root / "runs"
         self._keys: dict[str, str] = {}
@@ -141,7 +153,7 @@ class Pipeline:
     def reads(self, stage: str) -> list[str]:
         """The settings (dotted paths; a section means all its fields) a stage's artefact depends on."""
         c = self.cfg
-        training = ["amp", "channels_last", "cpu_amp"]
+        training = ["amp", "channels_last", "cpu_amp", "sync_batchnorm"]
         frozen_teacher = ["teacher_precision", "teacher_compile"]
         if stage == "data":
             return ["data"]
@@ -255,10 +267,11 @@ class Pipeline:
 
         def build():
             info = {**train(partial), "stage_key": self.key(stage)}
-            atomic_save({"model": model.state_dict(), "info": info}, final)
-            partial.unlink(missing_ok=True)
+            if distributed.is_main():  # the other ranks trained alongside; one writes
+                atomic_save({"model": model.state_dict(), "info": info}, final)
+                partial.unlink(missing_ok=True)
 
-        return build_once(final, build, load)
+        return distributed.build_once(final, build, load)
 
     def check_batch_sizes(self) -> None:
         """Every batch size this configuration trains with fits the training set: said at
@@ -271,8 +284,8 @@ class Pipeline:
                                  f"{self.cfg.data.name} (data.train_size={self.cfg.data.train_size})")
 
     def _fit_kwargs(self, desc: str) -> dict:
-        return dict(device=self.device, progress=self.cfg.progress, desc=desc,
-                    autocast_dtype=self.train_dtype, channels_last=self.channels_last)
+        return dict(device=self.device, progress=self.cfg.progress, desc=desc, autocast_dtype=self.train_dtype,
+                    channels_last=self.channels_last, sync_batchnorm=self.cfg.sync_batchnorm)
 
     def _rgb_teacher(self, train: bool) -> tuple[torch.nn.Module, dict]:
         splits, t = self.splits, self.cfg.teacher
@@ -414,22 +427,26 @@ class Pipeline:
         def build():
             self.check_batch_sizes()
             record = self._train_student(checkpoint, on_epoch_end)
-            write_json(record, path)
-            checkpoint.unlink(missing_ok=True)
+            if distributed.is_main():
+                write_json(record, path)
+                checkpoint.unlink(missing_ok=True)
 
         if force:
-            with file_lock(path):
-                path.unlink(missing_ok=True)
-                checkpoint.unlink(missing_ok=True)
+            with file_lock(path) if distributed.is_main() else nullcontext():
+                if distributed.is_main():
+                    path.unlink(missing_ok=True)
+                    checkpoint.unlink(missing_ok=True)
+                distributed.barrier()
                 build()
-        return build_once(path, build, self._read_record)
+                distributed.barrier()
+        return distributed.build_once(path, build, self._read_record)
 
     def _read_record(self, path: Path) -> dict:
         """A run record, checked to be the run this key stands for: a record written under
         the same name by other code or for other settings is refused, never used."""
         record = read_json(path)
-        if record.get("run_key") != self.key("student") or _comparable(record.get("config")) != _comparable(
-                json.loads(json.dumps(asdict(self.cfg)))):
+        mine = comparable_config(json.loads(json.dumps(asdict(self.cfg))))
+        if record.get("run_key") != self.key("student") or comparable_config(record.get("config")) != mine:
             raise damaged(path, "it records another configuration than the one its key stands for")
         return record
 

@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import distributed
 from .data import AugmentPlan, ImageSet, hash_seed, to_float
 from .utils import atomic_save, load_checkpoint
 
@@ -113,7 +114,7 @@ def fit(module: nn.Module, loss_fn: LossFn, train: ImageSet, optim: OptimConfig,
         params=None, checkpoint: str | Path | None = None, val: ImageSet | None = None,
         eval_fn: Callable[[nn.Module, ImageSet], float] | None = None, progress: bool = True,
         desc: str = "train", autocast_dtype: torch.dtype | None = None, channels_last: bool = False,
-        on_epoch_end: Callable[[int, dict], None] | None = None) -> list[dict]:
+        sync_batchnorm: bool = False, on_epoch_end: Callable[[int, dict], None] | None = None) -> list[dict]:
     """Train `module` for optim.epochs; return per-epoch history (loss terms, accuracies, time).
 
     `augment_seed` and `replicas` fix the crop/flip of sample i at epoch e (replica
@@ -121,8 +122,13 @@ def fit(module: nn.Module, loss_fn: LossFn, train: ImageSet, optim: OptimConfig,
     size and whether to augment. With `checkpoint`, the state is saved atomically after
     every epoch and a run finds and resumes from it. `autocast_dtype` (None: float32) is the
     precision of the forward pass.
+
+    Launched by torchrun (`distributed.init()`), every rank calls `fit` alike: the module
+    trains under DistributedDataParallel on its shard of each global batch of
+    `optim.batch_size`, metrics are summed over ranks and rank 0 alone writes checkpoints.
     """
     device = torch.device(device)
+    group = distributed.current()
     batch_size = optim.batch_size
     params = list(params if params is not None else (p for p in module.parameters() if p.requires_grad))
     steps_per_epoch = len(train) // batch_size
@@ -131,7 +137,7 @@ def fit(module: nn.Module, loss_fn: LossFn, train: ImageSet, optim: OptimConfig,
     opt, sched = make_optimizer(params, optim, steps_per_epoch)
     history: list[dict] = []
     start = 0
-    if checkpoint is not None and Path(checkpoint).exists():
+    if checkpoint is not None and distributed.broadcast(Path(checkpoint).exists()):
         state = load_checkpoint(checkpoint, map_location=device)
         missing, unexpected = module.load_state_dict(state["model"], strict=False)
         if unexpected or any(not k.startswith("teacher.") for k in missing):
@@ -142,21 +148,24 @@ def fit(module: nn.Module, loss_fn: LossFn, train: ImageSet, optim: OptimConfig,
         start, history = state["epoch"], state["history"]
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     module.to(device=device, memory_format=memory_format)
+    step_loss = distributed.data_parallel(module, loss_fn, device, sync_batchnorm) if group else loss_fn
     for epoch in range(start, optim.epochs):
         module.train()
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(hash_seed(seed, epoch)))
+        order, rank_batch = distributed.shard_order(order, batch_size, group)
         replica = augment_replica(epoch, replicas) if optim.augment else None
         plan = AugmentPlan.draw(len(train), augment_seed, replica) if replica is not None else None
         sums: dict[str, float] = {}
         correct = seen = 0
         t0 = time.perf_counter()
-        bar = tqdm(train.batches(batch_size, order, drop_last=True),
-                   total=steps_per_epoch, desc=f"{desc} {epoch + 1}/{optim.epochs}", disable=not progress,
+        bar = tqdm(train.batches(rank_batch, order, drop_last=True), total=steps_per_epoch,
+                   desc=f"{desc} {epoch + 1}/{optim.epochs}", disable=not progress or not distributed.is_main(),
                    leave=False)
-        for idx, images, labels in bar:
+        for step, (idx, images, labels) in enumerate(bar):
             x = prepare_batch(images, idx, plan, device, memory_format)
             labels = labels.to(device)
-            logits, losses = train_step(loss_fn, opt, Batch(x, labels, idx, epoch + seen / len(train), replica),
+            progress_in_epoch = step * batch_size / len(train)  # of the global batches, on every rank
+            logits, losses = train_step(step_loss, opt, Batch(x, labels, idx, epoch + progress_in_epoch, replica),
                                         autocast_dtype)
             total = sum(v.detach() for v in losses.values())
             if not torch.isfinite(total):  # raised before any checkpoint holds the diverged weights
@@ -167,15 +176,20 @@ def fit(module: nn.Module, loss_fn: LossFn, train: ImageSet, optim: OptimConfig,
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
             correct += int((logits.argmax(-1) == labels).sum())
             seen += len(idx)
+        if group is not None:  # metrics of the global batches
+            *totals, correct, seen = distributed.all_sum([*sums.values(), correct, seen])
+            sums = dict(zip(sums, totals))
         record = {"epoch": epoch + 1, "train_acc": correct / seen, "time_s": time.perf_counter() - t0,
                   "lr": sched.get_last_lr()[0], **{f"loss_{k}": v / seen for k, v in sums.items()}}
         if val is not None and eval_fn is not None:
             record["val_acc"] = eval_fn(module, val)
         history.append(record)
         if checkpoint is not None:
-            atomic_save({"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, "model": trainable_state(module),
-                         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": history},
-                        checkpoint)
+            if distributed.is_main():
+                atomic_save({"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
+                             "model": trainable_state(module), "optimizer": opt.state_dict(),
+                             "scheduler": sched.state_dict(), "history": history}, checkpoint)
+            distributed.barrier()
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, record)
     module.eval()
