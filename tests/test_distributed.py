@@ -75,8 +75,17 @@ def test_a_killed_two_process_run_resumes_and_records_once(tmp_path):
     assert len(record["history"]) == 3
     assert record["history"][:first["epoch"]] == first["history"]  # continued from it, not started again
     assert not found.exists()  # rank 0 removed the finished run's checkpoint
+    threads = torch.get_num_threads()
+    try:  # the workers ran with one thread each (torchrun's OMP_NUM_THREADS=1): only the world size differs
+        torch.set_num_threads(1)
+        one_thread = Pipeline(method_config(dataset_config("smoke", "cifar10", overrides), "CE", overrides))
+        assert one_thread.key("student") != result["run_key"]
+        one_thread.environment["world_size"] = 2  # ...and it is all that differs
+        one_thread._keys.clear()
+        assert one_thread.key("student") == result["run_key"] and record["world_size"] == 2
+    finally:
+        torch.set_num_threads(threads)
     one = Pipeline(method_config(dataset_config("smoke", "cifar10", overrides), "CE", overrides))
-    assert one.key("student") != result["run_key"]  # per-shard BatchNorm is in the key
     # against one process with the same global batch: BatchNorm statistics over 25 images
     # instead of 50 are the only difference
     # (measured: 2.320/2.322, 2.162/2.148, 2.064/2.074 over the 3 epochs)

@@ -300,10 +300,17 @@ def test_a_record_of_other_settings_under_a_run_key_is_refused(tiny):
             older["config"].pop(added, None)
         pipe.run_path.write_text(json.dumps(older))
         assert Pipeline(pipe.cfg).run_student()["test_acc"] == record["test_acc"]
-        older["config"]["student"]["no_such_setting"] = 1
-        pipe.run_path.write_text(json.dumps(older))
-        with pytest.raises(DamagedArtifact, match="another configuration"):
-            Pipeline(pipe.cfg).run_student()
+        # a setting the run does not read may differ (it shares the run's key)...
+        other = with_overrides(pipe.cfg, {"fusion.tau_w": 0.7, "teacher.lambda_a": 0.0})
+        assert Pipeline(other).key("student") == pipe.key("student")
+        assert Pipeline(other).run_student()["test_acc"] == record["test_acc"]
+        # ...but a record missing a setting that existed, or holding an unknown one, is refused
+        for forge in (lambda c: c.pop("seed"), lambda c: c["student"].update(no_such_setting=1)):
+            damaged_config = json.loads(original)
+            forge(damaged_config["config"])
+            pipe.run_path.write_text(json.dumps(damaged_config))
+            with pytest.raises(DamagedArtifact, match="another configuration"):
+                Pipeline(pipe.cfg).run_student()
     finally:
         pipe.run_path.write_text(original)
 

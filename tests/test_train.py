@@ -91,6 +91,22 @@ def test_a_bf16_autocast_step_matches_float32_within_bf16_rounding():
     assert (grad16 - grad32).norm() / grad32.norm() < 0.1
 
 
+def test_a_non_finite_loss_stops_before_the_update_naming_the_stage(cifar_cfg):
+    splits = Pipeline(cifar_cfg).splits
+    torch.manual_seed(0)
+    model = build_model("resnet8", 10)
+    before = [p.detach().clone() for p in model.parameters()]
+
+    def loss_fn(batch):
+        logits, _ = model(batch.x)
+        return logits, {"ce": torch.nn.functional.cross_entropy(logits, batch.labels) * float("nan")}
+
+    with pytest.raises(FloatingPointError, match="RGB teacher: loss is nan .* at epoch 1; lower this stage's optim.lr"):
+        fit(model, loss_fn, splits.train, OptimConfig(epochs=1, batch_size=100), seed=0, augment_seed=0,
+            progress=False, desc="RGB teacher")
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
 def test_cpu_bf16_training_is_refused_without_native_bf16(cifar_cfg, monkeypatch):
     import tmkd_core.utils as utils
 

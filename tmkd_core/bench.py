@@ -63,26 +63,35 @@ COLUMNS = ["variant", "precision", "step_ms", "img_per_s", "x_reference", "gflop
 
 # --- the machine's peak ----------------------------------------------------------------------
 
-def matmul_peak_gflops(dtype: torch.dtype, budget_s: float = 1.0) -> dict:
-    """Peak GFLOP/s of a square matmul (all threads): the size grows until one product takes
-    0.1 s (at most 4096), then the best of repeated products within `budget_s`."""
-    n = 256
-    while True:
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        a @ b
+def matmul_peak_gflops(dtype: torch.dtype, device: torch.device, budget_s: float = 1.0) -> dict:
+    """Peak GFLOP/s of a square matmul on `device` (all threads): the size grows until one
+    product takes 0.1 s (at most 8192), then the best of repeated products within `budget_s`."""
+
+    def timed(a, b) -> float:
+        sync(device)
         t0 = time.perf_counter()
         a @ b
-        one = time.perf_counter() - t0
-        if one > 0.1 or n >= 4096:
+        sync(device)
+        return time.perf_counter() - t0
+
+    n = 256
+    while True:
+        a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
+        timed(a, b)
+        one = timed(a, b)
+        if one > 0.1 or n >= 8192:
             break
         n *= 2
     best, spent = one, 0.0
     while spent < budget_s:
-        t0 = time.perf_counter()
-        a @ b
-        dt = time.perf_counter() - t0
+        dt = timed(a, b)
         best, spent = min(best, dt), spent + dt
     return {"gflops_per_s": 2 * n**3 / best / 1e9, "n": n}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 # --- the rows ----------------------------------------------------------------------------------
@@ -126,8 +135,7 @@ def engine_row(label: str, module, loss_fn, params, pipe: Pipeline, batch_size: 
             images = F.interpolate(images, size=(resize, resize), mode="nearest")
         x = prepare_batch(images, idx, plan, device, memory_format)
         train_step(loss_fn, opt, Batch(x, labels.to(device), idx, 0.0, 0), dtype)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
 
     return Row(label, lambda: step, "bf16" if dtype is not None else "float32", reference)
 
@@ -189,6 +197,7 @@ def reference_row(arch: str, pipe: Pipeline, batch_size: int, workers: int = 2) 
             opt.zero_grad()
             loss.backward()
             opt.step()
+            sync(pipe.device)
 
         return step
 
@@ -232,19 +241,33 @@ def compile_step(row: Row) -> Row:
     return row
 
 
-# Where a step's time goes: profiler op names -> a category (first match; the rest is "other").
-OP_CATEGORIES = (("convolution backward", ("convolution_backward",)),
-                 ("convolution forward", ("mkldnn_convolution", "_convolution", "conv2d")),
-                 ("batch norm", ("batch_norm",)),
-                 ("relu", ("relu", "threshold_backward", "clamp_min")),
-                 ("residual add / elementwise", ("aten::add", "aten::mul", "aten::addcmul", "aten::div")),
-                 ("optimizer", ("_foreach_", "sgd")),
-                 ("data (load, crop, flip, to float)", ("index", "pad", "copy_", "_to_copy")))
+# Where a step's time goes: profiler op names -> a category (exact names; `_foreach_*` by
+# prefix; the rest is "other").
+OP_CATEGORIES = (
+    ("convolution backward", {"aten::convolution_backward"}),
+    ("convolution forward", {"aten::mkldnn_convolution", "aten::_convolution", "aten::convolution",
+                             "aten::conv2d", "aten::cudnn_convolution"}),
+    ("batch norm", {"aten::native_batch_norm", "aten::native_batch_norm_backward", "aten::batch_norm",
+                    "aten::_batch_norm_impl_index", "aten::_native_batch_norm_legit"}),
+    ("relu", {"aten::relu", "aten::relu_", "aten::threshold_backward", "aten::clamp_min", "aten::clamp_min_"}),
+    ("residual add / elementwise", {"aten::add", "aten::add_", "aten::mul", "aten::mul_", "aten::addcmul",
+                                    "aten::div", "aten::div_", "aten::sub"}),
+    ("matmul (fc, heads)", {"aten::addmm", "aten::mm", "aten::bmm", "aten::linear"}),
+    ("optimizer", {"aten::_foreach_"}),
+    ("data (load, crop, flip, to float)", {"aten::index", "aten::constant_pad_nd", "aten::pad", "aten::copy_",
+                                           "aten::_to_copy"}),
+)
+
+
+def op_category(name: str) -> str:
+    return next((c for c, names in OP_CATEGORIES
+                 if name in names or ("aten::_foreach_" in names and name.startswith("aten::_foreach_"))), "other")
 
 
 def op_breakdown(row: Row, steps: int = 3) -> list[dict]:
-    """Self CPU time per category of operator over `steps` steps of a row (torch.profiler):
-    what bounds the step. Shares sum to 1 over the profiled operators."""
+    """Self CPU time per category of operator over `steps` steps of a row (torch.profiler,
+    CPU activity only): what bounds the step on a CPU. Shares sum to 1 over the profiled
+    operators."""
     from torch.profiler import ProfilerActivity, profile
 
     step = row.start()
@@ -254,7 +277,7 @@ def op_breakdown(row: Row, steps: int = 3) -> list[dict]:
             step()
     totals: dict[str, float] = {}
     for event in prof.key_averages():
-        category = next((c for c, names in OP_CATEGORIES if any(n in event.key for n in names)), "other")
+        category = op_category(event.key)
         totals[category] = totals.get(category, 0.0) + event.self_cpu_time_total
     whole = sum(totals.values())
     order = [c for c, _ in OP_CATEGORIES] + ["other"]
@@ -360,13 +383,14 @@ def main(argv=None):
     import pandas as pd
 
     base = dataset_config(args.profile, args.dataset, {"progress": False})
-    peaks = {"float32": matmul_peak_gflops(torch.float32), "bf16": matmul_peak_gflops(torch.bfloat16)}
+    device = Pipeline(base).device
+    peaks = {"float32": matmul_peak_gflops(torch.float32, device), "bf16": matmul_peak_gflops(torch.bfloat16, device)}
     print("matmul peak: " + ", ".join(f"{k} {v['gflops_per_s']:.0f} GFLOP/s" for k, v in peaks.items()), flush=True)
     rows = build_rows(base, args.batch_size, tuple(args.levers))
     for r in range(args.rounds):
         for row in rows:
             # emulated bf16 (no native bf16 on this CPU) costs many float32 steps: a few suffice
-            slow = row.precision == "bf16" and not cpu_has_native_bf16()
+            slow = row.precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16()
             time_round(row, max(1, args.steps // 4) if slow else args.steps)
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{row.label} {1000 * statistics.median(row.times):.0f} ms"
                                                           for row in rows), flush=True)
@@ -391,8 +415,8 @@ def main(argv=None):
                f"{args.dataset} ({base.data.image_size} px), {pipe.device.type}, {machine['threads']} threads; "
                f"median over {args.rounds} interleaved rounds; peak matmul "
                + ", ".join(f"{k} {v['gflops_per_s']:.0f} GFLOP/s" for k, v in peaks.items())
-               + ("" if machine["native_bf16"] else "; this CPU has no native bf16: bf16 is emulated and its "
-                  "matmul peak is no roof for its convolutions"))
+               + ("" if machine["native_bf16"] or device.type != "cpu" else "; this CPU has no native bf16: bf16 "
+                  "is emulated and its matmul peak is no roof for its convolutions"))
     out.table(table[COLUMNS], "bench", caption)
     goal_table = pd.DataFrame(goals(table))
     out.table(goal_table, "bench_goals", "The engine's goals as ratios measured in one run of make bench")

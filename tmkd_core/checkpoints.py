@@ -12,7 +12,6 @@ The file is checked against its sha256 before it is read, and read with weights_
 """
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from .models import WideResNet
+from .utils import sha256_file
 
 RESNET_RENAMES = ((r"^conv1\.", "stem.0."), (r"^bn1\.", "stem.1."),
                   (r"^layer(\d+)\.", lambda m: f"stages.{int(m.group(1)) - 1}."), (r"\.downsample\.", ".shortcut."))
@@ -28,21 +28,13 @@ WRN_RENAMES = ((r"^conv1\.", "stem."), (r"^bn1\.", "bn."),
                (r"\.convShortcut\.", ".shortcut."))
 
 
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def peer_state_dict(path: str | Path, sha256: str) -> dict[str, torch.Tensor]:
     """The state dict inside a RepDistiller / mdistiller checkpoint, its checksum verified."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"teacher.checkpoint {path.resolve()} does not exist; give the path of a local "
                                 f"RepDistiller/mdistiller checkpoint (e.g. resnet32x4_vanilla/ckpt_epoch_240.pth)")
-    actual = sha256_of(path)
+    actual = sha256_file(path)
     if actual != sha256.lower():
         raise ValueError(f"teacher.checkpoint {path}: sha256 is {actual}, teacher.checkpoint_sha256 says {sha256}; "
                          f"the file is not the one named (or the checksum is wrong)")

@@ -25,7 +25,7 @@ import sys
 from typing import Any
 
 from . import distributed
-from .config import METHODS, PROFILES, dataset_config, method_config, switches
+from .config import METHODS, PROFILE_PLANS, PROFILES, dataset_config, method_config, switches
 from .settings import ConfigError
 
 
@@ -54,9 +54,7 @@ def _config(args):
 
 
 def cmd_student(args) -> dict:
-    from .experiment import Pipeline
-
-    pipe = Pipeline(args.cfg)
+    pipe = args.pipe
     record = pipe.run_student(force=args.force)
     return {"command": "student", "method": args.method, "dataset": args.dataset, "profile": args.profile,
             "seed": record["seed"], "val_acc": record["val_acc"], "test_acc": record["test_acc"],
@@ -65,18 +63,14 @@ def cmd_student(args) -> dict:
 
 
 def cmd_teachers(args) -> dict:
-    from .experiment import Pipeline
-
-    pipe = Pipeline(args.cfg)
+    pipe = args.pipe
     pipe.train_or_load_teachers()
     return {"command": "teachers", "dataset": args.dataset, "profile": args.profile, **pipe.teacher_report(args.split)}
 
 
 def cmd_report(args) -> dict:
-    from .experiment import Pipeline
-
     return {"command": "report", "dataset": args.dataset, "profile": args.profile,
-            **Pipeline(args.cfg).teacher_report(args.split)}
+            **args.pipe.teacher_report(args.split)}
 
 
 def cmd_switches(args) -> dict:
@@ -90,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p, method: bool = False):
         p.add_argument("--profile", default="cpu", choices=list(PROFILES))
-        p.add_argument("--dataset", default="cifar10")
+        p.add_argument("--dataset", help="default: the profile's first dataset (cifar100 for paper)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="a setting by its dotted key (repeatable)")
         if method:
@@ -115,9 +109,13 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     distributed.init()  # launched by torchrun: join its process group (gloo on CPU, nccl on CUDA)
     if args.command != "switches":
-        try:  # every setting is checked here, before anything is read or trained
+        from .experiment import Pipeline
+
+        args.dataset = args.dataset or PROFILE_PLANS[args.profile]["datasets"][0]
+        try:  # every setting is checked here, and what the Pipeline checks, before anything trains
             args.cfg = _config(args)
-        except (ConfigError, KeyError) as exc:
+            args.pipe = Pipeline(args.cfg)
+        except (ConfigError, KeyError, ValueError) as exc:
             print(f"tmkd {args.command}: {exc.args[0] if exc.args else exc}", file=sys.stderr)
             return 2
     # progress and library messages on stderr: stdout carries the one JSON line

@@ -51,6 +51,11 @@ class OptimConfig(Section):
                                                                        "drops x0.1; None: 50% and 75% of the run")
     augment: bool = setting(True, doc="random crop (pad 4) + horizontal flip")
 
+    def check(self):
+        if self.milestones is not None and self.schedule != "step":
+            raise ConfigError(f"OptimConfig.milestones is for schedule='step', not {self.schedule!r}: "
+                              "set schedule='step' or milestones=None")
+
 
 @dataclass
 class TeacherConfig(Section):
@@ -73,6 +78,10 @@ class TeacherConfig(Section):
         if self.checkpoint is not None and not self.checkpoint_sha256:
             raise ConfigError("TeacherConfig.checkpoint needs TeacherConfig.checkpoint_sha256 (`sha256sum FILE` "
                               "prints it)")
+        if self.checkpoint is not None and self.input_norm == "fixed":
+            raise ConfigError("TeacherConfig.checkpoint: a RepDistiller/mdistiller teacher expects the "
+                              "normalisation it was trained with, not this project's fixed one: set "
+                              "TeacherConfig.input_norm='cifar100' (or the statistics of its dataset)")
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Data-parallel training under torchrun: one process per device, PyTorch's own tools.
 
     torchrun --nproc_per_node=2 -m tmkd_core student --profile cpu --method TMKD --seed 0
-    torchrun --nnodes=2 --node_rank=$RANK --nproc_per_node=8 \\
+    torchrun --nnodes=2 --node_rank=$NODE_RANK --nproc_per_node=8 \\
              --rdzv_backend=c10d --rdzv_endpoint=$HOST:29500 -m tmkd_core student ...
 
 `init()` joins the process group that torchrun describes in the environment (gloo on CPU,
@@ -10,22 +10,30 @@ Under a group:
 
 - each global batch of `batch_size` images, taken from the seeded order one process
   would use, is split into `world` equal shards and rank r trains on the r-th; Distributed-
-  DataParallel averages the gradients, so every step follows the gradient of the global
-  batch's mean loss. BatchNorm statistics are per shard, or global with
-  `sync_batchnorm=True` (SyncBatchNorm, CUDA only);
+  DataParallel averages the gradients, so for a loss that is a mean over samples every
+  step follows the gradient of the global batch's loss. BatchNorm statistics are per
+  shard, or global with `sync_batchnorm=True` (SyncBatchNorm, CUDA only);
 - a stage (a teacher, a student run) is trained by all ranks together and written by rank 0
   alone, under its file lock (`build_once`); checkpoints are written by rank 0 and a
   resumed run reads the same file on every rank; the teacher-output cache is built once
   (by the first rank to take its lock) and read by all;
 - per-epoch metrics are summed over ranks before they are recorded.
+
+Every rank reads what rank 0 wrote: on several machines, `data/` must be on a file system
+they share (with working `flock`), and the machines must run the same software (the keys
+hold torch's version and thread count). The world size enters every key: with per-shard
+BatchNorm, and with the in-batch negatives of the vision-language term (`student.vlc`
+teacher_text / both), a shard's loss is not the global batch's. A torchrun job therefore
+trains its own teachers rather than reading a one-process run's.
 """
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -54,7 +62,8 @@ def init() -> Group | None:
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(local_rank)
-    dist.init_process_group("nccl" if cuda else "gloo")
+    # gloo for CPU tensors (metrics, and CPU training), nccl for CUDA ones
+    dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")
     _GROUP = Group(dist.get_rank(), dist.get_world_size(), local_rank)
     return _GROUP
 
@@ -103,17 +112,43 @@ def shard_order(order: torch.Tensor, batch_size: int, group: Group | None) -> tu
     return order[:steps * batch_size].view(steps, group.world, per_rank)[:, group.rank].flatten(), per_rank
 
 
+LOCK_POLL_S = 5.0
+
+
+def _poll(try_once: Callable[[], bool]) -> None:
+    """Until rank 0's `try_once()` succeeds, every rank sleeps and asks again, in step: a
+    lock held for hours by another job never leaves a collective waiting into its timeout."""
+    while not broadcast(try_once()):
+        time.sleep(LOCK_POLL_S)
+
+
+@contextmanager
+def locked(path: str | Path) -> Iterator[None]:
+    """The file lock of `path` (`utils.file_lock`), held by rank 0 for the whole group."""
+    from .utils import file_lock
+
+    if _GROUP is None:
+        with file_lock(path):
+            yield
+    elif _GROUP.main:
+        with file_lock(path, acquire=_poll):
+            yield
+    else:
+        _poll(lambda: False)  # rank 0's answer is the one broadcast
+        yield
+
+
 def build_once(path: str | Path, build: Callable[[], None], load: Callable[[Path], Any]) -> Any:
     """`utils.build_once` for a stage all ranks train together: rank 0 takes the file lock
     and decides whether to build; every rank runs `build` (whose collectives need them all;
-    only rank 0 writes); then every rank loads."""
-    from .utils import build_once as build_once_locally, file_lock
+    only rank 0 writes); then every rank loads. Needs a file system all ranks share."""
+    from .utils import build_once as build_once_locally
 
     path = Path(path)
     if _GROUP is None:
         return build_once_locally(path, build, load)
     if not broadcast(path.exists()):
-        with file_lock(path) if _GROUP.main else nullcontext():
+        with locked(path):
             if not broadcast(path.exists()):  # another job may have built it while rank 0 waited
                 build()
             barrier()

@@ -29,9 +29,7 @@ once. Under torchrun, the ranks train a stage together and rank 0 writes it
 """
 from __future__ import annotations
 
-import json
 import time
-from contextlib import nullcontext
 from dataclasses import asdict
 from functools import cached_property
 from pathlib import Path
@@ -39,7 +37,8 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from .config import ExperimentConfig, config_from_dict, config_hash, neutral_paths, unkeyed_paths, with_overrides
+from .config import ExperimentConfig, config_from_dict, config_hash, unkeyed_paths, with_overrides
+from .settings import leaf_paths
 from .data import Splits, load_splits, to_float
 from . import distributed
 from .checkpoints import load_peer_checkpoint
@@ -50,7 +49,7 @@ from .priors import make_views
 from .teachers import FusedTeacher, SingleViewTeacher, TeacherCache, multiview_teacher_loss
 from .text import build_text_encoder, class_text_embeddings, text_identity
 from .train import accuracy, evaluate, fit, predict, supervised_loss
-from .utils import (atomic_save, damaged, file_lock, load_checkpoint, read_json, resolve_device, run_metadata,
+from .utils import (atomic_save, damaged, load_checkpoint, read_json, resolve_device, run_metadata,
                     seed_everything, teacher_dtype, train_dtype, write_json)
 
 TEACHER_SEED = 0  # teachers are shared by every student seed
@@ -66,23 +65,28 @@ class TeacherNotTrained(FileNotFoundError):
     """A report asked for a teacher that no run has trained yet."""
 
 
-def comparable_config(config: dict | None) -> dict | None:
-    """A configuration dict less its neutral settings (where files live, progress bars), with
-    the settings added since it was written at their defaults (what such a run ran with)."""
-    if config is None:
+def record_config(config: dict | None) -> ExperimentConfig | None:
+    """The configuration a record holds, with the settings added since it was written
+    (`setting(added=True)`) at their defaults, which is what such a run ran with; None if
+    any other setting that can change a number is missing, or one is unknown (renamed or
+    removed since)."""
+    if not isinstance(config, dict):
+        return None
+    present = set()
+
+    def walk(node, prefix=""):
+        for k, v in node.items():
+            walk(v, f"{prefix}{k}.") if isinstance(v, dict) else present.add(f"{prefix}{k}")
+
+    walk(config)
+    missing = {path for path, f in leaf_paths(ExperimentConfig)
+               if path not in present and not (f.metadata.get("added") or f.metadata.get("neutral"))}
+    if missing:
         return None
     try:
-        config = asdict(config_from_dict(config))
-    except (KeyError, TypeError, ValueError):  # a setting since removed or renamed: not comparable
+        return config_from_dict(config)
+    except (KeyError, TypeError, ValueError):
         return None
-    out = json.loads(json.dumps(config))
-    for path in neutral_paths():
-        *parents, leaf = path.split(".")
-        node = out
-        for part in parents:
-            node = node.get(part, {})
-        node.pop(leaf, None)
-    return out
 
 
 def get_path(cfg: ExperimentConfig, path: str) -> Any:
@@ -113,8 +117,8 @@ class Pipeline:
         # count belongs to a new Pipeline)
         self.environment = {"device": self.device.type, "torch": torch.__version__, "threads": torch.get_num_threads(),
                             "channels_last": self.channels_last}
-        if self.group is not None and not cfg.sync_batchnorm:  # BatchNorm over a shard of each batch
-            self.environment["batchnorm_shards"] = self.group.world
+        if self.group is not None:  # shards of each batch: per-shard BatchNorm, in-batch negatives
+            self.environment["world_size"] = self.group.world
         root = Path(cfg.data.root)
         self.checkpoints, self.cache_dir, self.runs_dir = root / "checkpoints", root / "cache", root / "runs"
         self._keys: dict[str, str] = {}
@@ -203,16 +207,22 @@ class Pipeline:
             facts.update(augment_seed=AUGMENT_SEED, replicas=self.replicas)
         return facts
 
+    def read_values(self, stage: str, cfg: ExperimentConfig | None = None) -> dict[str, Any]:
+        """The values of what `stage` reads (`reads`), less unkeyed settings, taken from `cfg`
+        (default: this pipeline's): what its key hashes of the configuration."""
+        cfg = cfg or self.cfg
+        unkeyed = unkeyed_paths(cfg)
+
+        def keyed(path: str, value):  # a whole section less its unkeyed settings, at any depth
+            if not isinstance(value, dict):
+                return value
+            return {k: keyed(f"{path}.{k}", v) for k, v in value.items() if f"{path}.{k}" not in unkeyed}
+
+        return {path: keyed(path, get_path(cfg, path)) for path in self.reads(stage) if path not in unkeyed}
+
     def key(self, stage: str) -> str:
         if stage not in self._keys:
-            unkeyed = unkeyed_paths(self.cfg)
-
-            def keyed(path: str, value):  # a whole section less its unkeyed settings, at any depth
-                if not isinstance(value, dict):
-                    return value
-                return {k: keyed(f"{path}.{k}", v) for k, v in value.items() if f"{path}.{k}" not in unkeyed}
-
-            reads = {path: keyed(path, get_path(self.cfg, path)) for path in self.reads(stage) if path not in unkeyed}
+            reads = self.read_values(stage)
             self._keys[stage] = config_hash({"stage": stage, "reads": reads, "facts": self.facts(stage),
                                              "after": {s: self.key(s) for s in self.after(stage)}}, length=16)
         return self._keys[stage]
@@ -282,6 +292,9 @@ class Pipeline:
             if size > n:
                 raise ValueError(f"{path}.batch_size={size} exceeds the {n} training images of "
                                  f"{self.cfg.data.name} (data.train_size={self.cfg.data.train_size})")
+            if self.group is not None and size % self.group.world:
+                raise ValueError(f"{path}.batch_size={size} (the global batch) does not split over "
+                                 f"{self.group.world} processes: use a multiple of {self.group.world}")
 
     def _fit_kwargs(self, desc: str) -> dict:
         return dict(device=self.device, progress=self.cfg.progress, desc=desc, autocast_dtype=self.train_dtype,
@@ -432,7 +445,7 @@ class Pipeline:
                 checkpoint.unlink(missing_ok=True)
 
         if force:
-            with file_lock(path) if distributed.is_main() else nullcontext():
+            with distributed.locked(path):
                 if distributed.is_main():
                     path.unlink(missing_ok=True)
                     checkpoint.unlink(missing_ok=True)
@@ -443,10 +456,12 @@ class Pipeline:
 
     def _read_record(self, path: Path) -> dict:
         """A run record, checked to be the run this key stands for: a record written under
-        the same name by other code or for other settings is refused, never used."""
+        the same name by other code or for other settings of what the run reads is refused,
+        never used (settings it does not read may differ: they share its key)."""
         record = read_json(path)
-        mine = comparable_config(json.loads(json.dumps(asdict(self.cfg))))
-        if record.get("run_key") != self.key("student") or comparable_config(record.get("config")) != mine:
+        theirs = record_config(record.get("config"))
+        if (record.get("run_key") != self.key("student") or theirs is None
+                or self.read_values("student", theirs) != self.read_values("student")):
             raise damaged(path, "it records another configuration than the one its key stands for")
         return record
 
@@ -476,6 +491,7 @@ class Pipeline:
                 "test_acc": evaluate(student, splits.test, device=self.device),
                 "history": history, "train_time_s": sum(h["time_s"] for h in history), "cache_time_s": cache_time,
                 "student_params": count_parameters(student), "replicas": self.replicas,
+                "world_size": self.group.world if self.group is not None else 1,
                 **run_metadata(self.precision())}
 
     def precision(self) -> dict[str, str]:

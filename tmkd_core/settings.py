@@ -32,7 +32,8 @@ def setting(default: Any = MISSING, *, default_factory: Callable[[], Any] | Any 
     values. `neutral=True` marks a setting that cannot change any number (where files
     live, progress bars, worker counts): it enters no cache key. `added=True` marks a
     setting added after artefacts were keyed whose default is what they ran with: at its
-    default it enters no key, so those artefacts stay valid.
+    default it enters no key, so those artefacts stay valid. Its default is therefore
+    frozen: changing it later would let artefacts made under the old one pass for new.
     """
     meta = {"choices": choices, "ge": ge, "gt": gt, "lt": lt, "le": le, "neutral": neutral, "added": added,
             "doc": doc}

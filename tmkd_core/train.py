@@ -102,6 +102,8 @@ def train_step(loss_fn: LossFn, opt: torch.optim.Optimizer, batch: Batch,
     with autocast(batch.x.device, dtype):
         logits, losses = loss_fn(batch)
     total = sum(losses.values())
+    if not torch.isfinite(total):  # before the update: the weights stay those of the last finite step
+        raise FloatingPointError(f"loss is {total.item()} ({ {k: float(v) for k, v in losses.items()} })")
     opt.zero_grad(set_to_none=True)
     total.backward()
     opt.step()
@@ -165,12 +167,12 @@ def fit(module: nn.Module, loss_fn: LossFn, train: ImageSet, optim: OptimConfig,
             x = prepare_batch(images, idx, plan, device, memory_format)
             labels = labels.to(device)
             progress_in_epoch = step * batch_size / len(train)  # of the global batches, on every rank
-            logits, losses = train_step(step_loss, opt, Batch(x, labels, idx, epoch + progress_in_epoch, replica),
-                                        autocast_dtype)
-            total = sum(v.detach() for v in losses.values())
-            if not torch.isfinite(total):  # raised before any checkpoint holds the diverged weights
-                raise FloatingPointError(f"{desc}: loss is {total.item()} at epoch {epoch + 1} "
-                                         f"({ {k: float(v) for k, v in losses.items()} }); lower the learning rate")
+            try:
+                logits, losses = train_step(step_loss, opt, Batch(x, labels, idx, epoch + progress_in_epoch,
+                                                                  replica), autocast_dtype)
+            except FloatingPointError as exc:
+                raise FloatingPointError(f"{desc}: {exc} at epoch {epoch + 1}; lower this stage's optim.lr "
+                                         f"(now {optim.lr})") from None
             sched.step()
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)

@@ -23,15 +23,16 @@ test split with every seed of --seeds: figures/tables/tuned_<dataset>.{csv,md,te
 from __future__ import annotations
 
 import argparse
+import sys
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 
-from .config import config_hash, dataset_config, method_config
-from .experiment import Pipeline, comparable_config, get_path
+from .config import ExperimentConfig, config_hash, dataset_config, method_config, unkeyed_paths
+from .experiment import Pipeline, get_path
 from .report import Outputs, find_root, method_table, run_record
+from .settings import leaf_paths
 
 SEARCH_SPACES: dict[str, dict[str, list]] = {
     "KD": {"student.alpha": [0.5, 1.0, 2.0, 4.0], "student.tau": [1.0, 2.0, 4.0, 8.0]},
@@ -55,7 +56,9 @@ def open_study(method: str, base, space: dict[str, list], storage: str, sampler:
 
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; available: {', '.join(SAMPLERS)}")
-    config = comparable_config(asdict(method_config(base, method)))  # less where files live
+    cfg = method_config(base, method)
+    unkeyed = unkeyed_paths(cfg)  # where files live, and settings added later at their defaults
+    config = {path: get_path(cfg, path) for path, _ in leaf_paths(ExperimentConfig) if path not in unkeyed}
     identity = config_hash({"config": config, "space": space, "trial_seeds": trial_seeds}, length=8)
     name = f"{base.profile}-{base.data.name}-{method}-{identity}"
     with warnings.catch_warnings():  # heartbeats and their retry are marked experimental in Optuna
@@ -66,8 +69,12 @@ def open_study(method: str, base, space: dict[str, list], storage: str, sampler:
     study = optuna.create_study(study_name=name, storage=store, sampler=chosen, direction="maximize",
                                 load_if_exists=True)
     if not study.trials:  # the profile's own setting first, where the space holds it
-        default = {k: get_path(method_config(base, method), k) for k in space}
-        if all(v in space[k] for k, v in default.items()):
+        default = {k: get_path(cfg, k) for k in space}
+        outside = {k: v for k, v in default.items() if v not in space[k]}
+        if outside:
+            print(f"tune {method}: the profile's setting {outside} is outside the search space; "
+                  "it is not tried first", file=sys.stderr)
+        else:
             study.enqueue_trial(default)
     return study
 

@@ -90,19 +90,30 @@ def read_json(path: str | Path) -> Any:
 
 
 @contextlib.contextmanager
-def file_lock(path: str | Path) -> Iterator[None]:
+def file_lock(path: str | Path, acquire: Callable[[Callable[[], bool]], None] | None = None) -> Iterator[None]:
     """An exclusive advisory lock on `<path>.lock` (fcntl.flock), held for the block.
 
     Every artefact under data/ is built inside the lock of its own path: a second process
     that wants the same artefact waits, then finds it finished instead of building it
     again into the same files. The lock dies with its process, so a killed run never
-    leaves a stale lock behind.
+    leaves a stale lock behind. `acquire(try_once)` replaces the blocking wait (torchrun
+    ranks poll together, see distributed.build_once).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = path.parent / f".{path.name}.lock"
     with open(lock, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        if acquire is None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        else:
+            def try_once() -> bool:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return True
+                except BlockingIOError:
+                    return False
+
+            acquire(try_once)
         try:
             yield
         finally:
@@ -167,9 +178,9 @@ def train_dtype(amp: bool, cpu_amp: bool, device: torch.device) -> torch.dtype |
     slower than float32 (`make bench`'s "CE (bf16 autocast)" row shows how much)."""
     if device.type == "cuda":
         return torch.bfloat16 if amp else None
-    if not cpu_amp:
+    if device.type != "cpu" or not cpu_amp:
         return None
-    if device.type == "cpu" and not cpu_has_native_bf16():
+    if not cpu_has_native_bf16():
         raise ValueError("cpu_amp=True needs a CPU with native bf16 (AVX512-BF16 or AMX); this one "
                          f"({torch.backends.cpu.get_cpu_capability()}) has none: set cpu_amp=False")
     return torch.bfloat16
