@@ -152,6 +152,9 @@ class ExperimentConfig(Section):
     channels_last: bool = setting(False, doc="always on for CPU training (faster there)")
     teacher_precision: str = setting("auto", choices="tmkd_core.utils:TEACHER_PRECISIONS",
                                      doc="frozen teacher's forward; the precision used enters the keys")
+    compile: bool = setting(False, added=True, doc="torch.compile the training step's forward and backward "
+                                                  "(inductor); compiles once per run (`make bench`: 'CE, "
+                                                  "torch.compile')")
     sync_batchnorm: bool = setting(False, added=True, doc="under torchrun: BatchNorm statistics over the global "
                                                          "batch (SyncBatchNorm, CUDA only) instead of each shard")
     teacher_compile: bool = setting(False, added=True, doc="torch.compile the frozen teacher's backbone (inductor, weights "

@@ -157,7 +157,7 @@ class Pipeline:
     def reads(self, stage: str) -> list[str]:
         """The settings (dotted paths; a section means all its fields) a stage's artefact depends on."""
         c = self.cfg
-        training = ["amp", "channels_last", "cpu_amp", "sync_batchnorm"]
+        training = ["amp", "channels_last", "cpu_amp", "sync_batchnorm", "compile"]
         frozen_teacher = ["teacher_precision", "teacher_compile"]
         if stage == "data":
             return ["data"]
@@ -298,7 +298,8 @@ class Pipeline:
 
     def _fit_kwargs(self, desc: str) -> dict:
         return dict(device=self.device, progress=self.cfg.progress, desc=desc, autocast_dtype=self.train_dtype,
-                    channels_last=self.channels_last, sync_batchnorm=self.cfg.sync_batchnorm)
+                    channels_last=self.channels_last, sync_batchnorm=self.cfg.sync_batchnorm,
+                    compile=self.cfg.compile)
 
     def _rgb_teacher(self, train: bool) -> tuple[torch.nn.Module, dict]:
         splits, t = self.splits, self.cfg.teacher

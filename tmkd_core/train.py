@@ -116,14 +116,16 @@ def fit(module: nn.Module, loss_fn: LossFn, train: ImageSet, optim: OptimConfig,
         params=None, checkpoint: str | Path | None = None, val: ImageSet | None = None,
         eval_fn: Callable[[nn.Module, ImageSet], float] | None = None, progress: bool = True,
         desc: str = "train", autocast_dtype: torch.dtype | None = None, channels_last: bool = False,
-        sync_batchnorm: bool = False, on_epoch_end: Callable[[int, dict], None] | None = None) -> list[dict]:
+        sync_batchnorm: bool = False, compile: bool = False,
+        on_epoch_end: Callable[[int, dict], None] | None = None) -> list[dict]:
     """Train `module` for optim.epochs; return per-epoch history (loss terms, accuracies, time).
 
     `augment_seed` and `replicas` fix the crop/flip of sample i at epoch e (replica
     `augment_replica(e, replicas)`); `seed` fixes the data order; `optim` holds the batch
     size and whether to augment. With `checkpoint`, the state is saved atomically after
     every epoch and a run finds and resumes from it. `autocast_dtype` (None: float32) is the
-    precision of the forward pass.
+    precision of the forward pass; `compile` runs the loss through torch.compile (compiled
+    at the first step, again for another batch shape).
 
     Launched by torchrun (`distributed.init()`), every rank calls `fit` alike: the module
     trains under DistributedDataParallel on its shard of each global batch of
@@ -150,7 +152,8 @@ def fit(module: nn.Module, loss_fn: LossFn, train: ImageSet, optim: OptimConfig,
         start, history = state["epoch"], state["history"]
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     module.to(device=device, memory_format=memory_format)
-    step_loss = distributed.data_parallel(module, loss_fn, device, sync_batchnorm) if group else loss_fn
+    step_loss = torch.compile(loss_fn) if compile else loss_fn
+    step_loss = distributed.data_parallel(module, step_loss, device, sync_batchnorm) if group else step_loss
     for epoch in range(start, optim.epochs):
         module.train()
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(hash_seed(seed, epoch)))
