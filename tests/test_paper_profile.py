@@ -3,7 +3,7 @@ from the local mirror, the CIFAR-100 protocol's schedule and loss weights, onlin
 outputs, through the command line (the notebooks' library calls). Shrunk to fit the test
 budget: 256 training images, one epoch, the MiniLM text teacher instead of CLIP, and
 resnet8 as the teacher (resnet32x4 costs ~6 s a step here; `tmkd teachers --profile
-paper` with it ran by hand, see README)."""
+paper` with it ran by hand: docs/paper_cpu_dry_run.md)."""
 import json
 
 import pytest
