@@ -1,30 +1,23 @@
 """The command line: one JSON line on stdout, the notebooks' caches, settings checked as in
 the library."""
 import json
-import subprocess
-import sys
 
 from tmkd_core.cli import main, parse_set
 from tmkd_core.config import dataset_config, method_config
 from tmkd_core.experiment import Pipeline
 
-from conftest import DATA_ROOT, MIRROR, ROOT
+from conftest import DATA_ROOT, MIRROR
 
 TINY = ["--set", f"data.root={DATA_ROOT}", "--set", f"data.mirror={MIRROR}", "--set", "device=cpu",
         "--set", "data.train_size=200", "--set", "data.val_size=100", "--set", "data.test_size=200",
         "--set", "student.optim.batch_size=50", "--set", "student.optim.epochs=1"]
 
 
-def tmkd(*args):
-    return subprocess.run([sys.executable, "-m", "tmkd_core", *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=300)
-
-
-def test_a_student_run_prints_one_json_line_and_lands_where_the_notebooks_read_it():
-    done = tmkd("student", "--profile", "smoke", "--method", "CE", "--seed", "5", *TINY, "--set", "student.tau=2")
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
-    assert len(lines) == 1, done.stdout
+def test_a_student_run_prints_one_json_line_and_lands_where_the_notebooks_read_it(capsys):
+    # (as a subprocess under torchrun, with stdout captured whole: tests/test_distributed.py)
+    assert main(["student", "--profile", "smoke", "--method", "CE", "--seed", "5", *TINY, "--set", "student.tau=2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1, lines
     result = json.loads(lines[0])
     overrides = parse_set([a for a in TINY if a != "--set"] + ["student.tau=2"])
     pipe = Pipeline(method_config(dataset_config("smoke", "cifar10", {**overrides, "seed": 5}), "CE", overrides))

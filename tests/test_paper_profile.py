@@ -1,7 +1,7 @@
 """The paper profile, end to end on the CPU and offline, before any GPU is at hand: CIFAR-100
 from the local mirror, the CIFAR-100 protocol's schedule and loss weights, online teacher
 outputs, through the command line (the notebooks' library calls). Shrunk to fit the test
-budget: 256 training images, one epoch, the MiniLM text teacher instead of CLIP, and
+budget: 192 training images, one epoch, the MiniLM text teacher instead of CLIP, and
 resnet8 as the teacher (resnet32x4 costs ~6 s a step here; `tmkd teachers --profile
 paper` with it ran by hand: docs/paper_cpu_dry_run.md)."""
 import json
@@ -12,8 +12,8 @@ from tmkd_core.cli import main
 
 from conftest import DATA_ROOT, MIRROR
 
-TINY = {"device": "cpu", "data.root": str(DATA_ROOT), "data.mirror": str(MIRROR), "data.train_size": 256,
-        "data.val_size": 100, "data.test_size": 200, "data.num_workers": 0, "teacher.arch": "resnet8",
+TINY = {"device": "cpu", "data.root": str(DATA_ROOT), "data.mirror": str(MIRROR), "data.train_size": 192,
+        "data.val_size": 100, "data.test_size": 100, "data.num_workers": 0, "teacher.arch": "resnet8",
         "teacher.optim.epochs": 1, "teacher.multiview_optim.epochs": 1, "student.optim.epochs": 1,
         "text.backend": "sentence_transformers", "text.model": None, "text.pretrained": None, "progress": False}
 

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from .config import dataset_config, method_config
-from .data import AugmentPlan, ImageSet, hash_seed
+from .data import AugmentPlan, ImageSet, hash_seed, to_float
 from .experiment import AUGMENT_SEED, Pipeline
 from .models import build_model
 from .report import Outputs, find_root
@@ -285,6 +285,18 @@ def op_breakdown(row: Row, steps: int = 3) -> list[dict]:
             for c in order if c in totals]
 
 
+def check_compiled_teacher(eager: Pipeline, compiled: Pipeline, n: int = 16) -> None:
+    """The compiled teacher must give the eager teacher's outputs (to 1e-4) before its speed
+    is worth a row: `make bench` stops here otherwise."""
+    splits = eager.splits
+    x, labels = to_float(splits.train.load(torch.arange(n)), eager.device), splits.train.labels[:n].to(eager.device)
+    want, got = eager.frozen_teacher()(x, labels), compiled.frozen_teacher()(x, labels)
+    for name in ("logits", "weights"):
+        if name in want and not torch.allclose(got[name], want[name], atol=1e-4, rtol=1e-4):
+            raise RuntimeError(f"teacher_compile=True changes the teacher's {name} by "
+                               f"{(got[name] - want[name]).abs().max().item():.2e} (> 1e-4): do not use it here")
+
+
 def build_rows(base, batch_size: int, levers: tuple[str, ...]) -> list[Row]:
     pipes = {label: Pipeline(method_config(base, method, {"student.teacher_outputs": outputs}))
              for label, (method, outputs) in VARIANTS.items()}
@@ -299,6 +311,7 @@ def build_rows(base, batch_size: int, levers: tuple[str, ...]) -> list[Row]:
     if "compiled teacher" in levers:
         for label in ("KD (online)", "TMKD (online)"):
             pipe = pipes[label].with_overrides({"teacher_compile": True})
+            check_compiled_teacher(pipes[label], pipe)
             row = compile_step(distiller_row(f"{label}, compiled teacher", pipe, batch_size, reference=student_ref))
             row.flops = flops[label]
             rows.append(row)
