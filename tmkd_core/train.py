@@ -103,7 +103,7 @@ def train_step(loss_fn: LossFn, opt: torch.optim.Optimizer, batch: Batch,
         logits, losses = loss_fn(batch)
     total = sum(losses.values())
     if not torch.isfinite(total):  # before the update: the weights stay those of the last finite step
-        raise FloatingPointError(f"loss is {total.item()} ({ {k: float(v) for k, v in losses.items()} })")
+        raise FloatingPointError(f"loss is {total.detach().item()} ({ {k: float(v.detach()) for k, v in losses.items()} })")
     opt.zero_grad(set_to_none=True)
     total.backward()
     opt.step()
