@@ -98,7 +98,7 @@ bench: setup
 TUNE_DATASET ?= cifar10
 TUNE_TRIALS ?= 8
 tune: setup
-	$(PY) -m tmkd_core.tune --profile $(PROFILE) --dataset $(TUNE_DATASET) --trials $(TUNE_TRIALS)
+	$(PY) -m tmkd_core.tune --profile $(PROFILE) --dataset $(TUNE_DATASET) --trials $(TUNE_TRIALS) $(TUNE_ARGS)
 
 # jupyter/lab/settings/overrides.json makes the jupytext .py notebooks open as notebooks.
 lab: setup
