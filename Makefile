@@ -1,8 +1,10 @@
 # TMKD companion. `make test` and `make reproduce` set themselves up on a fresh clone.
 #   make setup      .venv with the pinned environment (once; a stamp file skips it later)
 #   make test       pytest + every notebook under nbval (smoke profile), < 10 min on 2 CPU cores
-#   make reproduce  run the five notebooks (PROFILE=cpu by default) -> figures/, figures/tables/,
-#                   notebooks/executed/*.ipynb (with their outputs) and notebooks/executed/report.html
+#   make reproduce  the plan (every teacher, cache and student run, JOBS=2 workers, live progress
+#                   and time left), then the five notebooks (PROFILE=cpu by default; PROFILE=quick
+#                   for a first look) -> figures/, figures/tables/, notebooks/executed/*.ipynb
+#                   (with their outputs) and notebooks/executed/report.html
 #   make bench      step-time benchmark -> figures/tables/bench.md
 #   make tune       validation-only search (TMKD and KD) -> figures/tables/tuning_*.csv, tuned_*.md
 #   make lab        JupyterLab on notebooks/: click a notebook (.py files open as notebooks)
@@ -14,6 +16,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROFILE ?= cpu
+JOBS ?= 2
 NOTEBOOKS := 01_priors 02_teachers 03_semantic_weights 04_distillation 05_ablations
 FIGURES := figures
 RESULTS := $(FIGURES)/results
@@ -26,7 +29,7 @@ FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 CHROMIUM := $(VENV)/.chromium
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test reproduce bench tune lab clean clean-cache data
+.PHONY: setup test plan reproduce bench tune lab clean clean-cache data
 .DELETE_ON_ERROR:
 .SECONDARY:  # keep the converted notebooks under build/ipynb
 
@@ -73,7 +76,7 @@ build/ipynb/%.ipynb: notebooks/%.py | setup
 	@mkdir -p $(@D)
 	$(VENV)/bin/jupytext --quiet --to ipynb --output $@ $<
 
-$(RESULTS)/%.json: build/ipynb/%.ipynb $(LIB)
+$(RESULTS)/%.json: build/ipynb/%.ipynb $(LIB) | plan
 	@mkdir -p $(EXECUTED)
 	$(VENV)/bin/papermill --cwd . -p profile $(PROFILE) $(PARAMS_$*) $< $(EXECUTED)/$*.ipynb
 
@@ -86,7 +89,12 @@ $(RESULTS)/05_ablations.json: $(RESULTS)/04_distillation.json
 $(EXECUTED)/report.html: $(foreach n,$(NOTEBOOKS),$(RESULTS)/$(n).json) tmkd_core/htmlreport.py
 	$(PY) -m tmkd_core.htmlreport $(foreach n,$(NOTEBOOKS),$(EXECUTED)/$(n).ipynb) -o $@
 
-reproduce: setup $(EXECUTED)/report.html
+# Every run the notebooks read, trained first by worker processes with live progress and an
+# estimate of the time left; interrupted, it resumes where it stopped. Fast when all is done.
+plan: setup
+	$(PY) -m tmkd_core.plan --profile $(PROFILE) --jobs $(JOBS)
+
+reproduce: setup plan $(EXECUTED)/report.html
 	@echo "figures and tables are in $(FIGURES)/ and $(FIGURES)/tables/; executed notebooks and report.html in $(EXECUTED)/"
 
 # Step time of CE, KD, TMKD online and TMKD cached (needs the cpu-profile teachers: they
@@ -109,5 +117,5 @@ clean:
 	@echo "kept data/ (datasets, teacher checkpoints, caches, runs); 'make clean-cache' removes the computed ones"
 
 clean-cache: clean
-	@echo "removing data/checkpoints, data/cache and data/runs: the next 'make reproduce' retrains everything (~1.5 h on 2 CPU cores)"
+	@echo "removing data/checkpoints, data/cache and data/runs: the next 'make reproduce' retrains everything"
 	rm -rf data/checkpoints data/cache data/runs

@@ -34,8 +34,9 @@ import pandas as pd
 import torch
 
 from tmkd_core.analysis import fused_teacher_forward, grad_cam, rgb_teacher_forward
-from tmkd_core.config import dataset_config, profile_plan
+from tmkd_core.config import profile_plan
 from tmkd_core.experiment import Pipeline
+from tmkd_core.plan import teacher_configs
 from tmkd_core.report import Outputs, enter_project_root
 
 out = Outputs(enter_project_root() / out_dir)
@@ -50,19 +51,24 @@ datasets = profile_plan(profile, "datasets", datasets)
 # fine-tuned as long" is the same fine-tuning run on the RGB view alone (`views = [rgb]`,
 # `teacher_report`'s `rgb_finetuned`):
 # the multi-view teacher has to beat that one too.
+#
+# Each teacher seed (`teacher.seed`) trains its own pair of teachers; student seeds read
+# them in turn (`tmkd_core.plan`). The label-conditioned fused teacher is what the
+# students learn from; the prediction-conditioned one is what the teacher can do unaided.
 
 # %%
-pipes = {name: Pipeline(dataset_config(profile, name)) for name in datasets}
-reports, curves = {}, {}
-for name, pipe in pipes.items():
+pipes, reports, curves = {}, {}, {}
+for cfg in teacher_configs(profile, datasets):
+    name, pipe = cfg.data.name, Pipeline(cfg)
+    pipes.setdefault(name, pipe)  # figures: the first teacher seed
     infos = pipe.train_or_load_teachers(control=True)  # the only cell that trains teachers
-    reports[name] = {split: pipe.teacher_report(split) for split in ("val", "test")}
-    curves[name] = {"rgb": infos["rgb"]["history"], "multi": infos["multi"]["history"]}
+    reports[name, cfg.teacher.seed] = {split: pipe.teacher_report(split) for split in ("val", "test")}
+    curves.setdefault(name, {"rgb": infos["rgb"]["history"], "multi": infos["multi"]["history"]})
 
 rows = []
-for name, rep in reports.items():
+for (name, teacher_seed), rep in reports.items():
     r = rep["test"]
-    rows.append({"dataset": name, "teacher": r["arch"], "params": r["teacher_params"],
+    rows.append({"dataset": name, "teacher seed": teacher_seed, "teacher": r["arch"], "params": r["teacher_params"],
                  "RGB teacher": 100 * r["rgb_teacher"], "RGB fine-tuned as long": 100 * r["rgb_finetuned"],
                  **{f"MV: {v} view": 100 * r[f"view_{v}"] for v in pipes[name].cfg.views.views},
                  "MV: uniform fusion": 100 * r["uniform"], "MV: text fusion": 100 * r["fused"],
@@ -125,4 +131,5 @@ out.figure(fig, "teachers_gradcam")
 print("columns:", list(teachers.columns[:4]), "datasets:", len(teachers))
 
 # %%
-out.results_json("02_teachers", {"reports": reports, "curves": curves}, pipes[datasets[0]].cfg)  # no student runs
+out.results_json("02_teachers", {"reports": [{"dataset": n, "teacher_seed": t, **rep} for (n, t), rep in reports.items()],
+                                 "curves": curves}, pipes[datasets[0]].cfg)  # no student runs

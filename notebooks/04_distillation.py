@@ -17,14 +17,19 @@
 # For every dataset of the profile, the baselines and TMKD of docs/method.md §6, each over
 # several seeds: the student trained with CE alone; KD from the single-view teacher; KD
 # from the multi-view teacher with uniform weights; DKD from the single-view teacher;
-# TMKD; TMKD with DKD in place of KD. The deployed student is the same network in every
-# row. Accuracies are on the test split; Δ is the paired (same-seed) difference to KD with
-# its 95% t-interval.
+# TMKD; TMKD with DKD in place of KD; and the control, TMKD's feature and vision-language
+# terms on the single-view teacher. The deployed student is the same network in every row.
+# Accuracies are on the test split; Δ is the paired (same-seed) difference to KD with its
+# 95% t-interval.
+#
+# The **primary comparison** (docs/protocol.md), named before it was run: TMKD vs KD on
+# the first dataset, over pairs of teacher seed and student seed. Everything else here is
+# secondary.
 
 # %% tags=["parameters"]
 profile = "cpu"
 datasets = None  # None: the profile's datasets (tmkd_core.config.PROFILE_PLANS)
-seeds = None  # None: the profile's seeds
+seeds = None  # None: the profile's seeds (and the primary comparison's)
 out_dir = "figures"
 n_trace = 4  # images in the one-step walk-through
 
@@ -34,14 +39,15 @@ import numpy as np
 import pandas as pd
 
 from tmkd_core.analysis import tmkd_step_trace
-from tmkd_core.config import METHODS, dataset_config, method_config, profile_plan
+from tmkd_core.config import METHODS, dataset_config, method_config, plan_value, profile_plan
 from tmkd_core.experiment import Pipeline
 from tmkd_core.explorer import draw_step_trace, step_trace_tables
-from tmkd_core.report import Outputs, enter_project_root, group_runs, method_table, run_record
+from tmkd_core.plan import main_runs, pilot_runs
+from tmkd_core.report import (Outputs, enter_project_root, group_runs, mean_std, method_table, paired_difference,
+                              primary_comparison, run_record, seeds_needed)
 
 out = Outputs(enter_project_root() / out_dir)
 datasets = profile_plan(profile, "datasets", datasets)
-seeds = profile_plan(profile, "seeds", seeds)
 
 # %% [markdown]
 # ## One TMKD step, taken apart
@@ -65,36 +71,97 @@ print(per_view.to_string(index=False, float_format="%.3f"))
 step_losses
 
 # %% [markdown]
+# ## Pilot (validation only)
+# Before the final runs, two seeds of KD and TMKD on one teacher seed, scored on the
+# validation split, measure the spread of the paired difference that sizes the primary
+# comparison (docs/protocol.md), and compare TMKD's open method points (`variants`) with
+# its default. Seeds below 10; the final runs never reuse them.
+
+# %%
+pilot = [(spec, Pipeline(spec.config(profile)).run_student()) for spec in pilot_runs(profile)]
+pilot_records = [run_record(s.dataset, s.method, r, s.setting) for s, r in pilot]
+if pilot_records:
+    plan = plan_value(profile, "pilot")
+    val = {(r["method"], r["setting"]): [x["val_acc"] for x in sorted(pilot_records, key=lambda x: x["seed"])
+                                        if (x["method"], x["setting"]) == (r["method"], r["setting"])]
+           for r in pilot_records}
+    d = paired_difference(val["TMKD", ""], val["KD", ""])
+    rows = [{"comparison": "TMKD - KD", "seeds": len(val["KD", ""]), "val Δ (points)": 100 * d["diff"],
+             "sd of Δ": 100 * d["diff_sd"], "mean val (%)": 100 * np.mean(val["TMKD", ""])}]
+    for method, variants in plan["variants"].items():
+        for label in variants:
+            v = paired_difference(val[method, label], val[method, ""])
+            rows.append({"comparison": f"{method} [{label}] - {method}", "seeds": len(val[method, label]),
+                         "val Δ (points)": 100 * v["diff"], "sd of Δ": 100 * v["diff_sd"],
+                         "mean val (%)": 100 * np.mean(val[method, label])})
+    pilot_table = pd.DataFrame(rows)
+    n_teachers = len(plan_value(profile, "teacher_seeds", plan["dataset"]))
+    pairs_needed = seeds_needed(d["diff_sd"], multiple=n_teachers)
+    out.table(pilot_table, "pilot", "Validation pilot (seeds " + ", ".join(map(str, plan["seeds"])) +
+              "): paired differences in validation accuracy")
+    print(f"KD validation accuracy: {100 * np.mean(val['KD', '']):.2f}%; pairs needed for a 95% half-width of "
+          f"0.5 point (sd floor 0.5): {pairs_needed}; the plan runs "
+          f"{len(plan_value(profile, 'primary', plan['dataset'])['seeds'])}")
+    display(pilot_table)
+
+# %% [markdown]
 # ## Runs
 # Each run is recorded in `data/runs/` under the key of the settings it reads; the results
 # file keeps one record per run (`run_record`), and every table below is computed from
-# those records alone.
+# those records alone. The runs are `tmkd_core.plan.main_runs`, which `make reproduce`
+# has trained before this notebook starts.
 
 # %%
-results = {}  # full run results (histories for the curves)
-for name in datasets:
-    base = dataset_config(profile, name)
-    results[name] = {m: [Pipeline(method_config(base, m, {"seed": s})).run_student() for s in seeds] for m in METHODS}
-records = [run_record(name, m, r) for name, per in results.items() for m, rs in per.items() for r in rs]
+specs = main_runs(profile, datasets, seeds)
+results = {(s.dataset, s.method): [] for s in specs}  # full run results (histories for the curves)
+for s in specs:
+    results[s.dataset, s.method].append(Pipeline(s.config(profile)).run_student())
+records = [run_record(name, m, r) for (name, m), rs in results.items() for r in rs]
 
 # %% [markdown]
-# ## Main table
+# ## Primary comparison
+# TMKD − KD in test accuracy over (teacher seed, student seed) pairs: mean, sd, 95%
+# t-interval and its half-width (the target was 0.5 point), and the mean difference per
+# teacher seed.
+
+# %%
+primary = None
+primary_plan = plan_value(profile, "primary", datasets[0])
+if primary_plan:
+    primary = primary_comparison([r for r in records if r["dataset"] == datasets[0]], *primary_plan["methods"][::-1])
+    per_teacher = ", ".join(f"teacher {t}: {v:+.2f}" for t, v in primary["per_teacher_diff"].items())
+    primary_table = pd.DataFrame([{
+        "dataset": datasets[0], "pairs": primary["pairs"], "teacher seeds": len(primary["teacher_seeds"]),
+        "KD (%)": f"{primary['KD']:.2f} ± {primary['KD sd']:.2f}",
+        "TMKD (%)": f"{primary['TMKD']:.2f} ± {primary['TMKD sd']:.2f}",
+        "Δ TMKD − KD": f"{primary['diff']:+.2f} ± {primary['diff_sd']:.2f}",
+        "95% CI": f"[{primary['ci_low']:+.2f}, {primary['ci_high']:+.2f}]", "half-width": primary["half_width"],
+        "per teacher seed": per_teacher, "reading": primary["verdict"]}])
+    out.table(primary_table, "primary", "Primary comparison (docs/protocol.md): test accuracy, mean ± sd over "
+                                        "pairs; Δ: paired difference, 95% t-interval")
+    display(primary_table)
+
+# %% [markdown]
+# ## Main table (secondary, but for the primary rows)
 
 # %%
 tables = []
 for name in datasets:
+    runs = group_runs(r for r in records if r["dataset"] == name)
     pipe = Pipeline(dataset_config(profile, name))
     teacher = pipe.teacher_report("test")
-    runs = group_runs(r for r in records if r["dataset"] == name)
     t = method_table(runs, reference="KD")
     t.insert(0, "dataset", name)
-    t["student"] = f"{pipe.cfg.student.arch} ({results[name]['CE'][0]['student_params'] / 1e3:.0f}k)"
-    t["teacher"] = f"{pipe.cfg.teacher.arch} ({teacher['teacher_params'] / 1e3:.0f}k): RGB {100 * teacher['rgb_teacher']:.2f}, fused {100 * teacher['fused']:.2f}"
+    params = next(r for (n, m), rs in results.items() if n == name for r in rs)["student_params"]
+    t["student"] = f"{pipe.cfg.student.arch} ({params / 1e3:.0f}k)"
+    t["teacher (seed 0)"] = (f"{pipe.cfg.teacher.arch} ({teacher['teacher_params'] / 1e3:.0f}k): RGB "
+                             f"{100 * teacher['rgb_teacher']:.2f}, fused {100 * teacher['fused']:.2f}")
     t["train s/run"] = [f"{np.mean([r['train_time_s'] for r in runs[m]]):.0f}" for m in runs]
     tables.append(t)
 main = pd.concat(tables, ignore_index=True)
 shown = main.drop(columns=["mean", "sd"])
-out.table(shown, "main_results", f"Student test accuracy (%), mean ± sd over seeds {seeds}; Δ: paired difference to KD")
+out.table(shown, "main_results", "Student test accuracy (%), mean ± sd over seeds; Δ: paired (same seed and "
+                                 "teacher seed) difference to KD")
 shown
 
 # %% [markdown]
@@ -104,7 +171,9 @@ shown
 # %%
 fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.2), squeeze=False)
 for ax, name in zip(axes[0], datasets):
-    for m, rs in results[name].items():
+    for (n, m), rs in results.items():
+        if n != name:
+            continue
         curve = np.mean([[h["val_acc"] for h in r["history"]] for r in rs], axis=0)
         ax.plot(np.arange(1, len(curve) + 1), 100 * curve, marker="o", ms=3, label=m)
     ax.set_title(name)
@@ -117,8 +186,9 @@ out.figure(fig, "distillation_curves")
 fig, ax = plt.subplots(figsize=(1.6 + 1.6 * len(datasets), 3.2))
 width = 0.8 / len(METHODS)
 for k, m in enumerate(METHODS):
-    sub = main[main["method"] == m]
-    ax.bar(np.arange(len(datasets)) + k * width, sub["mean"], width, yerr=sub["sd"], label=m, capsize=2)
+    sub = main[main["method"] == m]  # a dataset may run fewer methods (PROFILE_PLANS' per_dataset)
+    xs = [datasets.index(d) + k * width for d in sub["dataset"]]
+    ax.bar(xs, sub["mean"], width, yerr=sub["sd"], label=m, capsize=2)
 ax.set_xticks(np.arange(len(datasets)) + 0.4 - width / 2)
 ax.set_xticklabels(datasets)
 ax.set_ylim(max(0, main["mean"].min() - 10), min(100, main["mean"].max() + 5))
@@ -131,5 +201,6 @@ out.figure(fig, "distillation_results")
 print("rows:", len(main), "methods:", list(METHODS))
 
 # %%
-out.results_json("04_distillation", {"datasets": datasets, "table": main.to_dict("records")},
-                 dataset_config(profile, datasets[0]), seeds, runs=records)
+out.results_json("04_distillation", {"datasets": datasets, "table": main.to_dict("records"), "primary": primary,
+                                     "pilot_runs": pilot_records},
+                 dataset_config(profile, datasets[0]), sorted({r["seed"] for r in records}), runs=records)

@@ -31,23 +31,26 @@ out_dir = "figures"
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from tmkd_core.config import ABLATIONS, PROFILE_PLANS, dataset_config, method_config, profile_plan
+from tmkd_core.config import ABLATIONS, dataset_config, method_config, plan_value, profile_plan
 from tmkd_core.experiment import Pipeline
-from tmkd_core.report import Outputs, enter_project_root, mean_std, paired_difference, run_record
+from tmkd_core.plan import ablation_runs
+from tmkd_core.report import Outputs, enter_project_root, group_runs, mean_std, paired_difference, run_record
 
 out = Outputs(enter_project_root() / out_dir)
 dataset = dataset or profile_plan(profile, "datasets")[0]
 seeds = profile_plan(profile, "ablation_seeds", seeds)
-groups = list(groups or PROFILE_PLANS[profile].get("ablation_groups", ABLATIONS))
+groups = list(groups or plan_value(profile, "ablation_groups") or ABLATIONS)
 base = dataset_config(profile, dataset)
 
 # %%
-kd = [run_record(dataset, "KD", Pipeline(method_config(base, "KD", {"seed": s})).run_student()) for s in seeds]
+kd_specs, tmkd_specs = ablation_runs(profile, dataset, seeds, groups)
+kd = [run_record(dataset, "KD", Pipeline(s.config(profile)).run_student()) for s in kd_specs]
+by_setting = group_runs([run_record(dataset, "TMKD", Pipeline(s.config(profile)).run_student(), s.setting)
+                         for s in tmkd_specs], by="setting")
 rows, records = [], list(kd)
 for group in groups:
     for label, overrides in ABLATIONS[group].items():
-        results = [run_record(dataset, "TMKD", Pipeline(method_config(base, "TMKD", {**overrides, "seed": s})).run_student(),
-                              f"{group}={label}") for s in seeds]
+        results = by_setting[f"{group}={label}"]
         records += results
         val_m, val_sd = mean_std(r["val_acc"] for r in results)
         test_m, test_sd = mean_std(r["test_acc"] for r in results)

@@ -52,7 +52,9 @@ def test_every_switch_validates_and_lists_its_values():
     ({"fusion.tau_w": float("nan")}, r"fusion.tau_w: must be finite"),
     ({"student.alpha": True}, r"student.alpha: expected float, got True"),
     ({"student.distiller": "fitnet"}, r"valid values: ce, dkd, kd, tmkd"),
-    ({"student.teacher": "single"}, r"needs the multi-view teacher"),
+    ({"student.teacher": "single", "student.vlc": "teacher_text"}, r"needs the fused teacher's text embedding"),
+    ({"views.edge_mode": "sharpen"}, r"valid values: map, enhance, detail"),
+    ({"fusion.score": "raw"}, r"valid values: cosine, class_prob"),
     ({"data": 3}, r"data is a section"),
     ({"teacher.optim": "sgd"}, r"teacher.optim is a section"),
     ({"views.views": ["rgb", "fourier"]}, r"views.views: invalid value 'fourier'; valid values: edge, hf, rgb"),
@@ -75,7 +77,7 @@ def test_unknown_settings_and_profiles_say_what_is_valid():
     cfg = make_config("cpu")
     with pytest.raises(KeyError, match="tau_w"):
         with_overrides(cfg, {"fusion.tau": 1.0})
-    with pytest.raises(KeyError, match="smoke, cpu, paper"):
+    with pytest.raises(KeyError, match="smoke, quick, cpu, paper"):
         make_config("laptop")
     with pytest.raises(KeyError, match="TMKD"):
         method_config(cfg, "FitNet")
@@ -84,8 +86,8 @@ def test_unknown_settings_and_profiles_say_what_is_valid():
 
 
 def test_profiles_and_methods():
-    smoke, cpu, paper = (make_config(p) for p in ("smoke", "cpu", "paper"))
-    assert smoke.data.train_size < cpu.data.train_size
+    smoke, quick, cpu, paper = (make_config(p) for p in ("smoke", "quick", "cpu", "paper"))
+    assert smoke.data.train_size < quick.data.train_size and cpu.data.train_size is None  # cpu: the full set
     assert paper.data.name == "cifar100" and paper.text.backend == "open_clip"
     assert paper.teacher.arch == "resnet32x4" and paper.student.arch == "resnet8x4"
     tmkd = method_config(cpu, "TMKD + DKD")

@@ -91,3 +91,19 @@ def test_class_granularity_averages_within_each_class():
 def test_clip_image_weights_need_an_image_tower():
     with pytest.raises(ValueError, match="open_clip"):
         ViewFusion(FusionConfig(weights="clip_image"), torch.randn(3, 4, 8))
+
+
+def test_class_prob_scores_compare_views_by_how_well_they_single_out_the_class():
+    from tmkd_core.fusion import class_prob_scores
+
+    t = torch.eye(3, 4).expand(2, 3, 4)  # (V=2, K=3, D=4): orthonormal class texts
+    flat = torch.tensor([1.0, 1.0, 1.0, 0.0])  # view 0: cos 0.577 to every class
+    sharp = torch.tensor([0.5, 0.0, 0.0, 0.75 ** 0.5])  # view 1: cos 0.5 to class 0, 0 to the others
+    q = torch.stack([flat, sharp])[:, None]  # (V, B=1, D)
+    c = torch.tensor([0])
+    cos = semantic_scores(q, t, c)[:, 0]
+    prob = class_prob_scores(q, t, c, tau_s=0.1)[:, 0]
+    assert cos[0] > cos[1]  # raw cosine prefers the view that is close to every class
+    assert prob[1] > prob[0]  # the class probability prefers the one that singles out class 0
+    torch.testing.assert_close(prob[0], torch.tensor(1 / 3))
+    torch.testing.assert_close(prob[1], torch.softmax(torch.tensor([0.5, 0.0, 0.0]) / 0.1, 0)[0])

@@ -6,6 +6,7 @@ from skimage import color, feature, filters
 
 from tmkd_core import priors
 from tmkd_core.config import ViewConfig
+from tmkd_core.priors import make_views
 
 
 def _gray(photos):
@@ -104,3 +105,20 @@ def test_unknown_operator_lists_the_valid_ones(photos):
         priors.edge_map(photos, "prewitt")
     with pytest.raises(ValueError, match="canny"):
         ViewConfig(edge_operator="prewitt")
+
+
+def test_detail_views_sharpen_without_shifting_brightness(photos):
+    from tmkd_core.priors import edge_residual, hf_residual
+
+    x = photos[:, :, :32, :32]
+    for residual in (edge_residual(x), hf_residual(x)):
+        assert residual.mean(dim=(1, 2, 3)).abs().max() < 1e-4  # zero mean per image (and channel for hf)
+    cfg = ViewConfig(edge_mode="detail", hf_mode="detail")
+    v = make_views(x, cfg)
+    assert v.min() >= 0 and v.max() <= 1
+    for k in (1, 2):  # a brightness shift of at most 0.02 (clipping) where `enhance` adds 0.1-0.2
+        assert (v[k].mean() - x.mean()).abs() < 0.02
+    enhanced = make_views(x, ViewConfig(edge_mode="enhance", hf_mode="enhance"))
+    assert (enhanced[2].mean() - x.mean()) > 0.05
+    torch.testing.assert_close(make_views(x, ViewConfig(edge_mode="detail", hf_mode="detail", detail_lambda=0.0)),
+                               x.expand(3, *x.shape))

@@ -1,6 +1,7 @@
 """Training: exact resume, the fast paths against the plain ones, the teacher cache, and a
 short real distillation."""
 import pytest
+import numpy as np
 import torch
 
 from tmkd_core.config import OptimConfig, method_config, with_overrides
@@ -136,6 +137,33 @@ def test_teacher_cache_equals_the_online_teacher(cifar_cfg, tmp_path):
         torch.testing.assert_close(cached["weights"], online["weights"], atol=2e-2, rtol=1e-2)
     with pytest.raises(ValueError, match="holds replicas 0..1; asked for replica 2"):  # never a silent wrap
         cache.get(idx, 2, "cpu")
+
+
+def test_a_teacher_cache_stopped_part_way_resumes_after_its_last_replica(cifar_cfg, tmp_path, monkeypatch):
+    import tmkd_core.teachers as teachers
+
+    pipe = Pipeline(cifar_cfg)
+    teacher = pipe.fused_teacher()
+    small = pipe.splits.train.subset(torch.arange(32))
+    build = dict(teacher=teacher, train=small, replicas=3, augment_seed=0, batch_size=32, device="cpu")
+    whole = TeacherCache.build(tmp_path / "whole", **build)
+    draw, drawn = AugmentPlan.draw, []
+
+    def killed_at_replica_2(n, seed, k):
+        if k == 2:
+            raise KeyboardInterrupt("killed")
+        drawn.append(k)
+        return draw(n, seed, k)
+
+    monkeypatch.setattr(teachers.AugmentPlan, "draw", staticmethod(killed_at_replica_2))
+    with pytest.raises(KeyboardInterrupt):
+        TeacherCache.build(tmp_path / "part", **build)
+    assert not (tmp_path / "part" / "meta.json").exists() and drawn == [0, 1]
+    monkeypatch.setattr(teachers.AugmentPlan, "draw", staticmethod(lambda n, seed, k: drawn.append(k) or draw(n, seed, k)))
+    resumed = TeacherCache.build(tmp_path / "part", **build)
+    assert drawn == [0, 1, 2]  # replicas 0 and 1 were not computed again
+    assert np.array_equal(np.asarray(resumed.array), np.asarray(whole.array))
+    assert not (tmp_path / "part" / "replicas_written.json").exists()
 
 
 def test_bf16_teacher_gives_float32_outputs_close_to_fp32(cifar_cfg):

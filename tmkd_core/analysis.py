@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import to_float
-from .fusion import ViewFusion, semantic_scores
+from .fusion import ViewFusion, view_scores
 from .priors import ViewConfig, amplitude_spectrum, frequency_radius, luminance, make_views, prior_map
 from .train import Batch
 
@@ -74,7 +74,7 @@ def explain_views(teacher: FusedTeacher, x: torch.Tensor, labels: torch.Tensor,
     out = teacher.teacher.heads(pooled)
     fused = fuse(out, labels, view_images if fuse.cfg.weights == "clip_image" else None)
     classes = fuse.classes(out, labels)
-    scores = semantic_scores(out["text"], teacher.class_text, classes).cpu() if fuse.cfg.weights == "text" else None
+    scores = view_scores(out["text"], teacher.class_text, classes, fuse.cfg).cpu() if fuse.cfg.weights == "text" else None
     return {"view_names": tuple(views.views), "priors": torch.stack([prior_map(x, v, views) for v in views.views]).cpu(),
             "views": view_images.cpu(), "spectra": torch.stack([amplitude_spectrum(v) for v in view_images]).cpu(),
             "view_logits": out["logits"].cpu(), "classes": classes.cpu(), "scores": scores,

@@ -60,6 +60,8 @@ class OptimConfig(Section):
 @dataclass
 class TeacherConfig(Section):
     arch: str = setting("resnet20", choices="tmkd_core.models:MODELS")
+    seed: int = setting(0, ge=0, added=True, doc="the teachers' initialisation and data order (both teachers; "
+                                                "every student seed reads the teachers of this seed)")
     optim: OptimConfig = setting(default_factory=OptimConfig, doc="the single-view (RGB) teacher")
     multiview_optim: OptimConfig = setting(default_factory=lambda: OptimConfig(epochs=4, lr=0.02))
     view_bn: str = setting("per_view", choices="tmkd_core.models:VIEW_BN")
@@ -105,6 +107,10 @@ class FusionConfig(Section):
     weights: str = setting("text", choices="tmkd_core.fusion:WEIGHTINGS")
     granularity: str = setting("sample", choices="tmkd_core.fusion:GRANULARITIES")
     condition: str = setting("label", choices="tmkd_core.fusion:CONDITIONS")
+    score: str = setting("cosine", choices="tmkd_core.fusion:SCORES", added=True,
+                         doc="s_v: raw cosine to the class text, or the view's probability of the class over all "
+                             "class texts (comparable across views)")
+    tau_s: float = setting(0.1, gt=0.0, added=True, doc="score=class_prob: temperature of the softmax over class texts")
     tau_w: float = setting(0.1, gt=0.0)
 
 
@@ -131,8 +137,9 @@ class StudentConfig(Section):
                                                          "(epoch e sees replica e mod K); None: one per epoch")
 
     def check(self):
-        if self.distiller == "tmkd" and self.teacher != "multi":
-            raise ConfigError("StudentConfig.distiller='tmkd' needs the multi-view teacher (student.teacher='multi')")
+        if self.distiller == "tmkd" and self.teacher == "single" and self.vlc in ("teacher_text", "both"):
+            raise ConfigError(f"StudentConfig.vlc={self.vlc!r} needs the fused teacher's text embedding: with "
+                              "student.teacher='single' (TMKD's terms on the RGB teacher) use vlc='class_text' or 'off'")
 
 
 @dataclass
@@ -279,18 +286,29 @@ def _smoke() -> dict:
     }
 
 
+def _quick() -> dict:
+    # Every notebook and figure on small data in about 15 minutes on 2 cores: a first look,
+    # not evidence (students stop in early training).
+    return {
+        "profile": "quick",
+        "data": {"train_size": 5000, "val_size": 1000, "test_size": 2000},
+        "views": {"edge_mode": "enhance", "hf_mode": "enhance"},
+        "teacher": {"arch": "resnet14", "optim": {"epochs": 10, "lr": 0.1},
+                    "multiview_optim": {"epochs": 1, "lr": 0.02}},
+        "student": {"arch": "resnet8", "optim": {"epochs": 5, "lr": 0.1}},
+    }
+
+
 def _cpu() -> dict:
-    # Chosen on CIFAR-10 validation (docs/exploration/): 30 RGB-teacher epochs (64.4% vs
-    # 53.5% after 12; two more epochs on RGB alone add nothing), and the `enhance` mode
-    # for both prior views, which lifts the fused multi-view teacher from 60.0% (`map`)
-    # to 62.7%: 1.7 points below the RGB teacher instead of 4.4.
+    # The full CIFAR-10 training set (45,000 train / 5,000 validation), sized for a 2-core
+    # CPU: see docs/protocol.md for the comparison it answers.
     return {
         "profile": "cpu",
-        "data": {"train_size": 4000, "val_size": 2000},
+        "data": {"val_size": 5000},
         "views": {"edge_mode": "enhance", "hf_mode": "enhance"},
-        "teacher": {"arch": "resnet14", "optim": {"epochs": 30, "lr": 0.1},
-                    "multiview_optim": {"epochs": 2, "lr": 0.02}},
-        "student": {"arch": "resnet8", "optim": {"epochs": 5, "lr": 0.1}},
+        "teacher": {"arch": "resnet14", "optim": {"epochs": 15, "lr": 0.1},
+                    "multiview_optim": {"epochs": 1, "lr": 0.02}},
+        "student": {"arch": "resnet8", "optim": {"epochs": 10, "lr": 0.1}},
     }
 
 
@@ -313,7 +331,7 @@ def _paper() -> dict:
     }
 
 
-PROFILES = {"smoke": _smoke, "cpu": _cpu, "paper": _paper}
+PROFILES = {"smoke": _smoke, "quick": _quick, "cpu": _cpu, "paper": _paper}
 
 
 def make_config(profile: str = "cpu", overrides: Mapping[str, Any] | None = None) -> ExperimentConfig:
@@ -333,6 +351,9 @@ METHODS: dict[str, dict[str, Any]] = {
     "DKD": {"student.distiller": "dkd", "student.teacher": "single"},
     "TMKD": {"student.distiller": "tmkd", "student.teacher": "multi", "student.kd_term": "kd"},
     "TMKD + DKD": {"student.distiller": "tmkd", "student.teacher": "multi", "student.kd_term": "dkd"},
+    # the control: TMKD's feature and vision-language terms on the single-view teacher, which
+    # separates what the multi-view teacher brings from what the extra terms bring
+    "TMKD terms, RGB teacher": {"student.distiller": "tmkd", "student.teacher": "single", "student.kd_term": "kd"},
 }
 
 
@@ -341,7 +362,8 @@ METHODS: dict[str, dict[str, Any]] = {
 # so that TMKD vs KD differs only in the teacher and TMKD's own terms.
 _KD_WEIGHTS = {"student.ce_weight": 0.1, "student.alpha": 0.9}
 PROFILE_METHODS: dict[str, dict[str, dict[str, Any]]] = {
-    "paper": {"KD": _KD_WEIGHTS, "KD (multi-view, uniform)": _KD_WEIGHTS, "TMKD": _KD_WEIGHTS},
+    "paper": {"KD": _KD_WEIGHTS, "KD (multi-view, uniform)": _KD_WEIGHTS, "TMKD": _KD_WEIGHTS,
+              "TMKD terms, RGB teacher": _KD_WEIGHTS},
 }
 
 
@@ -357,6 +379,7 @@ def method_config(cfg: ExperimentConfig, method: str, overrides: Mapping[str, An
 # compute of 32 px, which would not fit the cpu profile's hour: it is read at 32 px there.
 DATASET_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
     "smoke": {},
+    "quick": {},
     "cpu": {"imagenette64": {"data.image_size": 32}},
     "paper": {},
 }
@@ -368,32 +391,67 @@ def dataset_config(profile: str, dataset: str, overrides: Mapping[str, Any] | No
     return make_config(profile, {"data.name": dataset, **per_dataset, **(overrides or {})})
 
 
-# What the notebooks run per profile when their `datasets` / `seeds` parameters are None.
-PROFILE_PLANS: dict[str, dict[str, list]] = {
-    # smoke: one ablation group (text, uniform and learned weights) keeps nbval within the
-    # test budget; the cpu profile runs them all
-    "smoke": {"datasets": ["cifar10"], "seeds": [0, 1], "ablation_seeds": [0, 1],
+# What each profile's plan runs (tmkd_core.plan enumerates the runs; the notebooks read the
+# same lists). Per plan: the datasets; the teacher seeds (student seed i reads teacher seed
+# i mod len); the student seeds of every method of a dataset; the primary comparison of
+# docs/protocol.md (its methods at more seeds); the validation pilot; the ablations; and
+# per-dataset changes of any of these.
+PROFILE_PLANS: dict[str, dict[str, Any]] = {
+    # smoke: one ablation group keeps nbval within the test budget
+    "smoke": {"datasets": ["cifar10"], "teacher_seeds": [0], "seeds": [0, 1], "ablation_seeds": [0, 1],
               "ablation_groups": ["weights"]},
-    # cpu: the ablations use 2 seeds so that `make reproduce` stays near 1.5 h on 2 cores
-    "cpu": {"datasets": ["cifar10", "imagenette64", "fashion_mnist"], "seeds": [0, 1, 2], "ablation_seeds": [0, 1]},
-    "paper": {"datasets": ["cifar100"], "seeds": [0, 1, 2], "ablation_seeds": [0, 1, 2]},
+    # quick: every notebook and figure on small data, for a first look (~15 min on 2 cores)
+    "quick": {"datasets": ["cifar10"], "teacher_seeds": [0], "seeds": [0, 1], "ablation_seeds": [0, 1],
+              "ablation_groups": ["weights", "score"]},
+    # cpu: the evidence of docs/protocol.md. Final runs use seeds from 100 on; tuning and the
+    # pilot use seeds below 10.
+    "cpu": {"datasets": ["cifar10", "cifar100"], "teacher_seeds": [0, 1], "seeds": [100, 101, 102, 103],
+            "primary": {"dataset": "cifar10", "methods": ["KD", "TMKD"], "seeds": list(range(100, 108))},
+            # the pilot (docs/protocol.md): KD and TMKD, and an equal number of variants of each
+            "pilot": {"dataset": "cifar10", "teacher_seed": 0, "seeds": [0, 1], "methods": ["KD", "TMKD"],
+                      "variants": {"TMKD": {"views=detail": {"views.edge_mode": "detail", "views.hf_mode": "detail"},
+                                            "score=class_prob": {"fusion.score": "class_prob"}},
+                                   "KD": {"tau=2": {"student.tau": 2.0},
+                                          "0.1 CE + 0.9 KD": {"student.ce_weight": 0.1, "student.alpha": 0.9}}}},
+            "per_dataset": {"cifar100": {"teacher_seeds": [0], "seeds": [100, 101, 102],
+                                         "methods": ["CE", "KD", "TMKD"]}},
+            "ablation_seeds": [100, 101, 102], "ablation_groups": ["weights", "terms", "score"]},
+    "paper": {"datasets": ["cifar100"], "teacher_seeds": [0], "seeds": [0, 1, 2], "ablation_seeds": [0, 1, 2]},
 }
+
+
+def plan_value(profile: str, key: str, dataset: str | None = None):
+    """A profile plan's `key`, as changed for `dataset` (`per_dataset`); None if unset.
+    `primary` and `pilot` belong to one dataset: None for the others."""
+    if profile not in PROFILE_PLANS:
+        raise KeyError(f"unknown profile {profile!r}; available: {', '.join(PROFILE_PLANS)}")
+    plan = PROFILE_PLANS[profile]
+    value = plan.get("per_dataset", {}).get(dataset, {}).get(key, plan.get(key))
+    if key == "teacher_seeds" and value is None:
+        return [0]
+    if key in ("primary", "pilot") and value is not None and dataset is not None and value["dataset"] != dataset:
+        return None
+    return copy.deepcopy(value)
 
 
 def profile_plan(profile: str, key: str, value=None) -> list:
     """`value` if given, else the profile's plan for `key` (datasets, seeds, ablation_seeds)."""
     if value is not None:
         return list(value)
-    if profile not in PROFILE_PLANS:
-        raise KeyError(f"unknown profile {profile!r}; available: {', '.join(PROFILE_PLANS)}")
-    return list(PROFILE_PLANS[profile][key])
+    found = plan_value(profile, key)
+    if found is None:
+        raise KeyError(f"the {profile!r} plan has no {key!r}; it has: {', '.join(PROFILE_PLANS[profile])}")
+    return list(found)
 
 
 # Ablations of docs/method.md §6: each group maps a label to overrides of the TMKD
 # configuration; the empty dict is the default setting.
 ABLATIONS: dict[str, dict[str, dict[str, Any]]] = {
     "view_mode": {"map": {"views.edge_mode": "map", "views.hf_mode": "map"},
-                  "enhance": {"views.edge_mode": "enhance", "views.hf_mode": "enhance"}},
+                  "enhance": {"views.edge_mode": "enhance", "views.hf_mode": "enhance"},
+                  "detail": {"views.edge_mode": "detail", "views.hf_mode": "detail"}},
+    "score": {"cosine": {"fusion.score": "cosine"}, "class_prob": {"fusion.score": "class_prob"}},
+    "terms": {"all": {}, "no feature term": {"student.beta": 0.0}, "no VLC term": {"student.vlc": "off"}},
     "views": {"{rgb}": {"views.views": ["rgb"]}, "{rgb, edge}": {"views.views": ["rgb", "edge"]},
               "{rgb, hf}": {"views.views": ["rgb", "hf"]}, "{rgb, edge, hf}": {}},
     "weights": {"text": {}, "uniform": {"fusion.weights": "uniform"}, "learned": {"fusion.weights": "learned"}},

@@ -95,8 +95,12 @@ class DKD(KD):
 class TMKD(Distiller):
     def __init__(self, student, teacher, cfg, cache=None):
         super().__init__(student, teacher, cfg, cache)
-        if not hasattr(teacher, "class_text"):
-            raise ValueError("distiller 'tmkd' needs the multi-view teacher (student.teacher='multi')")
+        if getattr(teacher, "class_text", None) is None:
+            raise ValueError("distiller 'tmkd' needs class text embeddings on its teacher (the multi-view teacher, "
+                             "or the RGB teacher given them by Pipeline.frozen_teacher)")
+        if cfg.vlc in ("teacher_text", "both") and not hasattr(teacher, "fusion"):
+            raise ValueError(f"student.vlc={cfg.vlc!r} needs the fused teacher's text embedding q_T: use "
+                             "student.teacher='multi', or student.vlc='class_text' with the RGB teacher")
         d_s, d_t, d_text = student.feature_dim, teacher.feature_dim, teacher.class_text.shape[-1]
         self.connector = nn.Linear(d_s, d_t) if cfg.beta > 0 else None
         self.text_head = nn.Linear(d_s, d_text) if cfg.vlc != "off" and cfg.gamma > 0 else None

@@ -9,7 +9,11 @@ Every artefact that takes long to compute is a *stage*, stored under `data/` and
     key(stage) = hash(the settings it reads (`Pipeline.reads`),
                       the keys of the stages it builds on (`Pipeline.after`),
                       what changes its numbers outside the configuration (`Pipeline.facts`:
-                      device, torch threads, precision used, library versions, text weights))
+                      device, precision used, library versions, text weights))
+
+The thread count is recorded in each run, not keyed: like a change of CPU, it changes the
+order of floating-point sums, not what a run computes, and the plan runner
+(`tmkd_core.plan`) trains two one-thread runs side by side where a notebook runs one.
 
 so a changed setting never reuses a stale artefact, and a setting that a stage does not
 read never rebuilds it. Settings marked neutral (file locations, progress bars, worker
@@ -52,7 +56,6 @@ from .train import accuracy, evaluate, fit, predict, supervised_loss
 from .utils import (atomic_save, damaged, load_checkpoint, read_json, resolve_device, run_metadata,
                     seed_everything, teacher_dtype, train_dtype, write_json)
 
-TEACHER_SEED = 0  # teachers are shared by every student seed
 # Student augmentation replicas are shared by every seed and method, so one teacher-output
 # cache serves them all; a seed changes the student's initialisation and data order.
 AUGMENT_SEED = 0
@@ -115,7 +118,7 @@ class Pipeline:
         self.replicas = cfg.student.cache_replicas or cfg.student.optim.epochs
         # what changes numbers outside the configuration, read once (a later change of thread
         # count belongs to a new Pipeline)
-        self.environment = {"device": self.device.type, "torch": torch.__version__, "threads": torch.get_num_threads(),
+        self.environment = {"device": self.device.type, "torch": torch.__version__,
                             "channels_last": self.channels_last}
         if self.group is not None:  # shards of each batch: per-shard BatchNorm, in-batch negatives
             self.environment["world_size"] = self.group.world
@@ -151,7 +154,7 @@ class Pipeline:
                 "rgb_teacher": teacher == "rgb_teacher" or (teacher == "multiview_teacher"
                                                             and self.cfg.teacher.teacher_init == "rgb"),
                 "multiview_teacher": teacher == "multiview_teacher",
-                "text": teacher == "multiview_teacher",
+                "text": teacher == "multiview_teacher" or s.distiller == "tmkd",
                 "teacher_cache": teacher is not None and s.teacher_outputs == "cached"}[stage]
 
     def reads(self, stage: str) -> list[str]:
@@ -166,9 +169,9 @@ class Pipeline:
         if stage == "rgb_teacher":
             if c.teacher.checkpoint is not None:  # imported, not trained: the file's checksum stands for it
                 return ["teacher.arch", "teacher.checkpoint_sha256", "teacher.input_norm"]
-            return ["teacher.arch", "teacher.optim", "teacher.input_norm", *training]
+            return ["teacher.arch", "teacher.seed", "teacher.optim", "teacher.input_norm", *training]
         if stage == "multiview_teacher":
-            return ["teacher.arch", "teacher.multiview_optim", "teacher.view_bn", "teacher.teacher_init",
+            return ["teacher.arch", "teacher.seed", "teacher.multiview_optim", "teacher.view_bn", "teacher.teacher_init",
                     "teacher.lambda_a", "teacher.tau_a", "teacher.input_norm", "views", *training]
         if stage == "teacher_cache":
             replicas = ["student.cache_replicas"] + (["student.optim.epochs"] if c.student.cache_replicas is None else [])
@@ -190,7 +193,9 @@ class Pipeline:
                                                          else []),
                 "teacher_cache": [teacher] if teacher else [],
                 "student": ["data"] + ([teacher] if teacher else [])
-                + (["teacher_cache"] if self.uses("teacher_cache") else [])}[stage]
+                + (["teacher_cache"] if self.uses("teacher_cache") else [])
+                # TMKD on the RGB teacher reads the class texts directly
+                + (["text"] if teacher == "rgb_teacher" and self.uses("text") else [])}[stage]
 
     def facts(self, stage: str) -> dict[str, Any]:
         """What changes a stage's numbers outside the configuration."""
@@ -200,7 +205,7 @@ class Pipeline:
             return {"encoder": self.text_id}
         facts = dict(self.environment)
         if stage in ("rgb_teacher", "multiview_teacher"):
-            facts["seed"] = TEACHER_SEED
+            facts["seed"] = self.cfg.teacher.seed  # also read (teacher.seed); kept here as keys always had it
         if stage == "teacher_cache" or (stage == "student" and self.teacher_stage is not None):
             facts["teacher_dtype"] = str(self.teacher_dtype or torch.float32)
         if stage in ("teacher_cache", "student"):
@@ -230,6 +235,25 @@ class Pipeline:
     def keys(self) -> dict[str, str]:
         return {s: self.key(s) for s in self.stages()}
 
+    # --- artefacts, by stage (what tmkd_core.plan schedules) ---------------------------------------
+
+    BUILT_STAGES = ("rgb_teacher", "multiview_teacher", "teacher_cache", "student")
+
+    def artefact(self, stage: str) -> Path:
+        """The file whose presence marks `stage` of this configuration as finished."""
+        if stage in ("rgb_teacher", "multiview_teacher"):
+            return self._checkpoint(stage).with_suffix(".final.pt")
+        if stage == "teacher_cache":
+            return self.cache_dir / f"teacher_{self.key('teacher_cache')}" / "meta.json"
+        if stage == "student":
+            return self.run_path
+        raise KeyError(f"stage {stage!r} leaves no artefact; stages that do: {', '.join(self.BUILT_STAGES)}")
+
+    def build(self, stage: str) -> None:
+        """Train (or load, if finished) `stage` and what it builds on."""
+        {"rgb_teacher": self.train_or_load_rgb_teacher, "multiview_teacher": self.train_or_load_multiview_teacher,
+         "teacher_cache": self.train_or_load_teacher_cache, "student": self.run_student}[stage]()
+
     # --- data and text -------------------------------------------------------------------------
 
     @property
@@ -252,7 +276,7 @@ class Pipeline:
 
     # --- teachers ------------------------------------------------------------------------------
 
-    def _checkpoint(self, stage: str) -> Path:
+    def _checkpoint(self, stage: str) -> Path:  # the partial checkpoint; `artefact` is the finished one
         return self.checkpoints / f"{stage}_{self.key(stage)}.pt"
 
     def _train_or_load(self, stage: str, model: torch.nn.Module, train: Callable[[Path], dict] | None) -> dict:
@@ -303,15 +327,15 @@ class Pipeline:
 
     def _rgb_teacher(self, train: bool) -> tuple[torch.nn.Module, dict]:
         splits, t = self.splits, self.cfg.teacher
-        seed_everything(TEACHER_SEED)
+        seed_everything(t.seed)
         model = build_model(t.arch, splits.num_classes, splits.in_channels, t.input_norm)
 
         def train_fn(checkpoint: Path) -> dict:
             if t.checkpoint is not None:  # a teacher trained elsewhere: imported once, then kept like ours
                 load_peer_checkpoint(model, t.checkpoint, t.checkpoint_sha256)
                 return {"history": [], "train_time_s": 0.0, "imported_from": str(t.checkpoint)}
-            history = fit(model, supervised_loss(model), splits.train, self.cfg.teacher.optim, seed=TEACHER_SEED,
-                          augment_seed=TEACHER_SEED, checkpoint=checkpoint, **self._fit_kwargs("RGB teacher"))
+            history = fit(model, supervised_loss(model), splits.train, self.cfg.teacher.optim, seed=t.seed,
+                          augment_seed=t.seed, checkpoint=checkpoint, **self._fit_kwargs("RGB teacher"))
             return {"history": history, "train_time_s": sum(h["time_s"] for h in history)}  # resumed runs too
 
         info = self._train_or_load("rgb_teacher", model, train_fn if train else None)
@@ -321,7 +345,7 @@ class Pipeline:
         cfg, splits = self.cfg, self.splits
         t_text = self.class_text  # first: a text encoder that fails to load fails before any training
         rgb = self._rgb_teacher(train)[0] if cfg.teacher.teacher_init == "rgb" else None
-        seed_everything(TEACHER_SEED)
+        seed_everything(cfg.teacher.seed)
         backbone = build_model(cfg.teacher.arch, splits.num_classes, splits.in_channels, cfg.teacher.input_norm)
         if rgb is not None:
             backbone.load_state_dict(rgb.state_dict())
@@ -329,8 +353,8 @@ class Pipeline:
 
         def train_fn(checkpoint: Path) -> dict:
             loss = multiview_teacher_loss(teacher, t_text, cfg.views, cfg.teacher.lambda_a, cfg.teacher.tau_a)
-            history = fit(teacher, loss, splits.train, cfg.teacher.multiview_optim, seed=TEACHER_SEED,
-                          augment_seed=TEACHER_SEED + 1, checkpoint=checkpoint,
+            history = fit(teacher, loss, splits.train, cfg.teacher.multiview_optim, seed=cfg.teacher.seed,
+                          augment_seed=cfg.teacher.seed + 1, checkpoint=checkpoint,
                           **self._fit_kwargs("multi-view teacher"))
             return {"history": history, "train_time_s": sum(h["time_s"] for h in history)}  # resumed runs too
 
@@ -372,6 +396,8 @@ class Pipeline:
             return None
         if self.teacher_stage == "rgb_teacher":
             teacher = SingleViewTeacher(self._rgb_teacher(train)[0])
+            if self.cfg.student.distiller == "tmkd":  # TMKD's terms on the RGB teacher: the RGB view's texts
+                teacher.class_text = self.class_text[:1].to(self.device)
         else:
             teacher = self.fused_teacher(train)
         teacher.inference_dtype = self.teacher_dtype
@@ -386,7 +412,7 @@ class Pipeline:
         if not self.uses("teacher_cache"):
             return None
         teacher = teacher or self.frozen_teacher()
-        return TeacherCache.build(self.cache_dir / f"teacher_{self.key('teacher_cache')}", teacher,
+        return TeacherCache.build(self.artefact("teacher_cache").parent, teacher,
                                   self.splits.train, self.replicas if self.cfg.student.optim.augment else None,
                                   augment_seed=AUGMENT_SEED, batch_size=256, device=self.device,
                                   progress=self.cfg.progress)

@@ -1,7 +1,13 @@
 """Semantic weights and adaptive fusion of the teacher's views (docs/method.md §4).
 
     s_v(x) = cos(P_v h_v(x), t_{v,c})              c: the label, or the teacher's prediction
+             (score = cosine), or the view's probability of c over all class texts,
+    s_v(x) = softmax_k(cos(P_v h_v(x), t_{v,k}) / tau_s)[c]       (score = class_prob)
     w(x)   = softmax_v(s(x) / tau_w)               per sample
+
+Raw cosines are not comparable across views (each view's text head lives at its own
+scale); a view's probability of the class is, and it is what the alignment term trained
+the heads for (tau_s defaults to that term's temperature).
     z_T    = sum_v w_v z_v,   h_T = sum_v w_v h_v,   q_T = sum_v w_v P_v h_v
 """
 from __future__ import annotations
@@ -20,12 +26,28 @@ if TYPE_CHECKING:
 WEIGHTINGS: Registry[Callable] = Registry("weighting")
 CONDITIONS = ("label", "pred")  # the class c of s_v: the label, or the teacher's own prediction
 GRANULARITIES = ("sample", "class")  # weights per sample, or averaged over the batch's samples of a class
+SCORES = ("cosine", "class_prob")  # s_v: raw cosine to t_{v,c}, or the view's softmax probability of c
 
 
 def semantic_scores(text_q: torch.Tensor, class_text: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     """s_v = cos(q_v, t_{v,c}) for q (V, B, D), t (V, K, D), c (B,) -> (V, B)."""
     t = class_text[:, classes]  # (V, B, D)
     return F.cosine_similarity(text_q, t.to(text_q.dtype), dim=-1)
+
+
+def class_prob_scores(text_q: torch.Tensor, class_text: torch.Tensor, classes: torch.Tensor,
+                      tau_s: float) -> torch.Tensor:
+    """s_v = softmax_k(cos(q_v, t_{v,k}) / tau_s)[c] for q (V, B, D), t (V, K, D), c (B,) -> (V, B)."""
+    cos = torch.einsum("vbd,vkd->vbk", F.normalize(text_q.float(), dim=-1), F.normalize(class_text.float(), dim=-1))
+    prob = torch.softmax(cos / tau_s, dim=-1)
+    return prob.gather(-1, classes.view(1, -1, 1).expand(prob.shape[0], -1, 1)).squeeze(-1).to(text_q.dtype)
+
+
+def view_scores(text_q: torch.Tensor, class_text: torch.Tensor, classes: torch.Tensor, cfg: FusionConfig):
+    """The semantic scores s (V, B) of the configured `score`."""
+    if cfg.score == "class_prob":
+        return class_prob_scores(text_q, class_text, classes, cfg.tau_s)
+    return semantic_scores(text_q, class_text, classes)
 
 
 def semantic_weights(scores: torch.Tensor, tau_w: float) -> torch.Tensor:
@@ -79,7 +101,7 @@ class ViewFusion(nn.Module):
 
 @WEIGHTINGS.register("text")
 def _text_weights(fusion: ViewFusion, out, classes, views):
-    return semantic_weights(semantic_scores(out["text"], fusion.class_text, classes), fusion.cfg.tau_w)
+    return semantic_weights(view_scores(out["text"], fusion.class_text, classes, fusion.cfg), fusion.cfg.tau_w)
 
 
 @WEIGHTINGS.register("uniform")
@@ -99,7 +121,7 @@ def _clip_image_weights(fusion: ViewFusion, out, classes, views):
     if views is None:
         raise ValueError("weights='clip_image' needs the view images: use student.teacher_outputs='online'")
     img = torch.stack([fusion.image_encoder(x) for x in views])  # (V, B, D)
-    return semantic_weights(semantic_scores(img, fusion.class_text, classes), fusion.cfg.tau_w)
+    return semantic_weights(view_scores(img, fusion.class_text, classes, fusion.cfg), fusion.cfg.tau_w)
 
 
 def fit_learned_weights(fusion: ViewFusion, view_logits: torch.Tensor, labels: torch.Tensor, steps: int = 200) -> None:

@@ -30,7 +30,10 @@ EPS = 1e-8
 
 EDGE_OPERATORS: Registry[Callable[[torch.Tensor], torch.Tensor]] = Registry("edge operator")
 HF_FILTERS: Registry[Callable[..., torch.Tensor]] = Registry("high-pass filter")
-VIEW_MODES = ("map", "enhance")  # the prior alone, or clip(x + lambda * prior, 0, 1)
+# map: the prior alone; enhance: clip(x + lambda * prior, 0, 1) with the prior scaled to
+# [0, 1] (it brightens the image); detail: clip(x + lambda_d * r, 0, 1) with a zero-mean
+# residual r (an unsharp mask for hf), which sharpens without shifting brightness.
+VIEW_MODES = ("map", "enhance", "detail")
 
 
 @dataclass
@@ -45,6 +48,8 @@ class ViewConfig(Section):
     hf_sigma: float = setting(1.0, gt=0.0, doc="Gaussian high-pass: x - G_sigma * x")
     hf_mode: str = setting("map", choices=VIEW_MODES)
     enhance_lambda: float = setting(0.5, ge=0.0, doc="enhance mode: clip(x + lambda * prior, 0, 1)")
+    detail_lambda: float = setting(1.0, ge=0.0, added=True,
+                                   doc="detail mode: clip(x + lambda_d * r, 0, 1), r the view's zero-mean residual")
 
     def check(self):
         if not self.views or self.views[0] != "rgb":
@@ -56,11 +61,13 @@ class ViewConfig(Section):
 @dataclass(frozen=True)
 class ViewSpec:
     """One view: its prior map (None: the image itself), the ViewConfig switch holding its
-    mode, and the prior-aware prompt templates of the text teacher (docs/method.md §3)."""
+    mode, the prior-aware prompt templates of the text teacher (docs/method.md §3), and its
+    zero-mean residual (the `detail` mode)."""
 
     prior: Callable[[torch.Tensor, ViewConfig], torch.Tensor] | None
     mode: str | None
     templates: tuple[str, ...]
+    residual: Callable[[torch.Tensor, ViewConfig], torch.Tensor] | None = None
 
 
 VIEWS: Registry[ViewSpec] = Registry("view")
@@ -204,16 +211,31 @@ def enhance(x: torch.Tensor, prior: torch.Tensor, lam: float) -> torch.Tensor:
     return (x + lam * prior).clamp(0.0, 1.0)
 
 
+def edge_residual(x: torch.Tensor, operator: str = "sobel") -> torch.Tensor:
+    """The edge map less its per-image mean, r = e - mean(e): edges brighten and flat
+    regions darken by as much, so x + lambda * r keeps the image's mean brightness."""
+    e = edge_map(x, operator)
+    return e - e.mean(dim=(1, 2, 3), keepdim=True)
+
+
+def hf_residual(x: torch.Tensor, filter: str = "fft", radius: float = 0.25, sigma: float = 1.0) -> torch.Tensor:
+    """The high-pass residual itself, unscaled (zero mean: the fft filter removes the DC
+    bin, the Gaussian one subtracts a blur), so that x + lambda * r is an unsharp mask."""
+    return HF_FILTERS.get(filter)(x, radius=radius, sigma=sigma)
+
+
 VIEWS.register("rgb")(ViewSpec(
     prior=None, mode=None,
     templates=("a photo of a {}.", "a blurry photo of a {}.", "a close-up photo of a {}.")))
 VIEWS.register("edge")(ViewSpec(
     prior=lambda x, cfg: edge_map(x, cfg.edge_operator), mode="edge_mode",
-    templates=("an edge map of a {}.", "a line drawing of a {}.", "a sketch of the outline of a {}.")))
+    templates=("an edge map of a {}.", "a line drawing of a {}.", "a sketch of the outline of a {}."),
+    residual=lambda x, cfg: edge_residual(x, cfg.edge_operator)))
 VIEWS.register("hf")(ViewSpec(
     prior=lambda x, cfg: hf_map(x, cfg.hf_filter, cfg.hf_radius, cfg.hf_sigma), mode="hf_mode",
     templates=("the fine texture details of a {}.", "a high-pass filtered photo of a {}.",
-               "the sharp edges and fine texture of a {}.")))
+               "the sharp edges and fine texture of a {}."),
+    residual=lambda x, cfg: hf_residual(x, cfg.hf_filter, cfg.hf_radius, cfg.hf_sigma)))
 
 
 def prior_map(x: torch.Tensor, name: str, cfg: ViewConfig | None = None) -> torch.Tensor:
@@ -224,12 +246,15 @@ def prior_map(x: torch.Tensor, name: str, cfg: ViewConfig | None = None) -> torc
 
 def view_panels(x: torch.Tensor, cfg: ViewConfig) -> list[tuple[str, torch.Tensor]]:
     """What each view adds, for figures: the image, then every prior map and, where its mode
-    is `enhance`, the enhanced view beside it (in `map` mode the view is the prior)."""
+    is `enhance` or `detail`, the view beside it (in `map` mode the view is the prior)."""
     panels = [("rgb", x)]
     for name in cfg.views[1:]:
         panels.append((f"{name} prior", prior_map(x, name, cfg)))
-        if getattr(cfg, VIEWS.get(name).mode) == "enhance":
+        mode = getattr(cfg, VIEWS.get(name).mode)
+        if mode == "enhance":
             panels.append((f"{name} view (x + {cfg.enhance_lambda:g} prior)", view(x, name, cfg)))
+        elif mode == "detail":
+            panels.append((f"{name} view (x + {cfg.detail_lambda:g} residual)", view(x, name, cfg)))
     return panels
 
 
@@ -239,8 +264,11 @@ def view(x: torch.Tensor, name: str, cfg: ViewConfig | None = None) -> torch.Ten
     spec = VIEWS.get(name)
     if spec.prior is None:
         return x
+    mode = getattr(cfg, spec.mode)
+    if mode == "detail":
+        return (x + cfg.detail_lambda * spec.residual(x, cfg)).clamp(0.0, 1.0)
     prior = spec.prior(x, cfg)
-    return enhance(x, prior, cfg.enhance_lambda) if getattr(cfg, spec.mode) == "enhance" else prior
+    return enhance(x, prior, cfg.enhance_lambda) if mode == "enhance" else prior
 
 
 @torch.no_grad()

@@ -103,13 +103,53 @@ def fmt_pm(mean: float, sd: float, scale: float = 100.0) -> str:
     return f"{mean * scale:.2f} ± {sd * scale:.2f}"
 
 
-RUN_FIELDS = ("dataset", "method", "setting", "seed", "val_acc", "test_acc", "run_key", "train_time_s")
+RUN_FIELDS = ("dataset", "method", "setting", "teacher_seed", "seed", "val_acc", "test_acc", "run_key", "train_time_s")
 
 
 def run_record(dataset: str, method: str, result: dict, setting: str = "") -> dict:
     """What a results file keeps of one student run: enough to recompute any mean, sd or
     interval of its tables without the git-ignored data/ (`RUN_FIELDS`)."""
-    return {"dataset": dataset, "method": method, "setting": setting, **{k: result[k] for k in RUN_FIELDS[3:]}}
+    teacher_seed = result.get("config", {}).get("teacher", {}).get("seed", 0)  # older records: seed 0
+    return {"dataset": dataset, "method": method, "setting": setting, "teacher_seed": teacher_seed,
+            **{k: result[k] for k in RUN_FIELDS[4:]}}
+
+
+def seeds_needed(sd_diff: float, half_width: float = 0.005, floor: float = 0.005, multiple: int = 1,
+                 most: int = 200) -> int:
+    """The smallest n with t(0.975, n-1) * max(sd_diff, floor) / sqrt(n) <= half_width,
+    rounded up to a multiple of `multiple` (the teacher seeds): docs/protocol.md's rule."""
+    sd = max(sd_diff, floor)
+    for n in range(2, most + 1):
+        if t_quantile_975(n - 1) * sd / math.sqrt(n) <= half_width:
+            return -(-n // multiple) * multiple
+    raise ValueError(f"no n <= {most} reaches a half-width of {half_width} at sd {sd}")
+
+
+def primary_comparison(records: Sequence[dict], method: str = "TMKD", reference: str = "KD",
+                       metric: str = "test_acc") -> dict[str, Any]:
+    """docs/protocol.md's primary statistic: the paired difference `method` - `reference`
+    over (teacher seed, student seed) pairs, its sd, 95% t-interval and half-width, the
+    per-teacher-seed mean differences, and the reading of the interval (in points)."""
+    by = {(r["method"], r["teacher_seed"], r["seed"]): r[metric] for r in records if not r.get("setting")}
+    pairs = sorted((t, s) for (m, t, s) in by if m == method and (reference, t, s) in by)
+    if len(pairs) < 2:
+        raise ValueError(f"{method} vs {reference}: {len(pairs)} paired runs, need at least 2")
+    a = [by[method, t, s] for t, s in pairs]
+    b = [by[reference, t, s] for t, s in pairs]
+    d = paired_difference(a, b)
+    per_teacher = {}
+    for t in sorted({t for t, _ in pairs}):
+        idx = [i for i, (tt, _) in enumerate(pairs) if tt == t]
+        per_teacher[t] = 100 * float(np.mean([a[i] - b[i] for i in idx]))
+    half = 100 * (d["ci_high"] - d["ci_low"]) / 2
+    low, high = 100 * d["ci_low"], 100 * d["ci_high"]
+    verdict = (f"{method} beats {reference}" if low > 0 else f"{method} loses to {reference}" if high < 0
+               else f"no difference detected (the interval contains 0)")
+    (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
+    return {"pairs": len(pairs), "teacher_seeds": sorted({t for t, _ in pairs}), "metric": metric,
+            method: 100 * ma, f"{method} sd": 100 * sa, reference: 100 * mb, f"{reference} sd": 100 * sb,
+            "diff": 100 * d["diff"], "diff_sd": 100 * d["diff_sd"], "ci_low": low, "ci_high": high,
+            "half_width": half, "per_teacher_diff": per_teacher, "verdict": verdict}
 
 
 def group_runs(records: Iterable[dict], by: str = "method") -> dict[str, list[dict]]:

@@ -196,20 +196,27 @@ class TeacherCache:
         path.mkdir(parents=True, exist_ok=True)
         n, count = len(train), replicas or 1
         probe = teacher.pooled_views(to_float(train.load(torch.tensor([0])), device))
-        tmp = path / "pooled.npy.tmp"
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
-                                          shape=(count, n, probe.shape[0], probe.shape[-1]))
-        bar = tqdm(total=count * n, desc="teacher cache", disable=not progress, unit="img")
-        for k in range(count):
+        shape = (count, n, probe.shape[0], probe.shape[-1])
+        tmp, written = path / "pooled.npy.tmp", path / "replicas_written.json"
+        # a build stopped part-way resumes after its last finished replica
+        done = read_json(written)["replicas"] if written.exists() and tmp.exists() else 0
+        array = np.lib.format.open_memmap(tmp, mode="r+" if done else "w+", dtype=np.float16, shape=None if done else shape)
+        if array.shape != shape:
+            raise damaged(tmp, f"shape {array.shape}, expected {shape}")
+        bar = tqdm(total=count * n, initial=done * n, desc="teacher cache", disable=not progress, unit="img")
+        for k in range(done, count):
             plan = AugmentPlan.draw(n, augment_seed, k) if replicas is not None else None
             for idx, images, _ in train.batches(batch_size):
                 x = prepare_batch(images, idx, plan, device)  # as the student's step prepares it
                 array[k, idx.numpy()] = teacher.pooled_views(x).transpose(0, 1).cpu().numpy().astype(np.float16)
                 bar.update(len(idx))
+            array.flush()
+            atomic_write_text(json.dumps({"replicas": k + 1}), written)
         bar.close()
         array.flush()
         del array
         tmp.rename(path / "pooled.npy")
+        written.unlink()
         # meta.json last: its presence marks a complete cache
         atomic_write_text(json.dumps({"replicas": count, "n": n, "augment_seed": augment_seed,
                                       "augmented": replicas is not None}), path / "meta.json")

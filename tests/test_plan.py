@@ -1,0 +1,108 @@
+"""The plan of a profile (tmkd_core.plan) and the primary statistic of docs/protocol.md."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tmkd_core.config import ABLATIONS, METHODS, PROFILE_PLANS, method_config, with_overrides
+from tmkd_core.experiment import Pipeline
+from tmkd_core.plan import Task, ablation_runs, main_runs, pilot_runs, plan_tasks, run_plan, teacher_configs
+from tmkd_core.report import primary_comparison, seeds_needed
+
+
+def test_the_cpu_plan_pairs_student_seeds_with_teacher_seeds_in_turn():
+    runs = main_runs("cpu")
+    primary = PROFILE_PLANS["cpu"]["primary"]
+    kd = [r for r in runs if r.dataset == "cifar10" and r.method == "KD"]
+    assert [r.seed for r in kd] == primary["seeds"]  # the primary seeds, the shared first ones once
+    assert [r.teacher_seed for r in kd] == [0, 1] * (len(kd) // 2)
+    ce = [r for r in runs if r.dataset == "cifar10" and r.method == "CE"]
+    assert [r.seed for r in ce] == PROFILE_PLANS["cpu"]["seeds"]
+    assert {r.method for r in runs if r.dataset == "cifar10"} == set(METHODS)
+    assert {r.method for r in runs if r.dataset == "cifar100"} == {"CE", "KD", "TMKD"}
+    assert {r.teacher_seed for r in runs if r.dataset == "cifar100"} == {0}
+    assert len(runs) == len(set(runs))
+    assert [(c.data.name, c.teacher.seed) for c in teacher_configs("cpu")] == [("cifar10", 0), ("cifar10", 1),
+                                                                             ("cifar100", 0)]
+    # the pilot: validation seeds below 10, never a final seed
+    pilot = pilot_runs("cpu")
+    assert {r.seed for r in pilot} == {0, 1} and {r.teacher_seed for r in pilot} == {0}
+    assert {(r.method, r.setting) for r in pilot} == {("KD", ""), ("TMKD", ""), ("TMKD", "views=detail"),
+                                                      ("TMKD", "score=class_prob"), ("KD", "tau=2"),
+                                                      ("KD", "0.1 CE + 0.9 KD")}
+    assert not {r.seed for r in pilot} & {r.seed for r in runs}
+    _, tmkd_abl = ablation_runs("cpu")
+    groups = PROFILE_PLANS["cpu"]["ablation_groups"]
+    assert len(tmkd_abl) == len(PROFILE_PLANS["cpu"]["ablation_seeds"]) * sum(len(ABLATIONS[g]) for g in groups)
+    cfg = tmkd_abl[0].config("cpu")
+    assert cfg.teacher.seed == tmkd_abl[0].teacher_seed and cfg.seed == tmkd_abl[0].seed
+
+
+def test_plan_tasks_are_each_stage_once_in_dependency_order(cifar_cfg, monkeypatch):
+    import tmkd_core.plan as plan
+
+    # the smoke plan, on the test's data root
+    monkeypatch.setattr(plan, "dataset_config", lambda profile, name, o=None: with_overrides(
+        cifar_cfg, {"data.name": name, **(o or {})}))
+    monkeypatch.setattr("tmkd_core.plan.RunSpec.config", lambda self, profile: method_config(
+        with_overrides(cifar_cfg, {"data.name": self.dataset}), self.method,
+        {**dict(self.overrides), "seed": self.seed, "teacher.seed": self.teacher_seed}))
+    tasks = plan_tasks("smoke")
+    keys = [t.key for t in tasks]
+    assert len(keys) == len(set(keys))
+    position = {t.key: i for i, t in enumerate(tasks)}
+    for t in tasks:
+        assert all(position[n] < position[t.key] for n in t.needs), t.title
+    students = [t for t in tasks if t.stage == "student"]
+    kd, tmkd_ablations = ablation_runs("smoke")
+    specs = main_runs("smoke") + kd + tmkd_ablations  # overlapping: the ablation's default is the main TMKD
+    assert {t.key for t in students} == {f"student:{Pipeline(s.config('smoke')).key('student')}" for s in specs}
+    assert len(students) < len(specs)
+    tmkd = next(t for t in students if t.title.startswith("TMKD seed 0"))
+    assert {k.split(":")[0] for k in tmkd.needs} == {"multiview_teacher", "teacher_cache"}
+    assert all(t.cost_flop > 0 for t in tasks)
+
+
+def _tiny(cifar_cfg, seed, **extra):
+    cfg = method_config(cifar_cfg, "CE", {"seed": seed, "data.train_size": 100, "data.val_size": 50,
+                                          "data.test_size": 50, "student.optim.epochs": 1,
+                                          "student.optim.batch_size": 50, **extra})
+    pipe = Pipeline(cfg)
+    pipe.artefact("student").unlink(missing_ok=True)
+    return Task("student", cfg, f"CE seed {seed}", f"student:{pipe.key('student')}", pipe.artefact("student"),
+                cost_flop=1e9)
+
+
+def test_run_plan_runs_what_is_not_done_on_workers_and_stops_on_a_failure(cifar_cfg, tmp_path):
+    said = []
+    tasks = [_tiny(cifar_cfg, 901), _tiny(cifar_cfg, 902)]
+    assert run_plan(tasks, jobs=2, log_dir=tmp_path, say=said.append) == 0
+    assert all(t.done() for t in tasks)
+    assert any("left ~" in s and "started CE seed 901" in s for s in said)
+    assert said[-1].startswith("[plan 2/2 done") and "all tasks done" in said[-1]
+    said.clear()
+    bad = _tiny(cifar_cfg, 903, **{"student.optim.batch_size": 500})  # more than the 100 training images
+    assert run_plan(tasks + [bad], jobs=2, log_dir=tmp_path, say=said.append) == 1
+    assert "2 already done; 1 to run" in said[0]
+    assert any("FAILED: CE seed 903" in s and "exceeds the 100 training images" in s for s in said)
+
+
+def test_primary_comparison_and_the_seed_rule():
+    # t(0.975, n-1) * 0.5 / sqrt(n) <= 0.5 first holds at n = 7; two teacher seeds round it to 8
+    assert seeds_needed(0.002, multiple=1) == 7 and seeds_needed(0.002, multiple=2) == 8
+    assert seeds_needed(0.01, multiple=2) == 18  # sd 1 point
+    records = []
+    diffs = [0.004, 0.006, 0.002, 0.008]
+    for i, d in enumerate(diffs):
+        records += [{"method": "KD", "teacher_seed": i % 2, "seed": 100 + i, "test_acc": 0.80},
+                    {"method": "TMKD", "teacher_seed": i % 2, "seed": 100 + i, "test_acc": 0.80 + d},
+                    {"method": "TMKD", "teacher_seed": 0, "seed": 0, "test_acc": 0.5, "setting": "views=detail"}]
+    p = primary_comparison(records)
+    assert p["pairs"] == 4 and p["teacher_seeds"] == [0, 1]
+    assert p["diff"] == pytest.approx(0.5) and p["per_teacher_diff"] == pytest.approx({0: 0.3, 1: 0.7})
+    sd = 100 * (sum((d - 0.005) ** 2 for d in diffs) / 3) ** 0.5
+    assert p["half_width"] == pytest.approx(3.182446 * sd / math.sqrt(4), rel=1e-4)
+    assert p["verdict"] == "TMKD beats KD" and p["ci_low"] > 0
+    with pytest.raises(ValueError, match="1 paired runs, need at least 2"):
+        primary_comparison(records[:3])

@@ -1,0 +1,398 @@
+"""A profile's plan: every teacher, teacher-output cache and student run its notebooks read,
+run by worker processes in dependency order, with live progress and an estimate of the
+time left for the whole plan.
+
+    python -m tmkd_core.plan --profile cpu --jobs 2        # what `make reproduce` runs first
+    python -m tmkd_core.plan --profile cpu --dry-run       # the tasks and their estimated cost
+
+The runs are enumerated here once (`pilot_runs`, `main_runs`, `ablation_runs`,
+`teacher_configs`) from `config.PROFILE_PLANS`; the notebooks read the same lists, so that
+after the plan has run they find every artefact and train nothing. A task is one stage of
+one configuration (`Pipeline.BUILT_STAGES`); it is done when its artefact exists, so an
+interrupted plan started again skips what finished and resumes the rest from their
+checkpoints. Each worker runs with `threads` = the machine's threads // jobs: on 2 cores,
+two one-thread runs side by side train 1.3-1.4x as many images per second as one
+two-thread run (measured on resnet8; thread counts enter no key, see experiment.py).
+
+Time left is estimated from floating-point operations (`forward_flops`, counted once per
+architecture) at a rate measured on this machine when the plan starts, then corrected by
+the ratio of measured to estimated time of the tasks that finish.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from .config import ABLATIONS, METHODS, ExperimentConfig, dataset_config, method_config, profile_plan, plan_value
+from .experiment import Pipeline
+
+
+# --- the runs of a profile ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One student run of the plan: a method on a dataset at a student seed, reading the
+    teachers of `teacher_seed`, with extra `overrides` (an ablation or a method point)."""
+
+    dataset: str
+    method: str
+    seed: int
+    teacher_seed: int = 0
+    overrides: tuple[tuple[str, Any], ...] = ()
+    setting: str = ""  # "group=label" of an ablation or a pilot variant; "" for the method itself
+
+    def config(self, profile: str) -> ExperimentConfig:
+        base = dataset_config(profile, self.dataset)
+        return method_config(base, self.method, {**dict(self.overrides), "seed": self.seed,
+                                                 "teacher.seed": self.teacher_seed})
+
+
+def teacher_seed_of(profile: str, dataset: str, index: int) -> int:
+    """Student seeds take the dataset's teacher seeds in turn: the i-th seed reads teacher
+    seed `teacher_seeds[i mod len]`, so that every teacher seed has as many pairs."""
+    seeds = plan_value(profile, "teacher_seeds", dataset)
+    return seeds[index % len(seeds)]
+
+
+def _runs(profile, dataset, methods, seeds, overrides=(), setting="") -> list[RunSpec]:
+    return [RunSpec(dataset, m, s, teacher_seed_of(profile, dataset, i), tuple(sorted(dict(overrides).items())), setting)
+            for m in methods for i, s in enumerate(seeds)]
+
+
+def main_runs(profile: str, datasets: Iterable[str] | None = None, seeds: Iterable[int] | None = None) -> list[RunSpec]:
+    """Notebook 04: every method of each dataset (`methods`) at its `seeds`, and for the
+    primary dataset the primary comparison's methods at the primary seeds (the first seeds
+    are shared: the secondary rows pair with the same KD runs)."""
+    out: list[RunSpec] = []
+    for name in profile_plan(profile, "datasets", datasets):
+        methods = plan_value(profile, "methods", name) or list(METHODS)
+        runs = _runs(profile, name, methods, plan_value(profile, "seeds", name) if seeds is None else list(seeds))
+        primary = plan_value(profile, "primary", name)
+        if primary and seeds is None:
+            runs += [r for r in _runs(profile, name, primary["methods"], primary["seeds"]) if r not in runs]
+        out += runs
+    return out
+
+
+def ablation_runs(profile: str, dataset: str | None = None, seeds: Iterable[int] | None = None,
+                  groups: Iterable[str] | None = None) -> tuple[list[RunSpec], list[RunSpec]]:
+    """Notebook 05: (KD runs, TMKD runs of every ablation setting) on one dataset."""
+    dataset = dataset or profile_plan(profile, "datasets")[0]
+    seeds = profile_plan(profile, "ablation_seeds", seeds)
+    groups = list(groups or plan_value(profile, "ablation_groups") or ABLATIONS)
+    kd = _runs(profile, dataset, ["KD"], seeds)
+    tmkd = [r for g in groups for label, o in ABLATIONS[g].items()
+            for r in _runs(profile, dataset, ["TMKD"], seeds, o, f"{g}={label}")]
+    return kd, tmkd
+
+
+def pilot_runs(profile: str) -> list[RunSpec]:
+    """The validation pilot of docs/protocol.md: KD and TMKD at the pilot seeds, and each
+    method's variants to settle (`variants`: method -> label -> overrides); empty if the
+    profile has none."""
+    pilot = plan_value(profile, "pilot")
+    if not pilot:
+        return []
+    name = pilot["dataset"]
+    runs = [RunSpec(name, m, s, pilot["teacher_seed"]) for m in pilot["methods"] for s in pilot["seeds"]]
+    for method, variants in pilot.get("variants", {}).items():
+        for label, overrides in variants.items():
+            runs += [RunSpec(name, method, s, pilot["teacher_seed"], tuple(sorted(overrides.items())), label)
+                     for s in pilot["seeds"]]
+    return runs
+
+
+def teacher_configs(profile: str, datasets: Iterable[str] | None = None) -> list[ExperimentConfig]:
+    """Notebook 02: each dataset's configuration at each of its teacher seeds."""
+    return [dataset_config(profile, name, {"teacher.seed": t}) for name in profile_plan(profile, "datasets", datasets)
+            for t in plan_value(profile, "teacher_seeds", name)]
+
+
+# --- tasks -------------------------------------------------------------------------------------
+
+@dataclass
+class Task:
+    stage: str
+    cfg: ExperimentConfig
+    title: str
+    key: str
+    artefact: Path
+    needs: list[str] = field(default_factory=list)  # keys of the tasks it builds on
+    cost_flop: float = 0.0
+
+    def done(self) -> bool:
+        return self.artefact.exists()
+
+
+def _title(stage: str, cfg: ExperimentConfig) -> str:
+    t = f"{cfg.data.name} teacher seed {cfg.teacher.seed}"
+    if stage == "rgb_teacher":
+        return f"RGB teacher ({t})"
+    if stage == "multiview_teacher":
+        kind = "RGB fine-tuned control" if list(cfg.views.views) == ["rgb"] else "multi-view teacher"
+        return f"{kind} ({t}, views {'/'.join(cfg.views.views)})"
+    if stage == "teacher_cache":
+        teacher = "multi-view" if cfg.student.teacher == "multi" else "RGB"
+        return f"{teacher} teacher-output cache ({t}, {cfg.student.cache_replicas or cfg.student.optim.epochs} replicas)"
+    raise KeyError(stage)
+
+
+def run_title(spec: RunSpec) -> str:
+    setting = f" [{spec.setting}]" if spec.setting else ""
+    return f"{spec.method}{setting} seed {spec.seed} ({spec.dataset}, teacher seed {spec.teacher_seed})"
+
+
+def plan_tasks(profile: str, parts: Iterable[str] = ("pilot", "main", "ablations")) -> list[Task]:
+    """Every stage the chosen parts of the plan need, once each, teachers first."""
+    configs: list[ExperimentConfig] = []
+    parts = list(parts)
+    if "main" in parts:
+        for cfg in teacher_configs(profile):  # notebook 02: both teachers and the control
+            configs += [cfg, method_config(cfg, "TMKD")]
+            if len(cfg.views.views) > 1:
+                configs.append(method_config(cfg, "TMKD", {"views.views": ["rgb"]}))
+    specs = (pilot_runs(profile) if "pilot" in parts else []) + (main_runs(profile) if "main" in parts else [])
+    if "ablations" in parts:
+        kd, tmkd = ablation_runs(profile)
+        specs += kd + tmkd
+    tasks: dict[str, Task] = {}
+
+    def add(pipe: Pipeline, stage: str, title: str | None = None) -> str:
+        key = f"{stage}:{pipe.key(stage)}"
+        if key not in tasks:
+            needs = [add(pipe, s) for s in pipe.after(stage) if s in Pipeline.BUILT_STAGES]
+            tasks[key] = Task(stage, pipe.cfg, title or _title(stage, pipe.cfg), key, pipe.artefact(stage), needs,
+                              stage_flop(pipe, stage))
+        return key
+
+    for cfg in configs:  # teachers only
+        pipe = Pipeline(cfg)
+        add(pipe, "multiview_teacher" if pipe.uses("multiview_teacher") else "rgb_teacher")
+    for spec in specs:
+        add(Pipeline(spec.config(profile)), "student", run_title(spec))
+    order = {s: i for i, s in enumerate(Pipeline.BUILT_STAGES)}
+    return sorted(tasks.values(), key=lambda t: order[t.stage])  # stable: the plan's order within a stage
+
+
+# --- cost model --------------------------------------------------------------------------------
+
+@lru_cache(maxsize=None)
+def forward_flops(arch: str, num_classes: int, in_channels: int, size: int) -> float:
+    """Floating-point operations of one image's forward pass (torch.utils.flop_counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .models import build_model
+
+    model = build_model(arch, num_classes, in_channels).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(2, in_channels, size, size))
+    return counter.get_total_flops() / 2
+
+
+def stage_flop(pipe: Pipeline, stage: str) -> float:
+    """Operations a stage computes (training = 3 forward passes: forward and backward)."""
+    cfg, splits = pipe.cfg, pipe.splits
+    n, size = len(splits.train), splits.train.images.shape[-1]
+
+    def f(arch):
+        return forward_flops(arch, splits.num_classes, splits.in_channels, size)
+
+    views = len(cfg.views.views)
+    if stage == "rgb_teacher":
+        return 0.0 if cfg.teacher.checkpoint else cfg.teacher.optim.epochs * n * 3 * f(cfg.teacher.arch)
+    if stage == "multiview_teacher":
+        return cfg.teacher.multiview_optim.epochs * n * views * 3 * f(cfg.teacher.arch)
+    teacher_views = views if cfg.student.teacher == "multi" else 1
+    if stage == "teacher_cache":
+        return pipe.replicas * n * teacher_views * f(cfg.teacher.arch)
+    online = cfg.student.distiller != "ce" and cfg.student.teacher_outputs == "online"
+    per_image = 3 * f(cfg.student.arch) + (teacher_views * f(cfg.teacher.arch) if online else 0.0)
+    evals = (len(splits.val) * cfg.student.optim.epochs + len(splits.val) + len(splits.test)) * f(cfg.student.arch)
+    return cfg.student.optim.epochs * n * per_image + evals
+
+
+def measure_rate(threads: int, seconds: float = 2.0) -> float:
+    """FLOP/s of resnet8 training steps (batch 128) at `threads` threads on this machine."""
+    import torch.nn.functional as F
+
+    from .models import build_model
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        model = build_model("resnet8", 10, 3).to(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        x = torch.rand(128, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 10, (128,))
+        steps, start = 0, None
+        while start is None or time.perf_counter() - start < seconds:
+            if steps == 2:
+                start = time.perf_counter()
+            opt.zero_grad()
+            F.cross_entropy(model(x)[0], y).backward()
+            opt.step()
+            steps += 1
+        elapsed = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(before)
+    return (steps - 2) * 128 * 3 * forward_flops("resnet8", 10, 3, 32) / elapsed
+
+
+# --- running -----------------------------------------------------------------------------------
+
+def _work(cfg_dict: dict, stage: str, threads: int, log: str) -> None:
+    """A worker process: one stage of one configuration, its output in `log`."""
+    with open(log, "a", buffering=1) as out:
+        os.dup2(out.fileno(), 1)
+        os.dup2(out.fileno(), 2)
+        torch.set_num_threads(threads)
+        from .config import config_from_dict
+
+        Pipeline(config_from_dict(cfg_dict)).build(stage)
+
+
+def hms(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class Progress:
+    """Estimated seconds per task, corrected by the tasks that finished."""
+
+    def __init__(self, tasks: list[Task], rate: float, jobs: int):
+        self.tasks, self.rate, self.jobs = tasks, rate, jobs
+        self.measured: dict[str, list[tuple[float, float]]] = {}  # stage -> (estimated, actual)
+
+    def estimate(self, task: Task) -> float:
+        est = task.cost_flop / self.rate
+        pairs = self.measured.get(task.stage) or [p for v in self.measured.values() for p in v]
+        if pairs:
+            est *= sum(a for _, a in pairs) / max(sum(e for e, _ in pairs), 1e-9)
+        return est
+
+    def finished(self, task: Task, seconds: float) -> None:
+        self.measured.setdefault(task.stage, []).append((task.cost_flop / self.rate, seconds))
+
+    def left(self, pending: list[Task], running: dict[str, tuple[Task, float]]) -> float:
+        """Seconds of wall time left: the work left spread over the workers, and never less
+        than the longest task still to run."""
+        now = time.perf_counter()
+        work = [self.estimate(t) for t in pending] + [max(self.estimate(t) - (now - t0), 0.0)
+                                                      for t, t0 in running.values()]
+        return max(sum(work) / self.jobs, max(work, default=0.0))
+
+
+def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s: float = 60.0) -> int:
+    """Run the tasks not done yet on `jobs` worker processes; 0 when all finished."""
+    threads = max(1, torch.get_num_threads() // jobs)
+    pending = [t for t in tasks if not t.done()]
+    total, skipped = len(tasks), len(tasks) - len(pending)
+    rate = measure_rate(threads)
+    progress = Progress(tasks, rate, jobs)
+    say(f"[plan] {total} tasks, {skipped} already done; {len(pending)} to run on {jobs} workers x {threads} thread(s); "
+        f"measured {rate / 1e9:.1f} GFLOP/s per worker; estimated {hms(progress.left(pending, {}))}")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    ctx = mp.get_context("spawn")
+    running: dict[str, tuple[Task, float]] = {}
+    procs: dict[str, Any] = {}
+    started, last_beat, done_keys = time.perf_counter(), 0.0, {t.key for t in tasks if t.done()}
+
+    def status(event: str) -> None:
+        n_done = total - len(pending) - len(running)
+        left = progress.left(pending, running)
+        finish = time.strftime("%H:%M", time.localtime(time.time() + left))
+        say(f"[plan {n_done}/{total} done, {len(running)} running | elapsed {hms(time.perf_counter() - started)} | "
+            f"left ~{hms(left)} (ends ~{finish})] {event}")
+
+    try:
+        while pending or running:
+            for key, proc in list(procs.items()):
+                if proc.is_alive():
+                    continue
+                task, t0 = running.pop(key)
+                del procs[key]
+                log = log_dir / f"{task.key.replace(':', '_')}.log"
+                if proc.exitcode != 0 or not task.done():
+                    tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+                    say(f"[plan] FAILED: {task.title} (exit {proc.exitcode}); its log, {log}:\n{tail}")
+                    return 1
+                progress.finished(task, time.perf_counter() - t0)
+                done_keys.add(key)
+                status(f"finished {task.title} in {hms(time.perf_counter() - t0)}")
+            while len(running) < jobs:
+                ready = next((t for t in pending if all(n in done_keys for n in t.needs)), None)
+                if ready is None:
+                    break
+                pending.remove(ready)
+                log = log_dir / f"{ready.key.replace(':', '_')}.log"
+                cfg = {**_asdict(ready.cfg), "progress": False}
+                proc = ctx.Process(target=_work, args=(cfg, ready.stage, threads, str(log)), daemon=False)
+                proc.start()
+                procs[ready.key], running[ready.key] = proc, (ready, time.perf_counter())
+                status(f"started {ready.title} (~{hms(progress.estimate(ready))})")
+            if not running and pending:
+                say("[plan] no task can start: a task it needs is missing from the plan")
+                return 1
+            if time.perf_counter() - last_beat > heartbeat_s:
+                last_beat = time.perf_counter()
+                now = time.perf_counter()
+                status("running: " + "; ".join(f"{t.title} {hms(now - t0)}" for t, t0 in running.values()))
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        say("[plan] interrupted: finished tasks are kept, running ones resume from their checkpoints next time")
+        return 130
+    finally:
+        for proc in procs.values():
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(30)
+    status("all tasks done")
+    return 0
+
+
+def _asdict(cfg: ExperimentConfig) -> dict:
+    from dataclasses import asdict
+
+    return asdict(cfg)
+
+
+PARTS = ("pilot", "main", "ablations")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tmkd_core.plan", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--jobs", type=int, default=int(os.environ.get("TMKD_JOBS", "2")),
+                        help="worker processes (default 2, or $TMKD_JOBS)")
+    parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
+    parser.add_argument("--dry-run", action="store_true", help="list the tasks and their estimates, run nothing")
+    parser.add_argument("--log-dir", default=None, help="per-task logs (default: <data.root>/logs/plan)")
+    args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
+    tasks = plan_tasks(args.profile, args.parts)
+    if args.dry_run:
+        threads = max(1, torch.get_num_threads() // args.jobs)
+        progress = Progress(tasks, measure_rate(threads), args.jobs)
+        for t in tasks:
+            print(f"{'done' if t.done() else 'todo'}  {hms(progress.estimate(t))}  {t.title}")
+        pending = [t for t in tasks if not t.done()]
+        print(f"{len(tasks)} tasks, {len(pending)} to run, estimated {hms(progress.left(pending, {}))} "
+              f"on {args.jobs} workers")
+        return 0
+    root = Path(tasks[0].cfg.data.root) if tasks else Path("data")
+    log_dir = Path(args.log_dir) if args.log_dir else root / "logs" / "plan"
+    return run_plan(tasks, args.jobs, log_dir, say=lambda s: print(s, flush=True))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
