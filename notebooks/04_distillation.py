@@ -36,6 +36,7 @@ n_trace = 4  # images in the one-step walk-through
 # %%
 import matplotlib.pyplot as plt
 import numpy as np
+from IPython.display import display
 import pandas as pd
 
 from tmkd_core.analysis import tmkd_step_trace
@@ -43,7 +44,7 @@ from tmkd_core.config import METHODS, dataset_config, method_config, plan_value,
 from tmkd_core.experiment import Pipeline
 from tmkd_core.explorer import draw_step_trace, step_trace_tables
 from tmkd_core.plan import main_runs, pilot_runs
-from tmkd_core.report import (Outputs, enter_project_root, group_runs, mean_std, method_table, paired_difference,
+from tmkd_core.report import (Outputs, enter_project_root, group_runs, method_table, paired_difference,
                               primary_comparison, run_record, seeds_needed)
 
 out = Outputs(enter_project_root() / out_dir)

@@ -139,7 +139,8 @@ def _title(stage: str, cfg: ExperimentConfig) -> str:
         return f"RGB teacher ({t})"
     if stage == "multiview_teacher":
         kind = "RGB fine-tuned control" if list(cfg.views.views) == ["rgb"] else "multi-view teacher"
-        return f"{kind} ({t}, views {'/'.join(cfg.views.views)})"
+        modes = f", {cfg.views.edge_mode}/{cfg.views.hf_mode}" if len(cfg.views.views) > 1 else ""
+        return f"{kind} ({t}, views {'/'.join(cfg.views.views)}{modes})"
     if stage == "teacher_cache":
         teacher = "multi-view" if cfg.student.teacher == "multi" else "RGB"
         return f"{teacher} teacher-output cache ({t}, {cfg.student.cache_replicas or cfg.student.optim.epochs} replicas)"

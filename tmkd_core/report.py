@@ -144,7 +144,7 @@ def primary_comparison(records: Sequence[dict], method: str = "TMKD", reference:
     half = 100 * (d["ci_high"] - d["ci_low"]) / 2
     low, high = 100 * d["ci_low"], 100 * d["ci_high"]
     verdict = (f"{method} beats {reference}" if low > 0 else f"{method} loses to {reference}" if high < 0
-               else f"no difference detected (the interval contains 0)")
+               else "no difference detected (the interval contains 0)")
     (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
     return {"pairs": len(pairs), "teacher_seeds": sorted({t for t, _ in pairs}), "metric": metric,
             method: 100 * ma, f"{method} sd": 100 * sa, reference: 100 * mb, f"{reference} sd": 100 * sb,
