@@ -18,11 +18,12 @@ STAMP := $(VENV)/.installed
 PROFILE ?= cpu
 JOBS ?= 2
 NOTEBOOKS := 01_priors 02_teachers 03_semantic_weights 04_distillation 05_ablations
-FIGURES := figures
+# The committed figures are the cpu profile's; any other profile writes under build/<profile>/.
+FIGURES := $(if $(filter cpu,$(PROFILE)),figures,build/$(PROFILE)/figures)
 RESULTS := $(FIGURES)/results
 # The library the notebooks compute with (a change reruns them); not the launchers.
 LIB := $(filter-out tmkd_core/lab.py tmkd_core/htmlreport.py,$(wildcard tmkd_core/*.py))
-EXECUTED := notebooks/executed
+EXECUTED := $(if $(filter cpu,$(PROFILE)),notebooks/executed,build/$(PROFILE)/executed)
 # The explorer's panel needs a live kernel: executed copies keep its static figure only.
 PARAMS_03_semantic_weights := -p interactive False
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
@@ -78,7 +79,7 @@ build/ipynb/%.ipynb: notebooks/%.py | setup
 
 $(RESULTS)/%.json: build/ipynb/%.ipynb $(LIB) | plan
 	@mkdir -p $(EXECUTED)
-	$(VENV)/bin/papermill --cwd . -p profile $(PROFILE) $(PARAMS_$*) $< $(EXECUTED)/$*.ipynb
+	$(VENV)/bin/papermill --cwd . -p profile $(PROFILE) -p out_dir $(FIGURES) $(PARAMS_$*) $< $(EXECUTED)/$*.ipynb
 
 # Later notebooks read what earlier ones computed (teachers, runs) through the data/ caches.
 $(RESULTS)/02_teachers.json: $(RESULTS)/01_priors.json
@@ -97,10 +98,11 @@ plan: setup
 reproduce: setup plan $(EXECUTED)/report.html
 	@echo "figures and tables are in $(FIGURES)/ and $(FIGURES)/tables/; executed notebooks and report.html in $(EXECUTED)/"
 
-# Step time of CE, KD, TMKD online and TMKD cached (needs the cpu-profile teachers: they
-# are trained first if absent).
+# Step time of CE, KD, TMKD online and TMKD cached (the quick profile's teachers, which
+# have the cpu profile's architectures, are trained first if absent: minutes).
+BENCH_PROFILE ?= quick
 bench: setup
-	$(PY) -m tmkd_core.bench --profile $(PROFILE)
+	$(PY) -m tmkd_core.bench --profile $(BENCH_PROFILE)
 
 # Validation-only search for TMKD and KD, then the chosen settings on the test split.
 TUNE_DATASET ?= cifar10

@@ -291,11 +291,11 @@ def _quick() -> dict:
     # not evidence (students stop in early training).
     return {
         "profile": "quick",
-        "data": {"train_size": 5000, "val_size": 1000, "test_size": 2000},
+        "data": {"train_size": 4000, "val_size": 1000, "test_size": 2000},
         "views": {"edge_mode": "enhance", "hf_mode": "enhance"},
-        "teacher": {"arch": "resnet14", "optim": {"epochs": 10, "lr": 0.1},
+        "teacher": {"arch": "resnet14", "optim": {"epochs": 8, "lr": 0.1},
                     "multiview_optim": {"epochs": 1, "lr": 0.02}},
-        "student": {"arch": "resnet8", "optim": {"epochs": 5, "lr": 0.1}},
+        "student": {"arch": "resnet8", "optim": {"epochs": 4, "lr": 0.1}},
     }
 
 
@@ -402,7 +402,7 @@ PROFILE_PLANS: dict[str, dict[str, Any]] = {
               "ablation_groups": ["weights"]},
     # quick: every notebook and figure on small data, for a first look (~15 min on 2 cores)
     "quick": {"datasets": ["cifar10"], "teacher_seeds": [0], "seeds": [0, 1], "ablation_seeds": [0, 1],
-              "ablation_groups": ["weights", "score"]},
+              "ablation_groups": ["weights"]},
     # cpu: the evidence of docs/protocol.md. Final runs use seeds from 100 on; tuning and the
     # pilot use seeds below 10.
     "cpu": {"datasets": ["cifar10", "cifar100"], "teacher_seeds": [0, 1], "seeds": [100, 101, 102, 103],
