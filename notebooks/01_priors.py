@@ -146,7 +146,7 @@ out.figure(fig, "priors_operators")
 # training images.
 
 # %%
-samples, energy_rows, spectra_rows = {}, [], {}
+samples, energy_rows, spectra_rows, mode_rows = {}, [], {}, []
 for name in datasets:
     pipe = Pipeline(dataset_config(profile, name))
     splits = pipe.splits
@@ -157,6 +157,15 @@ for name in datasets:
     for r in radii:
         energy_rows.append({"dataset": name, "radius": r, "energy kept (%)": 100 * energy_kept(x, r)})
     spectra_rows[name] = {v: radial_energy(priors.view(x, v, cfg)).numpy() for v in cfg.views}
+    for mode in ("enhance", "detail"):
+        modes = ViewConfig(edge_mode=mode, hf_mode=mode)
+        for v in ("edge", "hf"):
+            xv = priors.view(x, v, modes)
+            mode_rows.append({"dataset": name, "view": v, "mode": mode,
+                              "brightness shift": float(xv.mean() - x.mean()),
+                              "pixels clipped (%)": 100 * float(((xv <= 0) | (xv >= 1)).float().mean()),
+                              "correlation with RGB": float(torch.corrcoef(torch.stack([xv.flatten(),
+                                                                                        x.flatten()]))[0, 1])})
 
 n_rows = sum(len(panels) for panels, _ in samples.values())
 fig, axes = plt.subplots(n_rows, n_samples, figsize=(1.6 * n_samples, 1.75 * n_rows), layout="constrained",
@@ -171,6 +180,27 @@ for name, (panels, labels) in samples.items():
         row += 1
 fig.suptitle("Training samples: the image, each prior map and the view built from it, per dataset")
 out.figure(fig, "priors_datasets")
+
+# %% [markdown]
+# ## `enhance` against `detail`
+# `enhance` adds a prior scaled to [0, 1], so it brightens the image and clips pixels;
+# `detail` adds a zero-mean residual (an unsharp mask for `hf`), which sharpens without a
+# brightness shift (docs/method.md §1). Over the same 512 training images per dataset, and
+# on one photograph: what each mode does to the image, and how close the view stays to
+# RGB (the pilot of docs/protocol.md decides between them for the cpu profile). Pixels
+# already at 0 or 1 in the image count as clipped too.
+
+# %%
+view_modes = pd.DataFrame(mode_rows)
+out.table(view_modes, "view_modes", "What each view mode does to the training images (512 per dataset)")
+fig, axes = plt.subplots(1, 5, figsize=(10, 2.4))
+for ax, (title, v, mode) in zip(axes, [("rgb", "rgb", "map"), ("edge enhance", "edge", "enhance"),
+                                       ("edge detail", "edge", "detail"), ("hf enhance", "hf", "enhance"),
+                                       ("hf detail", "hf", "detail")]):
+    show(ax, priors.view(photo, v, ViewConfig(edge_mode=mode, hf_mode=mode))[0], title)
+    ax.set_axis_off()
+out.figure(fig, "priors_modes")
+view_modes
 
 fig, axes = plt.subplots(1, len(datasets), figsize=(4 * len(datasets), 3), squeeze=False)
 for ax, name in zip(axes[0], datasets):

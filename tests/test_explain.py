@@ -139,7 +139,9 @@ def test_explorer_draws_and_every_control_redraws(tmkd, monkeypatch):
     assert set(calls[0][1]) == set(VIEW_SWITCHES + FUSION_SWITCHES)
     assert {k: calls[0][1][k] for k in explorer.defaults("cifar10")} == explorer.defaults("cifar10")
     for name, value, switch in [("tau_w", 0.05, "tau_w"), ("edge", "canny", "edge_operator"),
-                                ("hf mode", "map", "hf_mode"), ("radius", 0.5, "hf_radius")]:
+                                ("hf mode", "map", "hf_mode"), ("radius", 0.5, "hf_radius"),
+                                ("edge mode", "detail", "edge_mode"), ("detail lambda", 2.0, "detail_lambda"),
+                                ("score", "class_prob", "score")]:
         controls[name].value = value
         assert calls[-1][1][switch] == value
     n = len(calls)

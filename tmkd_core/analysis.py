@@ -44,11 +44,11 @@ def explain_views(teacher: FusedTeacher, x: torch.Tensor, labels: torch.Tensor,
 
         view_names   the V views, in order
         priors       p_v(x) (V, B, C, H, W)   the prior map of each view (the image for rgb)
-        views        x_v (V, B, C, H, W)      what the teacher sees (`map` or `enhance` mode)
+        views        x_v (V, B, C, H, W)      what the teacher sees (`map`, `enhance` or `detail` mode)
         spectra      log(1 + |FFT x_v|) (V, B, H, W)
         view_logits  z_v (V, B, K)
         classes      c (B,)                   the label, or the prediction (`fusion.condition`)
-        scores       s_v = cos(P_v h_v, t_{v,c}) (V, B); None unless `fusion.weights = text`
+        scores       s_v (V, B) of `fusion.score`; None unless `fusion.weights = text`
         weights      w (V, B): softmax_v(s / tau_w) for `text`
         logits       z_T = sum_v w_v z_v (B, K)
 

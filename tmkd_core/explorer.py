@@ -23,7 +23,7 @@ import torch
 
 from .analysis import explain_views
 from .data import decode_image
-from .fusion import CONDITIONS
+from .fusion import CONDITIONS, SCORES
 from .priors import EDGE_OPERATORS, HF_FILTERS, VIEW_MODES
 
 if TYPE_CHECKING:
@@ -32,8 +32,8 @@ if TYPE_CHECKING:
     from .experiment import Pipeline
     from .teachers import FusedTeacher
 
-VIEW_SWITCHES = ("edge_operator", "hf_filter", "hf_radius", "edge_mode", "hf_mode", "enhance_lambda")
-FUSION_SWITCHES = ("tau_w", "condition")
+VIEW_SWITCHES = ("edge_operator", "hf_filter", "hf_radius", "edge_mode", "hf_mode", "enhance_lambda", "detail_lambda")
+FUSION_SWITCHES = ("score", "tau_w", "condition")
 
 
 def image_from_bytes(content: bytes, channels: int, size: int) -> torch.Tensor:
@@ -72,7 +72,7 @@ class ViewExplorer:
         v, f = t.view_cfg, t.fusion.cfg
         return {"edge_operator": v.edge_operator, "hf_filter": v.hf_filter, "hf_radius": v.hf_radius,
                 "edge_mode": v.edge_mode, "hf_mode": v.hf_mode, "enhance_lambda": v.enhance_lambda,
-                "tau_w": f.tau_w, "condition": f.condition}
+                "detail_lambda": v.detail_lambda, "score": f.score, "tau_w": f.tau_w, "condition": f.condition}
 
     def size(self, dataset: str) -> int:
         """The side of the dataset's (square) images, which an upload is brought to."""
@@ -96,7 +96,8 @@ class ViewExplorer:
             s["condition"] = "pred"
         teacher = self.teacher(dataset)
         views = dataclasses.replace(teacher.view_cfg, **{k: s[k] for k in VIEW_SWITCHES})
-        fusion = dataclasses.replace(teacher.fusion.cfg, tau_w=float(s["tau_w"]), condition=s["condition"])
+        fusion = dataclasses.replace(teacher.fusion.cfg, score=s["score"], tau_w=float(s["tau_w"]),
+                                     condition=s["condition"])
         return {**explain_views(teacher, x, torch.tensor([0 if label is None else label]), views, fusion),
                 "switches": s}
 
@@ -139,7 +140,8 @@ class ViewExplorer:
         axes[2, -1].set_ylim(0, 1)
         axes[2, -1].set_title(f"each view's p({classes[c]})", fontsize=8)
         fig.suptitle(f"{dataset}: edge {s['edge_operator']} ({s['edge_mode']}), hf {s['hf_filter']} "
-                     f"r={s['hf_radius']:g} ({s['hf_mode']}), lambda={s['enhance_lambda']:g}", fontsize=9)
+                     f"r={s['hf_radius']:g} ({s['hf_mode']}), lambda={s['enhance_lambda']:g}, "
+                     f"detail lambda={s['detail_lambda']:g}", fontsize=9)
         fig.tight_layout()
         return fig
 
@@ -161,6 +163,8 @@ class ViewExplorer:
              "hf_radius": w.FloatSlider(min=0.05, max=1.0, step=0.05, description="radius", **slider),
              "hf_mode": w.Dropdown(options=list(VIEW_MODES), description="hf mode"),
              "enhance_lambda": w.FloatSlider(min=0.0, max=2.0, step=0.1, description="lambda", **slider),
+             "detail_lambda": w.FloatSlider(min=0.0, max=4.0, step=0.1, description="detail lambda", **slider),
+             "score": w.Dropdown(options=list(SCORES), description="score"),
              "tau_w": w.FloatLogSlider(base=10, min=-2, max=0.3, step=0.05, description="tau_w", **slider),
              "condition": w.ToggleButtons(options=list(CONDITIONS), description="condition")}
         upload = w.FileUpload(accept="image/*", multiple=False, description="upload")
@@ -217,7 +221,7 @@ class ViewExplorer:
         label.observe(redraw, names="value")
         controls = w.HBox([w.VBox([c["dataset"], c["index"], upload, label]),
                            w.VBox([c[k] for k in ("edge_operator", "edge_mode", "hf_filter", "hf_radius", "hf_mode")]),
-                           w.VBox([c["enhance_lambda"], c["tau_w"], c["condition"]])])
+                           w.VBox([c["enhance_lambda"], c["detail_lambda"], c["score"], c["tau_w"], c["condition"]])])
         redraw()
         return w.VBox([controls, out])
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -153,7 +154,8 @@ def run_title(spec: RunSpec) -> str:
 
 
 def plan_tasks(profile: str, parts: Iterable[str] = ("pilot", "main", "ablations")) -> list[Task]:
-    """Every stage the chosen parts of the plan need, once each, teachers first."""
+    """Every stage the chosen parts of the plan need, once each, in the plan's order with
+    each task's dependencies just before it (so that early runs finish early)."""
     configs: list[ExperimentConfig] = []
     parts = list(parts)
     if "main" in parts:
@@ -180,8 +182,7 @@ def plan_tasks(profile: str, parts: Iterable[str] = ("pilot", "main", "ablations
         add(pipe, "multiview_teacher" if pipe.uses("multiview_teacher") else "rgb_teacher")
     for spec in specs:
         add(Pipeline(spec.config(profile)), "student", run_title(spec))
-    order = {s: i for i, s in enumerate(Pipeline.BUILT_STAGES)}
-    return sorted(tasks.values(), key=lambda t: order[t.stage])  # stable: the plan's order within a stage
+    return list(tasks.values())  # dependencies were added before the tasks that need them
 
 
 # --- cost model --------------------------------------------------------------------------------
@@ -314,6 +315,10 @@ def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s
         say(f"[plan {n_done}/{total} done, {len(running)} running | elapsed {hms(time.perf_counter() - started)} | "
             f"left ~{hms(left)} (ends ~{finish})] {event}")
 
+    def stop(signum, frame):  # a scheduler's SIGTERM stops the workers too, as Ctrl-C does
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         while pending or running:
             for key, proc in list(procs.items()):
@@ -352,6 +357,7 @@ def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s
         say("[plan] interrupted: finished tasks are kept, running ones resume from their checkpoints next time")
         return 130
     finally:
+        signal.signal(signal.SIGTERM, previous)
         for proc in procs.values():
             if proc.is_alive():
                 proc.terminate()
