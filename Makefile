@@ -16,7 +16,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROFILE ?= cpu
-JOBS ?= 2
+JOBS ?= $(or $(TMKD_JOBS),2)
 NOTEBOOKS := 01_priors 02_teachers 03_semantic_weights 04_distillation 05_ablations
 # The committed figures are the cpu profile's; any other profile writes under build/<profile>/.
 FIGURES := $(if $(filter cpu,$(PROFILE)),figures,build/$(PROFILE)/figures)

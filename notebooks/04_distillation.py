@@ -43,9 +43,8 @@ from tmkd_core.analysis import tmkd_step_trace
 from tmkd_core.config import METHODS, dataset_config, method_config, plan_value, profile_plan
 from tmkd_core.experiment import Pipeline
 from tmkd_core.explorer import draw_step_trace, step_trace_tables
-from tmkd_core.plan import main_runs, pilot_runs
-from tmkd_core.report import (Outputs, enter_project_root, group_runs, method_table, paired_difference,
-                              primary_comparison, run_record, seeds_needed)
+from tmkd_core.plan import DECISION_MARGIN, KD_FLOOR, main_runs, pilot_runs, pilot_summary
+from tmkd_core.report import Outputs, enter_project_root, group_runs, method_table, primary_comparison, run_record
 
 out = Outputs(enter_project_root() / out_dir)
 datasets = profile_plan(profile, "datasets", datasets)
@@ -80,28 +79,14 @@ step_losses
 
 # %%
 pilot = [(spec, Pipeline(spec.config(profile)).run_student()) for spec in pilot_runs(profile)]
-pilot_records = [run_record(s.dataset, s.method, r, s.setting) for s, r in pilot]
+pilot_records = [run_record(s.dataset, s.method, r, s.setting) for s, r in pilot]  # test_acc None: never read
 if pilot_records:
+    pilot_table, decided = pilot_summary(profile)
     plan = plan_value(profile, "pilot")
-    val = {(r["method"], r["setting"]): [x["val_acc"] for x in sorted(pilot_records, key=lambda x: x["seed"])
-                                        if (x["method"], x["setting"]) == (r["method"], r["setting"])]
-           for r in pilot_records}
-    d = paired_difference(val["TMKD", ""], val["KD", ""])
-    rows = [{"comparison": "TMKD - KD", "seeds": len(val["KD", ""]), "val Δ (points)": 100 * d["diff"],
-             "sd of Δ": 100 * d["diff_sd"], "mean val (%)": 100 * np.mean(val["TMKD", ""])}]
-    for method, variants in plan["variants"].items():
-        for label in variants:
-            v = paired_difference(val[method, label], val[method, ""])
-            rows.append({"comparison": f"{method} [{label}] - {method}", "seeds": len(val[method, label]),
-                         "val Δ (points)": 100 * v["diff"], "sd of Δ": 100 * v["diff_sd"],
-                         "mean val (%)": 100 * np.mean(val[method, label])})
-    pilot_table = pd.DataFrame(rows)
-    n_teachers = len(plan_value(profile, "teacher_seeds", plan["dataset"]))
-    pairs_needed = seeds_needed(d["diff_sd"], multiple=n_teachers)
     out.table(pilot_table, "pilot", "Validation pilot (seeds " + ", ".join(map(str, plan["seeds"])) +
-              "): paired differences in validation accuracy")
-    print(f"KD validation accuracy: {100 * np.mean(val['KD', '']):.2f}%; pairs needed for a 95% half-width of "
-          f"0.5 point (sd floor 0.5): {pairs_needed}; the plan runs "
+              f"): paired differences in validation accuracy; a variant is adopted above +{DECISION_MARGIN} point")
+    print(f"KD validation accuracy {decided['kd_val']:.2f}% (needs {KD_FLOOR:.0f}%); sd of TMKD - KD "
+          f"{decided['sd_diff']:.2f} points; pairs the seed rule asks for: {decided['pairs_needed']}, the plan runs "
           f"{len(plan_value(profile, 'primary', plan['dataset'])['seeds'])}")
     display(pilot_table)
 

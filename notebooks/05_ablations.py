@@ -54,7 +54,9 @@ for group in groups:
         records += results
         val_m, val_sd = mean_std(r["val_acc"] for r in results)
         test_m, test_sd = mean_std(r["test_acc"] for r in results)
-        d = paired_difference([r["test_acc"] for r in results], [r["test_acc"] for r in kd])
+        kd_by_pair = {(r["teacher_seed"], r["seed"]): r["test_acc"] for r in kd}  # same teacher and student seed
+        d = paired_difference([r["test_acc"] for r in results], [kd_by_pair[r["teacher_seed"], r["seed"]]
+                                                                 for r in results])
         is_default = method_config(base, "TMKD", overrides) == method_config(base, "TMKD")
         rows.append({"group": group, "setting": label + (" (default)" if is_default else ""),
                      "val (%)": f"{100 * val_m:.2f} ± {100 * val_sd:.2f}",

@@ -7,12 +7,13 @@ import pytest
 
 from tmkd_core.config import ABLATIONS, METHODS, PROFILE_PLANS, method_config, with_overrides
 from tmkd_core.experiment import Pipeline
-from tmkd_core.plan import Task, ablation_runs, main_runs, pilot_runs, plan_tasks, run_plan, teacher_configs
+from tmkd_core.plan import (PilotNotSettled, Task, ablation_runs, main_runs, pilot_runs, pilot_settled, plan_tasks,
+                            run_plan, teacher_configs)
 from tmkd_core.report import primary_comparison, seeds_needed
 
 
 def test_the_cpu_plan_pairs_student_seeds_with_teacher_seeds_in_turn():
-    runs = main_runs("cpu")
+    runs = main_runs("cpu", settled_only=False)
     primary = PROFILE_PLANS["cpu"]["primary"]
     kd = [r for r in runs if r.dataset == "cifar10" and r.method == "KD"]
     assert [r.seed for r in kd] == primary["seeds"]  # the primary seeds, the shared first ones once
@@ -32,11 +33,28 @@ def test_the_cpu_plan_pairs_student_seeds_with_teacher_seeds_in_turn():
                                                       ("TMKD", "score=class_prob"), ("KD", "tau=2"),
                                                       ("KD", "0.1 CE + 0.9 KD")}
     assert not {r.seed for r in pilot} & {r.seed for r in runs}
-    _, tmkd_abl = ablation_runs("cpu")
+    baseline = PROFILE_PLANS["cpu"]["pilot"]["baseline"]
+    for r in pilot:  # validation only, and compared with the pinned baseline whatever the profile adopts
+        cfg = r.config("cpu")
+        assert cfg.score_test is False
+        if not r.setting:
+            assert cfg.views.edge_mode == baseline["views.edge_mode"] and cfg.student.tau == baseline["student.tau"]
+    _, tmkd_abl = ablation_runs("cpu", settled_only=False)
     groups = PROFILE_PLANS["cpu"]["ablation_groups"]
     assert len(tmkd_abl) == len(PROFILE_PLANS["cpu"]["ablation_seeds"]) * sum(len(ABLATIONS[g]) for g in groups)
     cfg = tmkd_abl[0].config("cpu")
     assert cfg.teacher.seed == tmkd_abl[0].teacher_seed and cfg.seed == tmkd_abl[0].seed
+    # a seed reads the same teacher seed in every table
+    assert all(r.teacher_seed == r.seed % 2 for r in runs + tmkd_abl if r.dataset == "cifar10")
+
+
+def test_no_final_run_starts_before_the_pilot_has_decided(monkeypatch):
+    assert not pilot_settled("cpu") and pilot_settled("smoke")  # smoke has no pilot
+    for ask in (lambda: main_runs("cpu"), lambda: ablation_runs("cpu"), lambda: plan_tasks("cpu", ["pilot", "main"])):
+        with pytest.raises(PilotNotSettled, match=r"set PROFILE_PLANS\['cpu'\]\['pilot'\]\['settled'\] = True"):
+            ask()
+    monkeypatch.setitem(PROFILE_PLANS["cpu"]["pilot"], "settled", True)
+    assert len(main_runs("cpu")) == len(main_runs("cpu", settled_only=False))
 
 
 def test_plan_tasks_are_each_stage_once_in_dependency_order(cifar_cfg, monkeypatch):
@@ -104,5 +122,10 @@ def test_primary_comparison_and_the_seed_rule():
     sd = 100 * (sum((d - 0.005) ** 2 for d in diffs) / 3) ** 0.5
     assert p["half_width"] == pytest.approx(3.182446 * sd / math.sqrt(4), rel=1e-4)
     assert p["verdict"] == "TMKD beats KD" and p["ci_low"] > 0
+    wide = primary_comparison(records, tie_margin=0.05)  # the same runs read against TMKD's own gain
+    assert wide["verdict"] == "TMKD beats KD"
+    tie = primary_comparison([dict(r, test_acc=0.80 + (r["test_acc"] - 0.80) / 10 - 0.0005) if r["method"] == "TMKD"
+                              else r for r in records])
+    assert tie["ci_low"] < 0 < tie["ci_high"] and tie["verdict"] == "a tie within ±0.5 point"
     with pytest.raises(ValueError, match="1 paired runs, need at least 2"):
         primary_comparison(records[:3])

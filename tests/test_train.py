@@ -164,6 +164,12 @@ def test_a_teacher_cache_stopped_part_way_resumes_after_its_last_replica(cifar_c
     assert drawn == [0, 1, 2]  # replicas 0 and 1 were not computed again
     assert np.array_equal(np.asarray(resumed.array), np.asarray(whole.array))
     assert not (tmp_path / "part" / "replicas_written.json").exists()
+    # a count left without its partial file (or for another shape) is never trusted
+    (tmp_path / "stale").mkdir()
+    (tmp_path / "stale" / "replicas_written.json").write_text('{"replicas": 2, "shape": [3, 32, 3, 64]}')
+    drawn.clear()
+    stale = TeacherCache.build(tmp_path / "stale", **build)
+    assert drawn == [0, 1, 2] and np.array_equal(np.asarray(stale.array), np.asarray(whole.array))
 
 
 def test_bf16_teacher_gives_float32_outputs_close_to_fp32(cifar_cfg):

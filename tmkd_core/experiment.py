@@ -57,8 +57,12 @@ from .utils import (atomic_save, damaged, load_checkpoint, read_json, resolve_de
                     seed_everything, teacher_dtype, train_dtype, write_json)
 
 # Student augmentation replicas are shared by every seed and method, so one teacher-output
-# cache serves them all; a seed changes the student's initialisation and data order.
-AUGMENT_SEED = 0
+# cache serves them all; a seed changes the student's initialisation and data order. The
+# augmentation streams are disjoint: the RGB teacher of seed t draws its crops from stream
+# t, the multi-view teacher from MULTIVIEW_AUGMENT + t, the students from AUGMENT_SEED, so
+# that no teacher has trained on exactly the crops a student is distilled on.
+AUGMENT_SEED = 10_000
+MULTIVIEW_AUGMENT = 1_000
 STAGES = ("data", "text", "rgb_teacher", "multiview_teacher", "teacher_cache", "student")
 _SPLITS: dict[str, Splits] = {}  # per process, by data key: a dataset is decoded once
 _ENCODERS: dict[str, object] = {}
@@ -206,6 +210,8 @@ class Pipeline:
         facts = dict(self.environment)
         if stage in ("rgb_teacher", "multiview_teacher"):
             facts["seed"] = self.cfg.teacher.seed  # also read (teacher.seed); kept here as keys always had it
+        if stage == "multiview_teacher":
+            facts["augment_seed"] = MULTIVIEW_AUGMENT + self.cfg.teacher.seed
         if stage == "teacher_cache" or (stage == "student" and self.teacher_stage is not None):
             facts["teacher_dtype"] = str(self.teacher_dtype or torch.float32)
         if stage in ("teacher_cache", "student"):
@@ -354,7 +360,7 @@ class Pipeline:
         def train_fn(checkpoint: Path) -> dict:
             loss = multiview_teacher_loss(teacher, t_text, cfg.views, cfg.teacher.lambda_a, cfg.teacher.tau_a)
             history = fit(teacher, loss, splits.train, cfg.teacher.multiview_optim, seed=cfg.teacher.seed,
-                          augment_seed=cfg.teacher.seed + 1, checkpoint=checkpoint,
+                          augment_seed=MULTIVIEW_AUGMENT + cfg.teacher.seed, checkpoint=checkpoint,
                           **self._fit_kwargs("multi-view teacher"))
             return {"history": history, "train_time_s": sum(h["time_s"] for h in history)}  # resumed runs too
 
@@ -515,7 +521,8 @@ class Pipeline:
                       **self._fit_kwargs(f"{cfg.student.distiller} seed {cfg.seed}"))
         return {"config": asdict(cfg), "run_key": self.key("student"), "stage_keys": self.keys(),
                 "seed": cfg.seed, "val_acc": evaluate(student, splits.val, device=self.device),
-                "test_acc": evaluate(student, splits.test, device=self.device),
+                # None when the run must not read the test split (the pilot, docs/protocol.md)
+                "test_acc": evaluate(student, splits.test, device=self.device) if cfg.score_test else None,
                 "history": history, "train_time_s": sum(h["time_s"] for h in history), "cache_time_s": cache_time,
                 "student_params": count_parameters(student), "replicas": self.replicas,
                 "world_size": self.group.world if self.group is not None else 1,

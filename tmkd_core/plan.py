@@ -39,6 +39,10 @@ from .experiment import Pipeline
 
 # --- the runs of a profile ---------------------------------------------------------------------
 
+class PilotNotSettled(RuntimeError):
+    """Final runs were asked for before the pilot's decisions were applied."""
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """One student run of the plan: a method on a dataset at a student seed, reading the
@@ -57,22 +61,38 @@ class RunSpec:
                                                  "teacher.seed": self.teacher_seed})
 
 
-def teacher_seed_of(profile: str, dataset: str, index: int) -> int:
-    """Student seeds take the dataset's teacher seeds in turn: the i-th seed reads teacher
-    seed `teacher_seeds[i mod len]`, so that every teacher seed has as many pairs."""
+def teacher_seed_of(profile: str, dataset: str, seed: int) -> int:
+    """The teacher seed a student seed reads: `teacher_seeds[seed mod len]`, a function of
+    the seed alone, so that a seed pairs with the same teachers in every table; consecutive
+    seeds take the teacher seeds in turn."""
     seeds = plan_value(profile, "teacher_seeds", dataset)
-    return seeds[index % len(seeds)]
+    return seeds[seed % len(seeds)]
+
+
+def _frozen(overrides) -> tuple:
+    """Overrides as a sorted tuple of items, lists as tuples (a RunSpec is hashable)."""
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in dict(overrides).items()))
 
 
 def _runs(profile, dataset, methods, seeds, overrides=(), setting="") -> list[RunSpec]:
-    return [RunSpec(dataset, m, s, teacher_seed_of(profile, dataset, i), tuple(sorted(dict(overrides).items())), setting)
-            for m in methods for i, s in enumerate(seeds)]
+    return [RunSpec(dataset, m, s, teacher_seed_of(profile, dataset, s), _frozen(overrides), setting)
+            for m in methods for s in seeds]
 
 
-def main_runs(profile: str, datasets: Iterable[str] | None = None, seeds: Iterable[int] | None = None) -> list[RunSpec]:
+def _check_settled(profile: str, settled_only: bool) -> None:
+    if settled_only and not pilot_settled(profile):
+        raise PilotNotSettled(f"the {profile} profile's final runs wait for its pilot (docs/protocol.md): run "
+                              f"`python -m tmkd_core.plan --profile {profile}`, apply `--pilot-report`'s decisions, "
+                              f"then set PROFILE_PLANS[{profile!r}]['pilot']['settled'] = True")
+
+
+def main_runs(profile: str, datasets: Iterable[str] | None = None, seeds: Iterable[int] | None = None,
+              settled_only: bool = True) -> list[RunSpec]:
     """Notebook 04: every method of each dataset (`methods`) at its `seeds`, and for the
     primary dataset the primary comparison's methods at the primary seeds (the first seeds
-    are shared: the secondary rows pair with the same KD runs)."""
+    are shared: the secondary rows pair with the same KD runs). PilotNotSettled while the
+    profile's pilot has not decided (`settled_only=False` lists them anyway)."""
+    _check_settled(profile, settled_only)
     out: list[RunSpec] = []
     for name in profile_plan(profile, "datasets", datasets):
         methods = plan_value(profile, "methods", name) or list(METHODS)
@@ -85,8 +105,9 @@ def main_runs(profile: str, datasets: Iterable[str] | None = None, seeds: Iterab
 
 
 def ablation_runs(profile: str, dataset: str | None = None, seeds: Iterable[int] | None = None,
-                  groups: Iterable[str] | None = None) -> tuple[list[RunSpec], list[RunSpec]]:
+                  groups: Iterable[str] | None = None, settled_only: bool = True) -> tuple[list[RunSpec], list[RunSpec]]:
     """Notebook 05: (KD runs, TMKD runs of every ablation setting) on one dataset."""
+    _check_settled(profile, settled_only)
     dataset = dataset or profile_plan(profile, "datasets")[0]
     seeds = profile_plan(profile, "ablation_seeds", seeds)
     groups = list(groups or plan_value(profile, "ablation_groups") or ABLATIONS)
@@ -103,13 +124,62 @@ def pilot_runs(profile: str) -> list[RunSpec]:
     pilot = plan_value(profile, "pilot")
     if not pilot:
         return []
-    name = pilot["dataset"]
-    runs = [RunSpec(name, m, s, pilot["teacher_seed"]) for m in pilot["methods"] for s in pilot["seeds"]]
+    name, teacher = pilot["dataset"], pilot["teacher_seed"]
+    base = {**pilot.get("baseline", {}), "score_test": False}  # validation only: the test split stays unread
+    runs = [RunSpec(name, m, s, teacher, _frozen(base)) for m in pilot["methods"] for s in pilot["seeds"]]
     for method, variants in pilot.get("variants", {}).items():
         for label, overrides in variants.items():
-            runs += [RunSpec(name, method, s, pilot["teacher_seed"], tuple(sorted(overrides.items())), label)
-                     for s in pilot["seeds"]]
+            runs += [RunSpec(name, method, s, teacher, _frozen({**base, **overrides}), label) for s in pilot["seeds"]]
     return runs
+
+
+def pilot_settled(profile: str) -> bool:
+    """Whether the final runs may start: the profile has no pilot, or its decisions are
+    applied (`settled`)."""
+    pilot = plan_value(profile, "pilot")
+    return not pilot or bool(pilot.get("settled"))
+
+
+DECISION_MARGIN = 0.3  # points of validation accuracy a variant must gain (docs/protocol.md)
+KD_FLOOR = 78.0  # % that KD's student must reach before the final runs (docs/protocol.md)
+
+
+def pilot_summary(profile: str) -> tuple[Any, dict] | None:
+    """The pilot's table (validation only) and what docs/protocol.md's rules decide from it:
+    each variant adopted or not (mean paired gain > DECISION_MARGIN), whether KD reaches
+    KD_FLOOR, and the pairs the seed rule asks for. None if a pilot run is missing."""
+    import numpy as np
+    import pandas as pd
+
+    from .report import paired_difference, seeds_needed
+
+    pilot = plan_value(profile, "pilot")
+    if not pilot:
+        return None
+    val: dict[tuple[str, str], list[float]] = {}
+    for spec in sorted(pilot_runs(profile), key=lambda r: r.seed):
+        pipe = Pipeline(spec.config(profile))
+        if not pipe.run_path.exists():
+            return None
+        val.setdefault((spec.method, spec.setting), []).append(pipe.run_student()["val_acc"])
+    d = paired_difference(val["TMKD", ""], val["KD", ""])
+    rows = [{"comparison": "TMKD - KD", "seeds": len(val["KD", ""]), "val Δ (points)": 100 * d["diff"],
+             "sd of Δ": 100 * d["diff_sd"], "mean val (%)": 100 * np.mean(val["TMKD", ""]), "adopt": ""}]
+    adopted = {}
+    for method, variants in pilot.get("variants", {}).items():
+        for label in variants:
+            v = paired_difference(val[method, label], val[method, ""])
+            adopted[method, label] = 100 * v["diff"] > DECISION_MARGIN
+            rows.append({"comparison": f"{method} [{label}] - {method}", "seeds": len(val[method, label]),
+                         "val Δ (points)": 100 * v["diff"], "sd of Δ": 100 * v["diff_sd"],
+                         "mean val (%)": 100 * np.mean(val[method, label]),
+                         "adopt": "yes" if adopted[method, label] else "no"})
+    n_teachers = len(plan_value(profile, "teacher_seeds", pilot["dataset"]))
+    kd_val = 100 * float(np.mean(val["KD", ""]))
+    return pd.DataFrame(rows), {"kd_val": kd_val, "kd_reaches_floor": kd_val >= KD_FLOOR,
+                                "pairs_needed": seeds_needed(d["diff_sd"], multiple=n_teachers),
+                                "sd_diff": 100 * d["diff_sd"], "adopted": {f"{m} [{lab}]": a for (m, lab), a
+                                                                          in adopted.items()}}
 
 
 def teacher_configs(profile: str, datasets: Iterable[str] | None = None) -> list[ExperimentConfig]:
@@ -119,6 +189,7 @@ def teacher_configs(profile: str, datasets: Iterable[str] | None = None) -> list
 
 
 # --- tasks -------------------------------------------------------------------------------------
+
 
 @dataclass
 class Task:
@@ -158,6 +229,11 @@ def plan_tasks(profile: str, parts: Iterable[str] = ("pilot", "main", "ablations
     each task's dependencies just before it (so that early runs finish early)."""
     configs: list[ExperimentConfig] = []
     parts = list(parts)
+    if {"main", "ablations"} & set(parts) and not pilot_settled(profile):
+        raise PilotNotSettled(f"the {profile} profile's pilot has not decided yet (docs/protocol.md): run the pilot "
+                              f"(python -m tmkd_core.plan --profile {profile} --parts pilot), apply its decisions "
+                              f"(--pilot-report) to the profile, then set PROFILE_PLANS[{profile!r}]['pilot']"
+                              "['settled'] = True in tmkd_core/config.py")
     if "main" in parts:
         for cfg in teacher_configs(profile):  # notebook 02: both teachers and the control
             configs += [cfg, method_config(cfg, "TMKD")]
@@ -318,7 +394,7 @@ def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s
     def stop(signum, frame):  # a scheduler's SIGTERM stops the workers too, as Ctrl-C does
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         while pending or running:
             for key, proc in list(procs.items()):
@@ -329,7 +405,9 @@ def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s
                 log = log_dir / f"{task.key.replace(':', '_')}.log"
                 if proc.exitcode != 0 or not task.done():
                     tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
-                    say(f"[plan] FAILED: {task.title} (exit {proc.exitcode}); its log, {log}:\n{tail}")
+                    others = ", ".join(t.title for t, _ in running.values())
+                    say(f"[plan] FAILED: {task.title} (exit {proc.exitcode}); its log, {log}:\n{tail}"
+                        + (f"\n[plan] stopping the others (they resume next time): {others}" if others else ""))
                     return 1
                 progress.finished(task, time.perf_counter() - t0)
                 done_keys.add(key)
@@ -357,11 +435,13 @@ def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s
         say("[plan] interrupted: finished tasks are kept, running ones resume from their checkpoints next time")
         return 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        for proc in procs.values():
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(30)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        alive = [p for p in procs.values() if p.is_alive()]
+        for proc in alive:  # every worker first, then wait: a second signal orphans none
+            proc.terminate()
+        for proc in alive:
+            proc.join(30)
     status("all tasks done")
     return 0
 
@@ -380,13 +460,33 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--jobs", type=int, default=int(os.environ.get("TMKD_JOBS", "2")),
                         help="worker processes (default 2, or $TMKD_JOBS)")
-    parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
+    parser.add_argument("--parts", nargs="+", default=None, choices=PARTS,
+                        help="default: all, or the pilot alone while it has not decided")
+    parser.add_argument("--pilot-report", action="store_true",
+                        help="the pilot's validation table and what the protocol's rules decide from it")
     parser.add_argument("--dry-run", action="store_true", help="list the tasks and their estimates, run nothing")
     parser.add_argument("--log-dir", default=None, help="per-task logs (default: <data.root>/logs/plan)")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
-    tasks = plan_tasks(args.profile, args.parts)
+    if args.pilot_report:
+        summary = pilot_summary(args.profile)
+        if summary is None:
+            print(f"the {args.profile} pilot is not complete (or the profile has none)", file=sys.stderr)
+            return 1
+        table, decided = summary
+        print(table.to_string(index=False, float_format="%.2f"))
+        print(decided)
+        return 0
+    parts = args.parts or (list(PARTS) if pilot_settled(args.profile) else ["pilot"])
+    if args.parts is None and parts == ["pilot"]:
+        print(f"[plan] the {args.profile} pilot has not decided yet (docs/protocol.md): running the pilot alone",
+              flush=True)
+    try:
+        tasks = plan_tasks(args.profile, parts)
+    except PilotNotSettled as exc:
+        print(f"[plan] {exc}", file=sys.stderr)
+        return 2
     if args.dry_run:
         threads = max(1, torch.get_num_threads() // args.jobs)
         progress = Progress(tasks, measure_rate(threads), args.jobs)
@@ -398,7 +498,16 @@ def main(argv=None) -> int:
         return 0
     root = Path(tasks[0].cfg.data.root) if tasks else Path("data")
     log_dir = Path(args.log_dir) if args.log_dir else root / "logs" / "plan"
-    return run_plan(tasks, args.jobs, log_dir, say=lambda s: print(s, flush=True))
+    code = run_plan(tasks, args.jobs, log_dir, say=lambda s: print(s, flush=True))
+    if code == 0 and not pilot_settled(args.profile):
+        summary = pilot_summary(args.profile)
+        if summary is not None:
+            print(summary[0].to_string(index=False, float_format="%.2f"), "\n", summary[1], sep="")
+        print(f"[plan] the pilot is done; the final runs wait for its decisions (docs/protocol.md): apply them to "
+              f"the {args.profile} profile and set PROFILE_PLANS[{args.profile!r}]['pilot']['settled'] = True",
+              file=sys.stderr)
+        return 3  # make reproduce stops here: the notebooks would start the final runs
+    return code
 
 
 if __name__ == "__main__":

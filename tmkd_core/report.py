@@ -78,12 +78,10 @@ class Outputs:
 
 
 def t_quantile_975(dof: int) -> float:
-    """Two-sided 95% Student-t quantile (scipy when present, else a table)."""
-    try:
-        from scipy.stats import t
-        return float(t.ppf(0.975, dof))
-    except ImportError:  # pragma: no cover - scipy comes with scikit-image
-        return {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}.get(dof, 1.96)
+    """Two-sided 95% Student-t quantile (scipy, a dependency of scikit-image)."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, dof))
 
 
 def mean_std(values: Iterable[float]) -> tuple[float, float]:
@@ -126,10 +124,11 @@ def seeds_needed(sd_diff: float, half_width: float = 0.005, floor: float = 0.005
 
 
 def primary_comparison(records: Sequence[dict], method: str = "TMKD", reference: str = "KD",
-                       metric: str = "test_acc") -> dict[str, Any]:
+                       metric: str = "test_acc", tie_margin: float = 0.5) -> dict[str, Any]:
     """docs/protocol.md's primary statistic: the paired difference `method` - `reference`
     over (teacher seed, student seed) pairs, its sd, 95% t-interval and half-width, the
-    per-teacher-seed mean differences, and the reading of the interval (in points)."""
+    per-teacher-seed mean differences, and the reading of the interval (in points): a win
+    or a loss if it excludes 0, a tie if it lies within ±tie_margin, else inconclusive."""
     by = {(r["method"], r["teacher_seed"], r["seed"]): r[metric] for r in records if not r.get("setting")}
     pairs = sorted((t, s) for (m, t, s) in by if m == method and (reference, t, s) in by)
     if len(pairs) < 2:
@@ -144,7 +143,8 @@ def primary_comparison(records: Sequence[dict], method: str = "TMKD", reference:
     half = 100 * (d["ci_high"] - d["ci_low"]) / 2
     low, high = 100 * d["ci_low"], 100 * d["ci_high"]
     verdict = (f"{method} beats {reference}" if low > 0 else f"{method} loses to {reference}" if high < 0
-               else "no difference detected (the interval contains 0)")
+               else f"a tie within ±{tie_margin:g} point" if -tie_margin <= low and high <= tie_margin
+               else f"inconclusive (the interval contains 0 and reaches past ±{tie_margin:g} point)")
     (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
     return {"pairs": len(pairs), "teacher_seeds": sorted({t for t, _ in pairs}), "metric": metric,
             method: 100 * ma, f"{method} sd": 100 * sa, reference: 100 * mb, f"{reference} sd": 100 * sb,
@@ -164,19 +164,22 @@ def method_table(runs: dict[str, list[dict]], reference: str = "KD", metric: str
     """One row per method: accuracy mean ± sd over seeds and the paired difference to `reference`.
 
     `runs[method]` lists that method's runs (records or results), one per seed; the
-    difference pairs runs of the same seed and needs the reference on every seed.
+    difference pairs runs of the same (teacher seed, seed) and needs the reference on each.
     """
-    ref = {r["seed"]: r[metric] for r in runs[reference]} if reference in runs else None
+    def pair(r):  # records carry teacher_seed; a full result holds it in its config
+        return r.get("teacher_seed", r.get("config", {}).get("teacher", {}).get("seed", 0)), r["seed"]
+
+    ref = {pair(r): r[metric] for r in runs[reference]} if reference in runs else None
     rows = []
     for method, results in runs.items():
         acc = [r[metric] for r in results]
         m, sd = mean_std(acc)
         row = {"method": method, "seeds": len(acc), f"{metric} (%)": fmt_pm(m, sd), "mean": 100 * m, "sd": 100 * sd}
         if ref is not None and method != reference:
-            missing = [r["seed"] for r in results if r["seed"] not in ref]
+            missing = [pair(r) for r in results if pair(r) not in ref]
             if missing:
-                raise ValueError(f"{method}: seeds {missing} have no {reference} run to pair with")
-            d = paired_difference(acc, [ref[r["seed"]] for r in results])
+                raise ValueError(f"{method}: (teacher seed, seed) {missing} have no {reference} run to pair with")
+            d = paired_difference(acc, [ref[pair(r)] for r in results])
             row.update({f"Δ vs {reference}": f"{100 * d['diff']:+.2f}",
                         "95% CI": f"[{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]"})
         else:

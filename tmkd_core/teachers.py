@@ -198,11 +198,17 @@ class TeacherCache:
         probe = teacher.pooled_views(to_float(train.load(torch.tensor([0])), device))
         shape = (count, n, probe.shape[0], probe.shape[-1])
         tmp, written = path / "pooled.npy.tmp", path / "replicas_written.json"
-        # a build stopped part-way resumes after its last finished replica
-        done = read_json(written)["replicas"] if written.exists() and tmp.exists() else 0
+        # a build stopped part-way resumes after its last finished replica, if the partial
+        # file is the one that count describes (same shape); anything else starts over
+        state = read_json(written) if written.exists() and tmp.exists() else {}
+        done = state.get("replicas", 0) if state.get("shape") == list(shape) else 0
+        if not 0 <= done <= count:
+            done = 0
+        if not done:
+            written.unlink(missing_ok=True)  # never a count that outlives its file
         array = np.lib.format.open_memmap(tmp, mode="r+" if done else "w+", dtype=np.float16, shape=None if done else shape)
         if array.shape != shape:
-            raise damaged(tmp, f"shape {array.shape}, expected {shape}")
+            raise damaged(tmp, f"shape {array.shape}, expected {shape}; remove the folder {path}")
         bar = tqdm(total=count * n, initial=done * n, desc="teacher cache", disable=not progress, unit="img")
         for k in range(done, count):
             plan = AugmentPlan.draw(n, augment_seed, k) if replicas is not None else None
@@ -211,7 +217,7 @@ class TeacherCache:
                 array[k, idx.numpy()] = teacher.pooled_views(x).transpose(0, 1).cpu().numpy().astype(np.float16)
                 bar.update(len(idx))
             array.flush()
-            atomic_write_text(json.dumps({"replicas": k + 1}), written)
+            atomic_write_text(json.dumps({"replicas": k + 1, "shape": list(shape)}), written)
         bar.close()
         array.flush()
         del array
