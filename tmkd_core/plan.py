@@ -325,6 +325,18 @@ def measure_rate(threads: int, seconds: float = 2.0) -> float:
     return (steps - 2) * 128 * 3 * forward_flops("resnet8", 10, 3, 32) / elapsed
 
 
+def measure_worker_rate(threads: int, jobs: int, seconds: float = 3.0) -> float:
+    """FLOP/s of one worker while `jobs` workers run side by side, as the plan runs them:
+    the mean of `jobs` concurrent `measure_rate`s (one alone overstates a shared core)."""
+    if jobs == 1:
+        return measure_rate(threads, seconds)
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        rates = list(pool.map(measure_rate, [threads] * jobs, [seconds] * jobs))
+    return sum(rates) / len(rates)
+
+
 # --- running -----------------------------------------------------------------------------------
 
 def _work(cfg_dict: dict, stage: str, threads: int, log: str) -> None:
@@ -374,7 +386,7 @@ def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s
     threads = max(1, torch.get_num_threads() // jobs)
     pending = [t for t in tasks if not t.done()]
     total, skipped = len(tasks), len(tasks) - len(pending)
-    rate = measure_rate(threads)
+    rate = measure_worker_rate(threads, jobs)
     progress = Progress(tasks, rate, jobs)
     say(f"[plan] {total} tasks, {skipped} already done; {len(pending)} to run on {jobs} workers x {threads} thread(s); "
         f"measured {rate / 1e9:.1f} GFLOP/s per worker; estimated {hms(progress.left(pending, {}))}")
@@ -489,7 +501,7 @@ def main(argv=None) -> int:
         return 2
     if args.dry_run:
         threads = max(1, torch.get_num_threads() // args.jobs)
-        progress = Progress(tasks, measure_rate(threads), args.jobs)
+        progress = Progress(tasks, measure_worker_rate(threads, args.jobs), args.jobs)
         for t in tasks:
             print(f"{'done' if t.done() else 'todo'}  {hms(progress.estimate(t))}  {t.title}")
         pending = [t for t in tasks if not t.done()]
