@@ -11,8 +11,9 @@ after the plan has run they find every artefact and train nothing. A task is one
 one configuration (`Pipeline.BUILT_STAGES`); it is done when its artefact exists, so an
 interrupted plan started again skips what finished and resumes the rest from their
 checkpoints. Each worker runs with `threads` = the machine's threads // jobs: on 2 cores,
-two one-thread runs side by side train 1.3-1.4x as many images per second as one
-two-thread run (measured on resnet8; thread counts enter no key, see experiment.py).
+two one-thread runs side by side trained 1.48x as many images per second as one
+two-thread run for resnet8, 1.15x for resnet14 (thread counts enter no key, see
+experiment.py).
 
 Time left is estimated from floating-point operations (`forward_flops`, counted once per
 architecture) at a rate measured on this machine when the plan starts, then corrected by
