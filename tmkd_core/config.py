@@ -289,8 +289,8 @@ def _smoke() -> dict:
 
 
 def _quick() -> dict:
-    # Every notebook and figure on small data in about 15 minutes on 2 cores: a first look,
-    # not evidence (students stop in early training).
+    # Every notebook and figure on small data, for a first look, not evidence (students stop
+    # in early training). The target is 15 minutes on 2 cores; not yet measured alone.
     return {
         "profile": "quick",
         "data": {"train_size": 4000, "val_size": 1000, "test_size": 2000},
@@ -402,7 +402,7 @@ PROFILE_PLANS: dict[str, dict[str, Any]] = {
     # smoke: one ablation group keeps nbval within the test budget
     "smoke": {"datasets": ["cifar10"], "teacher_seeds": [0], "seeds": [0, 1], "ablation_seeds": [0, 1],
               "ablation_groups": ["weights"]},
-    # quick: every notebook and figure on small data, for a first look (~15 min on 2 cores)
+    # quick: every notebook and figure on small data, for a first look
     "quick": {"datasets": ["cifar10"], "teacher_seeds": [0], "seeds": [0, 1], "ablation_seeds": [0, 1],
               "ablation_groups": ["weights"]},
     # cpu: the evidence of docs/protocol.md. Final runs use seeds from 100 on; tuning and the
