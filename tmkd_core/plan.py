@@ -34,7 +34,8 @@ from typing import Any, Iterable
 
 import torch
 
-from .config import ABLATIONS, METHODS, ExperimentConfig, dataset_config, method_config, profile_plan, plan_value
+from .config import (ABLATIONS, METHODS, ExperimentConfig, config_to_dict, dataset_config, method_config,
+                     plan_value, profile_plan)
 from .experiment import Pipeline
 
 
@@ -326,6 +327,11 @@ def measure_rate(threads: int, seconds: float = 2.0) -> float:
     return (steps - 2) * 128 * 3 * forward_flops("resnet8", 10, 3, 32) / elapsed
 
 
+def worker_threads(jobs: int) -> int:
+    """Threads per worker: this process's threads shared out over the workers."""
+    return max(1, torch.get_num_threads() // jobs)
+
+
 def measure_worker_rate(threads: int, jobs: int, seconds: float = 3.0) -> float:
     """FLOP/s of one worker while `jobs` workers run side by side, as the plan runs them:
     the mean of `jobs` concurrent `measure_rate`s (one alone overstates a shared core)."""
@@ -359,8 +365,8 @@ def hms(seconds: float) -> str:
 class Progress:
     """Estimated seconds per task, corrected by the tasks that finished."""
 
-    def __init__(self, tasks: list[Task], rate: float, jobs: int):
-        self.tasks, self.rate, self.jobs = tasks, rate, jobs
+    def __init__(self, rate: float, jobs: int):
+        self.rate, self.jobs = rate, jobs
         self.measured: dict[str, list[tuple[float, float]]] = {}  # stage -> (estimated, actual)
 
     def estimate(self, task: Task) -> float:
@@ -384,11 +390,11 @@ class Progress:
 
 def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s: float = 60.0) -> int:
     """Run the tasks not done yet on `jobs` worker processes; 0 when all finished."""
-    threads = max(1, torch.get_num_threads() // jobs)
+    threads = worker_threads(jobs)
     pending = [t for t in tasks if not t.done()]
     total, skipped = len(tasks), len(tasks) - len(pending)
     rate = measure_worker_rate(threads, jobs)
-    progress = Progress(tasks, rate, jobs)
+    progress = Progress(rate, jobs)
     say(f"[plan] {total} tasks, {skipped} already done; {len(pending)} to run on {jobs} workers x {threads} thread(s); "
         f"measured {rate / 1e9:.1f} GFLOP/s per worker; estimated {hms(progress.left(pending, {}))}")
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -431,7 +437,7 @@ def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s
                     break
                 pending.remove(ready)
                 log = log_dir / f"{ready.key.replace(':', '_')}.log"
-                cfg = {**_asdict(ready.cfg), "progress": False}
+                cfg = {**config_to_dict(ready.cfg), "progress": False}
                 proc = ctx.Process(target=_work, args=(cfg, ready.stage, threads, str(log)), daemon=False)
                 proc.start()
                 procs[ready.key], running[ready.key] = proc, (ready, time.perf_counter())
@@ -457,12 +463,6 @@ def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s
             proc.join(30)
     status("all tasks done")
     return 0
-
-
-def _asdict(cfg: ExperimentConfig) -> dict:
-    from dataclasses import asdict
-
-    return asdict(cfg)
 
 
 PARTS = ("pilot", "main", "ablations")
@@ -501,8 +501,7 @@ def main(argv=None) -> int:
         print(f"[plan] {exc}", file=sys.stderr)
         return 2
     if args.dry_run:
-        threads = max(1, torch.get_num_threads() // args.jobs)
-        progress = Progress(tasks, measure_worker_rate(threads, args.jobs), args.jobs)
+        progress = Progress(measure_worker_rate(worker_threads(args.jobs), args.jobs), args.jobs)
         for t in tasks:
             print(f"{'done' if t.done() else 'todo'}  {hms(progress.estimate(t))}  {t.title}")
         pending = [t for t in tasks if not t.done()]
