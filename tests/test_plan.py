@@ -7,8 +7,8 @@ import pytest
 
 from tmkd_core.config import ABLATIONS, METHODS, PROFILE_PLANS, method_config, with_overrides
 from tmkd_core.experiment import Pipeline
-from tmkd_core.plan import (PilotNotSettled, Task, ablation_runs, main_runs, pilot_runs, pilot_settled, plan_tasks,
-                            run_plan, teacher_configs)
+from tmkd_core.plan import (PilotNotSettled, Task, ablation_runs, launch_threads, main_runs, pilot_runs, pilot_settled,
+                            plan_tasks, run_plan, teacher_configs)
 from tmkd_core.report import primary_comparison, seeds_needed
 
 
@@ -104,6 +104,14 @@ def test_run_plan_runs_what_is_not_done_on_workers_and_stops_on_a_failure(cifar_
     assert run_plan(tasks + [bad], jobs=2, log_dir=tmp_path, say=said.append) == 1
     assert "2 already done; 1 to run" in said[0]
     assert any("FAILED: CE seed 903" in s and "exceeds the 100 training images" in s for s in said)
+
+
+def test_a_task_that_runs_alone_takes_every_free_thread():
+    # 2 threads, 2 workers, 1 thread each
+    assert launch_threads(free=2, ready=1, jobs_free=2, per_worker=1) == 2  # the first teacher, alone
+    assert launch_threads(free=2, ready=3, jobs_free=2, per_worker=1) == 1  # side by side
+    assert launch_threads(free=1, ready=1, jobs_free=1, per_worker=1) == 1  # beside a running task
+    assert launch_threads(free=0, ready=1, jobs_free=1, per_worker=1) == 0  # a lone task holds both: wait
 
 
 def test_primary_comparison_and_the_seed_rule():

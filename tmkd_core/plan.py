@@ -12,8 +12,9 @@ one configuration (`Pipeline.BUILT_STAGES`); it is done when its artefact exists
 interrupted plan started again skips what finished and resumes the rest from their
 checkpoints. Each worker runs with `threads` = the machine's threads // jobs: on 2 cores,
 two one-thread runs side by side trained 1.48x as many images per second as one
-two-thread run for resnet8, 1.15x for resnet14 (thread counts enter no key, see
-experiment.py).
+two-thread run for resnet8, 1.15x for resnet14. A task that can only run alone (the first
+teacher, on which everything waits) takes every free thread instead (thread counts enter
+no key, see experiment.py).
 
 Time left is estimated from floating-point operations (`forward_flops`, counted once per
 architecture) at a rate measured on this machine when the plan starts, then corrected by
@@ -332,6 +333,14 @@ def worker_threads(jobs: int) -> int:
     return max(1, torch.get_num_threads() // jobs)
 
 
+def launch_threads(free: int, ready: int, jobs_free: int, per_worker: int) -> int:
+    """Threads for the next task: `per_worker`, or all `free` threads when it is the only
+    task that can start now (`ready` tasks, `jobs_free` idle workers); 0 = wait for threads."""
+    if ready >= 1 and min(ready, jobs_free) == 1:
+        return free
+    return min(per_worker, free)
+
+
 def measure_worker_rate(threads: int, jobs: int, seconds: float = 3.0) -> float:
     """FLOP/s of one worker while `jobs` workers run side by side, as the plan runs them:
     the mean of `jobs` concurrent `measure_rate`s (one alone overstates a shared core)."""
@@ -390,7 +399,7 @@ class Progress:
 
 def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s: float = 60.0) -> int:
     """Run the tasks not done yet on `jobs` worker processes; 0 when all finished."""
-    threads = worker_threads(jobs)
+    threads, machine_threads = worker_threads(jobs), torch.get_num_threads()
     pending = [t for t in tasks if not t.done()]
     total, skipped = len(tasks), len(tasks) - len(pending)
     rate = measure_worker_rate(threads, jobs)
@@ -401,6 +410,7 @@ def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s
     ctx = mp.get_context("spawn")
     running: dict[str, tuple[Task, float]] = {}
     procs: dict[str, Any] = {}
+    held: dict[str, int] = {}  # threads of each running task
     started, last_beat, done_keys = time.perf_counter(), 0.0, {t.key for t in tasks if t.done()}
 
     def status(event: str) -> None:
@@ -420,7 +430,7 @@ def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s
                 if proc.is_alive():
                     continue
                 task, t0 = running.pop(key)
-                del procs[key]
+                del procs[key], held[key]
                 log = log_dir / f"{task.key.replace(':', '_')}.log"
                 if proc.exitcode != 0 or not task.done():
                     tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
@@ -432,16 +442,19 @@ def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s
                 done_keys.add(key)
                 status(f"finished {task.title} in {hms(time.perf_counter() - t0)}")
             while len(running) < jobs:
-                ready = next((t for t in pending if all(n in done_keys for n in t.needs)), None)
-                if ready is None:
+                startable = [t for t in pending if all(n in done_keys for n in t.needs)]
+                n_threads = launch_threads(machine_threads - sum(held.values()), len(startable),
+                                           jobs - len(running), threads)
+                if not startable or n_threads < 1:
                     break
+                ready = startable[0]
                 pending.remove(ready)
                 log = log_dir / f"{ready.key.replace(':', '_')}.log"
                 cfg = {**config_to_dict(ready.cfg), "progress": False}
-                proc = ctx.Process(target=_work, args=(cfg, ready.stage, threads, str(log)), daemon=False)
+                proc = ctx.Process(target=_work, args=(cfg, ready.stage, n_threads, str(log)), daemon=False)
                 proc.start()
-                procs[ready.key], running[ready.key] = proc, (ready, time.perf_counter())
-                status(f"started {ready.title} (~{hms(progress.estimate(ready))})")
+                procs[ready.key], running[ready.key], held[ready.key] = proc, (ready, time.perf_counter()), n_threads
+                status(f"started {ready.title} on {n_threads} thread(s) (~{hms(progress.estimate(ready))})")
             if not running and pending:
                 say("[plan] no task can start: a task it needs is missing from the plan")
                 return 1
