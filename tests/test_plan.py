@@ -8,7 +8,7 @@ import pytest
 from tmkd_core.config import ABLATIONS, METHODS, PROFILE_PLANS, method_config, with_overrides
 from tmkd_core.experiment import Pipeline
 from tmkd_core.plan import (PilotNotSettled, Task, ablation_runs, launch_threads, main_runs, pilot_runs, pilot_settled,
-                            plan_tasks, run_plan, teacher_configs)
+                            plan_tasks, run_plan, stored_copy, teacher_configs)
 from tmkd_core.report import primary_comparison, seeds_needed
 
 
@@ -99,6 +99,15 @@ def test_run_plan_runs_what_is_not_done_on_workers_and_stops_on_a_failure(cifar_
     assert all(t.done() for t in tasks)
     assert any("left ~" in s and "started CE seed 901" in s for s in said)
     assert said[-1].startswith("[plan 2/2 done") and "all tasks done" in said[-1]
+    said.clear()
+    # the store: every finished record is kept, and what a wiped data root lacks comes back
+    store = tmp_path / "store"
+    assert run_plan(tasks, jobs=2, log_dir=tmp_path, say=said.append, store=store) == 0
+    assert all(stored_copy(t, store).read_bytes() == t.artefact.read_bytes() for t in tasks)
+    tasks[0].artefact.unlink()
+    said.clear()
+    assert run_plan(tasks, jobs=2, log_dir=tmp_path, say=said.append, store=store) == 0
+    assert "1 artefact(s) restored" in said[0] and said[1] == "[plan] all 2 tasks already done"
     said.clear()
     bad = _tiny(cifar_cfg, 903, **{"student.optim.batch_size": 500})  # more than the 100 training images
     assert run_plan(tasks + [bad], jobs=2, log_dir=tmp_path, say=said.append) == 1

@@ -408,6 +408,8 @@ PROFILE_PLANS: dict[str, dict[str, Any]] = {
     # cpu: the evidence of docs/protocol.md. Final runs use seeds from 100 on; tuning and the
     # pilot use seeds below 10.
     "cpu": {"datasets": ["cifar10", "cifar100"], "teacher_seeds": [0, 1], "seeds": [100, 101, 102, 103],
+            # finished teachers and run records, kept in git (tmkd_core.plan)
+            "store": "artefacts/cpu",
             "primary": {"dataset": "cifar10", "methods": ["KD", "TMKD"], "seeds": list(range(100, 108))},
             # the pilot (docs/protocol.md): KD and TMKD, and an equal number of variants of each,
             # on validation only. `baseline` pins what the variants are compared with, so that

@@ -16,6 +16,12 @@ two-thread run for resnet8, 1.15x for resnet14. A task that can only run alone (
 teacher, on which everything waits) takes every free thread instead (thread counts enter
 no key, see experiment.py).
 
+A profile may name an artefact `store` (the cpu profile: `artefacts/cpu/`, kept in git): the
+plan copies every finished teacher checkpoint and run record there, and copies what a data
+root lacks back from it before it starts, so that a fresh clone (or a machine whose `data/`
+was wiped) continues the plan where it stopped, and every table can be recomputed from the
+committed records. Teacher-output caches are rebuilt, not stored (hundreds of MB).
+
 Time left is estimated from floating-point operations (`forward_flops`, counted once per
 architecture) at a rate measured on this machine when the plan starts, then corrected by
 the ratio of measured to estimated time of the tasks that finish.
@@ -25,7 +31,9 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import shutil
 import signal
+import tempfile
 import sys
 import time
 from dataclasses import dataclass, field
@@ -353,6 +361,51 @@ def measure_worker_rate(threads: int, jobs: int, seconds: float = 3.0) -> float:
     return sum(rates) / len(rates)
 
 
+# --- the artefact store -------------------------------------------------------------------------
+
+STORED_STAGES = ("rgb_teacher", "multiview_teacher", "student")  # caches are rebuilt: too large
+
+
+def stored_copy(task: Task, store: Path) -> Path | None:
+    """Where the store keeps `task`'s artefact (its path under the data root), or None for
+    a stage that is not stored."""
+    if task.stage not in STORED_STAGES:
+        return None
+    return Path(store) / task.artefact.relative_to(Path(task.cfg.data.root))
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def restore_artefacts(tasks: list[Task], store: Path) -> int:
+    """Copy into the data root every stored artefact it lacks; how many were copied. What
+    they hold is checked when read (run records against their key, checkpoints by loading
+    with weights_only)."""
+    copied = 0
+    for task in tasks:
+        kept = stored_copy(task, store)
+        if kept is not None and kept.exists() and not task.done():
+            _copy_atomic(kept, task.artefact)
+            copied += 1
+    return copied
+
+
+def keep_artefact(task: Task, store: Path) -> None:
+    """Copy a finished task's artefact into the store (nothing for a cache)."""
+    kept = stored_copy(task, store)
+    if kept is not None and not kept.exists():
+        _copy_atomic(task.artefact, kept)
+
+
 # --- running -----------------------------------------------------------------------------------
 
 def _work(cfg_dict: dict, stage: str, threads: int, log: str) -> None:
@@ -397,11 +450,22 @@ class Progress:
         return max(sum(work) / self.jobs, max(work, default=0.0))
 
 
-def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s: float = 60.0) -> int:
-    """Run the tasks not done yet on `jobs` worker processes; 0 when all finished."""
+def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s: float = 60.0,
+             store: Path | None = None) -> int:
+    """Run the tasks not done yet on `jobs` worker processes; 0 when all finished. With a
+    `store`, stored artefacts are restored first and each finished one is kept there."""
     threads, machine_threads = worker_threads(jobs), torch.get_num_threads()
+    if store is not None:
+        restored = restore_artefacts(tasks, store)
+        for task in tasks:  # finished before this plan kept them (or by a notebook)
+            if task.done():
+                keep_artefact(task, store)
+        say(f"[plan] artefact store {store}: {restored} artefact(s) restored to the data root")
     pending = [t for t in tasks if not t.done()]
     total, skipped = len(tasks), len(tasks) - len(pending)
+    if not pending:
+        say(f"[plan] all {total} tasks already done")
+        return 0
     rate = measure_worker_rate(threads, jobs)
     progress = Progress(rate, jobs)
     say(f"[plan] {total} tasks, {skipped} already done; {len(pending)} to run on {jobs} workers x {threads} thread(s); "
@@ -439,6 +503,8 @@ def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s
                         + (f"\n[plan] stopping the others (they resume next time): {others}" if others else ""))
                     return 1
                 progress.finished(task, time.perf_counter() - t0)
+                if store is not None:
+                    keep_artefact(task, store)
                 done_keys.add(key)
                 status(f"finished {task.title} in {hms(time.perf_counter() - t0)}")
             while len(running) < jobs:
@@ -492,10 +558,17 @@ def main(argv=None) -> int:
                         help="the pilot's validation table and what the protocol's rules decide from it")
     parser.add_argument("--dry-run", action="store_true", help="list the tasks and their estimates, run nothing")
     parser.add_argument("--log-dir", default=None, help="per-task logs (default: <data.root>/logs/plan)")
+    parser.add_argument("--store", default=None,
+                        help="artefact store: finished teachers and run records, restored when missing "
+                             "(default: the profile's `store`, e.g. artefacts/cpu; 'none' for none)")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
+    store = args.store or plan_value(args.profile, "store")
+    store = None if store in (None, "none") else Path(store)
     if args.pilot_report:
+        if store is not None:
+            restore_artefacts(plan_tasks(args.profile, ["pilot"]), store)
         summary = pilot_summary(args.profile)
         if summary is None:
             print(f"the {args.profile} pilot is not complete (or the profile has none)", file=sys.stderr)
@@ -515,15 +588,20 @@ def main(argv=None) -> int:
         return 2
     if args.dry_run:
         progress = Progress(measure_worker_rate(worker_threads(args.jobs), args.jobs), args.jobs)
+        def stored(t):
+            kept = stored_copy(t, store) if store is not None else None
+            return kept is not None and kept.exists()
+
         for t in tasks:
-            print(f"{'done' if t.done() else 'todo'}  {hms(progress.estimate(t))}  {t.title}")
-        pending = [t for t in tasks if not t.done()]
+            state = "done" if t.done() else "kept" if stored(t) else "todo"
+            print(f"{state}  {hms(progress.estimate(t))}  {t.title}")
+        pending = [t for t in tasks if not (t.done() or stored(t))]
         print(f"{len(tasks)} tasks, {len(pending)} to run, estimated {hms(progress.left(pending, {}))} "
               f"on {args.jobs} workers")
         return 0
     root = Path(tasks[0].cfg.data.root) if tasks else Path("data")
     log_dir = Path(args.log_dir) if args.log_dir else root / "logs" / "plan"
-    code = run_plan(tasks, args.jobs, log_dir, say=lambda s: print(s, flush=True))
+    code = run_plan(tasks, args.jobs, log_dir, say=lambda s: print(s, flush=True), store=store)
     if code == 0 and not pilot_settled(args.profile):
         summary = pilot_summary(args.profile)
         if summary is not None:
