@@ -1,6 +1,7 @@
 """The plan of a profile (tmkd_core.plan) and the primary statistic of docs/protocol.md."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -146,3 +147,36 @@ def test_primary_comparison_and_the_seed_rule():
     assert tie["ci_low"] < 0 < tie["ci_high"] and tie["verdict"] == "a tie within ±0.5 point"
     with pytest.raises(ValueError, match="1 paired runs, need at least 2"):
         primary_comparison(records[:3])
+
+
+def test_the_pilot_decision_rule_and_its_report(monkeypatch, tmp_path):
+    """pilot_summary on made-up validation accuracies: a variant is adopted only above
+    +DECISION_MARGIN, KD's floor is checked, and the seed rule sizes the primary pairs."""
+    import tmkd_core.plan as plan
+
+    gain = {("KD", ""): 0.0, ("KD", "tau=2"): 0.004, ("KD", "0.1 CE + 0.9 KD"): 0.002,
+            ("TMKD", ""): 0.005, ("TMKD", "views=detail"): -0.01, ("TMKD", "score=class_prob"): 0.0}
+    specs = [(spec.config("cpu"), spec) for spec in pilot_runs("cpu")]
+
+    class FakePipeline:  # each pilot run's record, without training
+        def __init__(self, cfg):
+            self.spec = next(spec for c, spec in specs if c == cfg)
+            self.run_path = tmp_path
+
+        def run_student(self):
+            s = self.spec
+            val = 0.79 + gain[s.method, s.setting] + (0.003 * s.seed if s.method == "TMKD" else 0.0)
+            return {"val_acc": val, "test_acc": None, "seed": s.seed, "run_key": "k", "train_time_s": 1.0,
+                    "config": {"teacher": {"seed": s.teacher_seed}}}
+
+    monkeypatch.setattr(plan, "Pipeline", FakePipeline)
+    table, decided = plan.write_pilot_report("cpu", tmp_path / "figures")
+    assert decided["adopted"] == {"KD [tau=2]": True, "KD [0.1 CE + 0.9 KD]": False,
+                                  "TMKD [views=detail]": False, "TMKD [score=class_prob]": False}
+    assert decided["kd_val"] == pytest.approx(79.0) and decided["kd_reaches_floor"]
+    assert decided["sd_diff"] == pytest.approx(100 * 0.003 / math.sqrt(2))  # TMKD - KD: 0.5 and 0.8 points
+    assert decided["pairs_needed"] == seeds_needed(0.003 / math.sqrt(2), multiple=2)
+    assert table["val Δ (points)"].iloc[0] == pytest.approx(0.65)
+    assert (tmp_path / "figures/tables/pilot.md").exists()
+    written = json.loads((tmp_path / "figures/results/pilot.json").read_text())
+    assert len(written["runs"]) == 12 and all(r["test_acc"] is None for r in written["runs"])

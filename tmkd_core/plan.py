@@ -193,6 +193,26 @@ def pilot_summary(profile: str) -> tuple[Any, dict] | None:
                                                                           in adopted.items()}}
 
 
+def write_pilot_report(profile: str, out_dir: str | Path) -> tuple[Any, dict] | None:
+    """`pilot_summary` written where the profile's figures go: tables/pilot.{csv,md,tex} and
+    results/pilot.json (the decisions and every pilot run's record); None if incomplete."""
+    from .report import Outputs, run_record
+
+    summary = pilot_summary(profile)
+    if summary is None:
+        return None
+    table, decided = summary
+    pilot = plan_value(profile, "pilot")
+    out = Outputs(out_dir)
+    out.table(table, "pilot", f"Validation pilot (seeds {', '.join(map(str, pilot['seeds']))}): paired "
+                              f"differences in validation accuracy; a variant is adopted above +{DECISION_MARGIN} point")
+    runs = [run_record(s.dataset, s.method, Pipeline(s.config(profile)).run_student(), s.setting)
+            for s in pilot_runs(profile)]
+    out.results_json("pilot", {"decided": decided, "pilot": pilot, "decision_margin": DECISION_MARGIN,
+                               "kd_floor": KD_FLOOR}, runs=runs)
+    return summary
+
+
 def teacher_configs(profile: str, datasets: Iterable[str] | None = None) -> list[ExperimentConfig]:
     """Notebook 02: each dataset's configuration at each of its teacher seeds."""
     return [dataset_config(profile, name, {"teacher.seed": t}) for name in profile_plan(profile, "datasets", datasets)
@@ -555,7 +575,10 @@ def main(argv=None) -> int:
     parser.add_argument("--parts", nargs="+", default=None, choices=PARTS,
                         help="default: all, or the pilot alone while it has not decided")
     parser.add_argument("--pilot-report", action="store_true",
-                        help="the pilot's validation table and what the protocol's rules decide from it")
+                        help="the pilot's validation table and what the protocol's rules decide from it, "
+                             "written to <out-dir>/tables/pilot.md and <out-dir>/results/pilot.json")
+    parser.add_argument("--out-dir", default=None,
+                        help="where --pilot-report writes (default: figures for cpu, else build/<profile>/figures)")
     parser.add_argument("--dry-run", action="store_true", help="list the tasks and their estimates, run nothing")
     parser.add_argument("--log-dir", default=None, help="per-task logs (default: <data.root>/logs/plan)")
     parser.add_argument("--store", default=None,
@@ -569,13 +592,15 @@ def main(argv=None) -> int:
     if args.pilot_report:
         if store is not None:
             restore_artefacts(plan_tasks(args.profile, ["pilot"]), store)
-        summary = pilot_summary(args.profile)
+        out_dir = args.out_dir or ("figures" if args.profile == "cpu" else f"build/{args.profile}/figures")
+        summary = write_pilot_report(args.profile, out_dir)
         if summary is None:
             print(f"the {args.profile} pilot is not complete (or the profile has none)", file=sys.stderr)
             return 1
         table, decided = summary
         print(table.to_string(index=False, float_format="%.2f"))
         print(decided)
+        print(f"written: {out_dir}/tables/pilot.md, {out_dir}/results/pilot.json")
         return 0
     parts = args.parts or (list(PARTS) if pilot_settled(args.profile) else ["pilot"])
     if args.parts is None and parts == ["pilot"]:
