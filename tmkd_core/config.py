@@ -303,12 +303,13 @@ def _quick() -> dict:
 
 def _cpu() -> dict:
     # The full CIFAR-10 training set (45,000 train / 5,000 validation), sized for a 2-core
-    # CPU: see docs/protocol.md for the comparison it answers.
+    # CPU: see docs/protocol.md for the comparison it answers. The teachers train 30 epochs:
+    # at 15 they reached 83.2% validation, 3.6 points above the KD student they teach.
     return {
         "profile": "cpu",
         "data": {"val_size": 5000},
         "views": {"edge_mode": "enhance", "hf_mode": "enhance"},
-        "teacher": {"arch": "resnet14", "optim": {"epochs": 15, "lr": 0.1},
+        "teacher": {"arch": "resnet14", "optim": {"epochs": 30, "lr": 0.1},
                     "multiview_optim": {"epochs": 1, "lr": 0.02}},
         "student": {"arch": "resnet8", "optim": {"epochs": 10, "lr": 0.1}},
     }
