@@ -257,6 +257,16 @@ def test_damaged_artefacts_name_their_file_and_are_never_overwritten(tiny):
             assert path.read_bytes() == damaged, f"the damaged {what} was overwritten"
         finally:
             path.write_bytes(original)
+    # a whole checkpoint under another stage's name (copied by hand or from a store)
+    path = files["checkpoint"]
+    original, state = path.read_bytes(), torch.load(path, weights_only=True)
+    state["info"]["stage_key"] = "0123456789abcdef"
+    torch.save(state, path)
+    try:
+        with pytest.raises(DamagedArtifact, match="of key 0123456789abcdef"):
+            Pipeline(method_config(tiny, "TMKD")).frozen_teacher()
+    finally:
+        path.write_bytes(original)
 
 
 def test_teacher_report_trains_nothing(tiny, tmp_path):

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
+import torch
 
 from tmkd_core.config import ABLATIONS, METHODS, PROFILE_PLANS, method_config, with_overrides
 from tmkd_core.experiment import Pipeline
 from tmkd_core.plan import (PilotNotSettled, Task, ablation_runs, launch_threads, main_runs, pilot_runs, pilot_settled,
-                            plan_tasks, run_plan, stored_copy, teacher_configs)
+                            needed, plan_tasks, restore_artefacts, run_plan, stored_copy, teacher_configs)
 from tmkd_core.report import primary_comparison, seeds_needed
 
 
@@ -95,33 +97,53 @@ def _tiny(cifar_cfg, seed, **extra):
 
 def test_run_plan_runs_what_is_not_done_on_workers_and_stops_on_a_failure(cifar_cfg, tmp_path):
     said = []
-    tasks = [_tiny(cifar_cfg, 901), _tiny(cifar_cfg, 902)]
-    assert run_plan(tasks, jobs=2, log_dir=tmp_path, say=said.append) == 0
-    assert all(t.done() for t in tasks)
-    assert any("left ~" in s and "started CE seed 901" in s for s in said)
-    assert said[-1].startswith("[plan 2/2 done") and "all tasks done" in said[-1]
-    said.clear()
-    # the store: every finished record is kept, and what a wiped data root lacks comes back
     store = tmp_path / "store"
+    tasks = [_tiny(cifar_cfg, 901), _tiny(cifar_cfg, 902)]
     assert run_plan(tasks, jobs=2, log_dir=tmp_path, say=said.append, store=store) == 0
+    assert all(t.done() for t in tasks)
+    assert any("left ~" in s and "started CE seed 901 on 1 thread(s)" in s for s in said)  # side by side
+    assert said[-1].startswith("[plan 2/2 done") and "all tasks done" in said[-1]
+    # the store keeps each finished record, and gives back what a wiped data root lacks
     assert all(stored_copy(t, store).read_bytes() == t.artefact.read_bytes() for t in tasks)
+    record = tasks[0].artefact.read_bytes()
     tasks[0].artefact.unlink()
     said.clear()
     assert run_plan(tasks, jobs=2, log_dir=tmp_path, say=said.append, store=store) == 0
-    assert "1 artefact(s) restored" in said[0] and said[1] == "[plan] all 2 tasks already done"
+    assert "1 artefact(s) restored" in said[0] and said[1] == "[plan] all 2 tasks done or not needed"
+    assert tasks[0].artefact.read_bytes() == record
+    # a damaged stored copy is named and not restored (its task would run again)
+    tasks[0].artefact.unlink()
+    stored_copy(tasks[0], store).write_text("{not json")
+    said.clear()
+    assert restore_artefacts(tasks, store, say=said.append) == 0 and not tasks[0].done()
+    assert "not restored" in said[0] and "damaged" in said[0] and str(stored_copy(tasks[0], store)) in said[0]
+    tasks[0].artefact.write_bytes(record)
     said.clear()
     bad = _tiny(cifar_cfg, 903, **{"student.optim.batch_size": 500})  # more than the 100 training images
     assert run_plan(tasks + [bad], jobs=2, log_dir=tmp_path, say=said.append) == 1
-    assert "2 already done; 1 to run" in said[0]
+    assert "2 done or not needed; 1 to run" in said[0]
+    assert any(f"started CE seed 903 on {torch.get_num_threads()} thread(s)" in s for s in said)  # alone: all
     assert any("FAILED: CE seed 903" in s and "exceeds the 100 training images" in s for s in said)
 
 
-def test_a_task_that_runs_alone_takes_every_free_thread():
+def test_a_task_that_can_only_run_alone_takes_every_free_thread():
     # 2 threads, 2 workers, 1 thread each
-    assert launch_threads(free=2, ready=1, jobs_free=2, per_worker=1) == 2  # the first teacher, alone
-    assert launch_threads(free=2, ready=3, jobs_free=2, per_worker=1) == 1  # side by side
-    assert launch_threads(free=1, ready=1, jobs_free=1, per_worker=1) == 1  # beside a running task
-    assert launch_threads(free=0, ready=1, jobs_free=1, per_worker=1) == 0  # a lone task holds both: wait
+    assert launch_threads(free=2, ready=1, running=0, per_worker=1) == 2  # the first teacher, alone
+    assert launch_threads(free=2, ready=3, running=0, per_worker=1) == 1  # side by side
+    assert launch_threads(free=1, ready=1, running=1, per_worker=1) == 1  # beside a running task
+    assert launch_threads(free=0, ready=1, running=1, per_worker=1) == 0  # a lone task holds both: wait
+    # 16 threads, 4 workers: a second lone-looking task beside a running one takes its share only
+    assert launch_threads(free=12, ready=1, running=1, per_worker=4) == 4
+
+
+def test_caches_that_no_task_left_to_run_reads_are_not_built(cifar_cfg):
+    missing = Path("/nonexistent")  # no artefact exists: nothing is done
+    teacher = Task("rgb_teacher", cifar_cfg, "teacher", "rgb_teacher:t", missing / "t")
+    cache = Task("teacher_cache", cifar_cfg, "cache", "teacher_cache:c", missing / "c", ["rgb_teacher:t"])
+    student = Task("student", cifar_cfg, "student", "student:s", missing / "s", ["teacher_cache:c"])
+    assert needed([teacher, cache, student]) == [teacher, cache, student]
+    # the student restored from the store: its cache is not rebuilt, the teacher still is
+    assert needed([teacher, cache, student], done=lambda t: t is student) == [teacher]
 
 
 def test_primary_comparison_and_the_seed_rule():

@@ -293,6 +293,8 @@ class Pipeline:
 
         def load(path: Path) -> dict:
             state = load_checkpoint(path)
+            if state["info"].get("stage_key", self.key(stage)) != self.key(stage):  # a file copied under another name
+                raise damaged(path, f"it holds the {stage} of key {state['info']['stage_key']}, not {self.key(stage)}")
             model.load_state_dict(state["model"])
             return state["info"]
 

@@ -255,9 +255,10 @@ def run_title(spec: RunSpec) -> str:
     return f"{spec.method}{setting} seed {spec.seed} ({spec.dataset}, teacher seed {spec.teacher_seed})"
 
 
-def plan_tasks(profile: str, parts: Iterable[str] = ("pilot", "main", "ablations")) -> list[Task]:
+def plan_tasks(profile: str, parts: Iterable[str] = ("pilot", "main", "ablations"), costs: bool = True) -> list[Task]:
     """Every stage the chosen parts of the plan need, once each, in the plan's order with
-    each task's dependencies just before it (so that early runs finish early)."""
+    each task's dependencies just before it (so that early runs finish early). `costs`
+    False leaves `cost_flop` 0 and reads no dataset."""
     configs: list[ExperimentConfig] = []
     parts = list(parts)
     if {"main", "ablations"} & set(parts) and not pilot_settled(profile):
@@ -281,7 +282,7 @@ def plan_tasks(profile: str, parts: Iterable[str] = ("pilot", "main", "ablations
         if key not in tasks:
             needs = [add(pipe, s) for s in pipe.after(stage) if s in Pipeline.BUILT_STAGES]
             tasks[key] = Task(stage, pipe.cfg, title or _title(stage, pipe.cfg), key, pipe.artefact(stage), needs,
-                              stage_flop(pipe, stage))
+                              stage_flop(pipe, stage) if costs else 0.0)
         return key
 
     for cfg in configs:  # teachers only
@@ -361,10 +362,10 @@ def worker_threads(jobs: int) -> int:
     return max(1, torch.get_num_threads() // jobs)
 
 
-def launch_threads(free: int, ready: int, jobs_free: int, per_worker: int) -> int:
-    """Threads for the next task: `per_worker`, or all `free` threads when it is the only
-    task that can start now (`ready` tasks, `jobs_free` idle workers); 0 = wait for threads."""
-    if ready >= 1 and min(ready, jobs_free) == 1:
+def launch_threads(free: int, ready: int, running: int, per_worker: int) -> int:
+    """Threads for the next task: `per_worker`, or all `free` threads when it can only run
+    alone (nothing `running`, one task `ready`: everything else waits for it); 0 = wait."""
+    if running == 0 and ready == 1:
         return free
     return min(per_worker, free)
 
@@ -406,24 +407,59 @@ def _copy_atomic(src: Path, dst: Path) -> None:
         raise
 
 
-def restore_artefacts(tasks: list[Task], store: Path) -> int:
-    """Copy into the data root every stored artefact it lacks; how many were copied. What
-    they hold is checked when read (run records against their key, checkpoints by loading
-    with weights_only)."""
+def check_artefact(task: Task, path: Path) -> None:
+    """Raise DamagedArtifact unless `path` holds `task`'s artefact: a run record of this
+    run's key and settings, or a checkpoint (loaded with weights_only) of this stage key."""
+    from .utils import damaged, load_checkpoint
+
+    pipe = Pipeline(task.cfg)
+    if task.stage == "student":
+        pipe._read_record(path)
+        return
+    info = load_checkpoint(path).get("info", {})
+    if info.get("stage_key") != pipe.key(task.stage):
+        raise damaged(path, f"it holds the {task.stage} of key {info.get('stage_key')}, not {pipe.key(task.stage)}")
+
+
+def restore_artefacts(tasks: list[Task], store: Path, say=print) -> int:
+    """Copy into the data root every stored artefact it lacks, each checked first
+    (`check_artefact`; a bad one is named and skipped, so its task runs again); how many
+    were copied. Nothing in the data root is overwritten."""
+    from .utils import DamagedArtifact
+
     copied = 0
     for task in tasks:
         kept = stored_copy(task, store)
-        if kept is not None and kept.exists() and not task.done():
-            _copy_atomic(kept, task.artefact)
-            copied += 1
+        if kept is None or not kept.exists() or task.done():
+            continue
+        try:
+            check_artefact(task, kept)
+        except DamagedArtifact as exc:
+            say(f"[plan] not restored, the task runs again: {exc} (the stored copy: {kept})")
+            continue
+        _copy_atomic(kept, task.artefact)
+        copied += 1
     return copied
 
 
-def keep_artefact(task: Task, store: Path) -> None:
-    """Copy a finished task's artefact into the store (nothing for a cache)."""
+def keep_artefact(task: Task, store: Path, say=print) -> None:
+    """Copy a finished task's artefact into the store, checked first (nothing for a cache);
+    a stored copy that differs (a run retrained with --force) is replaced."""
     kept = stored_copy(task, store)
-    if kept is not None and not kept.exists():
-        _copy_atomic(task.artefact, kept)
+    if kept is None or (kept.exists() and kept.read_bytes() == task.artefact.read_bytes()):
+        return
+    check_artefact(task, task.artefact)
+    if kept.exists():
+        say(f"[plan] the store's copy of {task.title} differs from {task.artefact}: replaced")
+    _copy_atomic(task.artefact, kept)
+
+
+def needed(tasks: list[Task], done=Task.done) -> list[Task]:
+    """The tasks to run: every one not `done`, less the teacher-output caches that no task
+    left to run reads (after a restore, their students are finished)."""
+    pending = [t for t in tasks if not done(t)]
+    wanted = {n for t in pending for n in t.needs}
+    return [t for t in pending if t.stage != "teacher_cache" or t.key in wanted]
 
 
 # --- running -----------------------------------------------------------------------------------
@@ -474,28 +510,35 @@ def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s
              store: Path | None = None) -> int:
     """Run the tasks not done yet on `jobs` worker processes; 0 when all finished. With a
     `store`, stored artefacts are restored first and each finished one is kept there."""
-    threads, machine_threads = worker_threads(jobs), torch.get_num_threads()
+    machine_threads = torch.get_num_threads()
+    if jobs > machine_threads:
+        say(f"[plan] {jobs} workers asked for, {machine_threads} thread(s) here: running {machine_threads} at a time")
+        jobs = machine_threads
+    threads = worker_threads(jobs)
     if store is not None:
-        restored = restore_artefacts(tasks, store)
+        restored = restore_artefacts(tasks, store, say)
         for task in tasks:  # finished before this plan kept them (or by a notebook)
             if task.done():
-                keep_artefact(task, store)
+                keep_artefact(task, store, say)
         say(f"[plan] artefact store {store}: {restored} artefact(s) restored to the data root")
-    pending = [t for t in tasks if not t.done()]
+    pending = needed(tasks)
     total, skipped = len(tasks), len(tasks) - len(pending)
     if not pending:
-        say(f"[plan] all {total} tasks already done")
+        say(f"[plan] all {total} tasks done or not needed")
         return 0
     rate = measure_worker_rate(threads, jobs)
     progress = Progress(rate, jobs)
-    say(f"[plan] {total} tasks, {skipped} already done; {len(pending)} to run on {jobs} workers x {threads} thread(s); "
+    say(f"[plan] {total} tasks, {skipped} done or not needed; {len(pending)} to run on {jobs} workers x {threads} thread(s); "
         f"measured {rate / 1e9:.1f} GFLOP/s per worker; estimated {hms(progress.left(pending, {}))}")
     log_dir.mkdir(parents=True, exist_ok=True)
     ctx = mp.get_context("spawn")
     running: dict[str, tuple[Task, float]] = {}
     procs: dict[str, Any] = {}
     held: dict[str, int] = {}  # threads of each running task
-    started, last_beat, done_keys = time.perf_counter(), 0.0, {t.key for t in tasks if t.done()}
+    threads_of: dict[str, int] = {}
+    started, last_beat = time.perf_counter(), 0.0
+    pending_keys = {t.key for t in pending}
+    done_keys = {t.key for t in tasks if t.key not in pending_keys}
 
     def status(event: str) -> None:
         n_done = total - len(pending) - len(running)
@@ -514,7 +557,8 @@ def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s
                 if proc.is_alive():
                     continue
                 task, t0 = running.pop(key)
-                del procs[key], held[key]
+                threads_of[key] = held.pop(key)
+                del procs[key]
                 log = log_dir / f"{task.key.replace(':', '_')}.log"
                 if proc.exitcode != 0 or not task.done():
                     tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
@@ -522,15 +566,16 @@ def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s
                     say(f"[plan] FAILED: {task.title} (exit {proc.exitcode}); its log, {log}:\n{tail}"
                         + (f"\n[plan] stopping the others (they resume next time): {others}" if others else ""))
                     return 1
-                progress.finished(task, time.perf_counter() - t0)
+                if threads_of[key] == threads:  # a lone task's threads would skew the correction
+                    progress.finished(task, time.perf_counter() - t0)
                 if store is not None:
-                    keep_artefact(task, store)
+                    keep_artefact(task, store, say)
                 done_keys.add(key)
                 status(f"finished {task.title} in {hms(time.perf_counter() - t0)}")
             while len(running) < jobs:
                 startable = [t for t in pending if all(n in done_keys for n in t.needs)]
-                n_threads = launch_threads(machine_threads - sum(held.values()), len(startable),
-                                           jobs - len(running), threads)
+                n_threads = launch_threads(machine_threads - sum(held.values()), len(startable), len(running),
+                                           threads)
                 if not startable or n_threads < 1:
                     break
                 ready = startable[0]
@@ -587,11 +632,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
+    from .report import find_root
+
     store = args.store or plan_value(args.profile, "store")
-    store = None if store in (None, "none") else Path(store)
+    # relative to the project root, where the store is kept in git, wherever this runs from
+    store = None if store in (None, "none") else find_root() / store if args.store is None else Path(store)
     if args.pilot_report:
         if store is not None:
-            restore_artefacts(plan_tasks(args.profile, ["pilot"]), store)
+            restore_artefacts(plan_tasks(args.profile, ["pilot"], costs=False), store)
         out_dir = args.out_dir or ("figures" if args.profile == "cpu" else f"build/{args.profile}/figures")
         summary = write_pilot_report(args.profile, out_dir)
         if summary is None:
@@ -613,14 +661,16 @@ def main(argv=None) -> int:
         return 2
     if args.dry_run:
         progress = Progress(measure_worker_rate(worker_threads(args.jobs), args.jobs), args.jobs)
+
         def stored(t):
             kept = stored_copy(t, store) if store is not None else None
             return kept is not None and kept.exists()
 
+        pending = needed(tasks, done=lambda t: t.done() or stored(t))
+        to_run = {t.key for t in pending}
         for t in tasks:
-            state = "done" if t.done() else "kept" if stored(t) else "todo"
+            state = "done" if t.done() else "kept" if stored(t) else "todo" if t.key in to_run else "skip"
             print(f"{state}  {hms(progress.estimate(t))}  {t.title}")
-        pending = [t for t in tasks if not (t.done() or stored(t))]
         print(f"{len(tasks)} tasks, {len(pending)} to run, estimated {hms(progress.left(pending, {}))} "
               f"on {args.jobs} workers")
         return 0
