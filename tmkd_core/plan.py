@@ -31,9 +31,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import shutil
 import signal
-import tempfile
 import sys
 import time
 from dataclasses import dataclass, field
@@ -46,6 +44,7 @@ import torch
 from .config import (ABLATIONS, METHODS, ExperimentConfig, config_to_dict, dataset_config, method_config,
                      plan_value, profile_plan)
 from .experiment import Pipeline
+from .utils import atomic_copy
 
 
 # --- the runs of a profile ---------------------------------------------------------------------
@@ -395,18 +394,6 @@ def stored_copy(task: Task, store: Path) -> Path | None:
     return Path(store) / task.artefact.relative_to(Path(task.cfg.data.root))
 
 
-def _copy_atomic(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def check_artefact(task: Task, path: Path) -> None:
     """Raise DamagedArtifact unless `path` holds `task`'s artefact: a run record of this
     run's key and settings, or a checkpoint (loaded with weights_only) of this stage key."""
@@ -437,7 +424,7 @@ def restore_artefacts(tasks: list[Task], store: Path, say=print) -> int:
         except DamagedArtifact as exc:
             say(f"[plan] not restored, the task runs again: {exc} (the stored copy: {kept})")
             continue
-        _copy_atomic(kept, task.artefact)
+        atomic_copy(kept, task.artefact)
         copied += 1
     return copied
 
@@ -451,7 +438,7 @@ def keep_artefact(task: Task, store: Path, say=print) -> None:
     check_artefact(task, task.artefact)
     if kept.exists():
         say(f"[plan] the store's copy of {task.title} differs from {task.artefact}: replaced")
-    _copy_atomic(task.artefact, kept)
+    atomic_copy(task.artefact, kept)
 
 
 def needed(tasks: list[Task], done=Task.done) -> list[Task]:

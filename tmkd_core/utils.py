@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import subprocess
 import tempfile
 from importlib import metadata
@@ -30,19 +31,29 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    """torch.save to a temporary file in the same folder, then rename: never a torn file."""
+def _atomic_write(path: str | Path, write: Callable[[str], Any]) -> Path:
+    """`write(tmp)` to a temporary file in the same folder, then rename: never a torn file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(obj, tmp)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """torch.save, atomically."""
+    return _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_copy(src: str | Path, path: str | Path) -> Path:
+    """A copy of `src` at `path`, atomically."""
+    return _atomic_write(path, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def atomic_write_text(text: str, path: str | Path) -> Path:
