@@ -255,8 +255,8 @@ def run_title(spec: RunSpec) -> str:
 
 
 def plan_tasks(profile: str, parts: Iterable[str] = ("pilot", "main", "ablations"), costs: bool = True) -> list[Task]:
-    """Every stage the chosen parts of the plan need, once each, in the plan's order with
-    each task's dependencies just before it (so that early runs finish early). `costs`
+    """Every stage the chosen parts of the plan need, once each: the teachers, then the runs
+    grouped by dataset and teacher seed, each task's dependencies just before it. `costs`
     False leaves `cost_flop` 0 and reads no dataset."""
     configs: list[ExperimentConfig] = []
     parts = list(parts)
@@ -274,6 +274,10 @@ def plan_tasks(profile: str, parts: Iterable[str] = ("pilot", "main", "ablations
     if "ablations" in parts:
         kd, tmkd = ablation_runs(profile)
         specs += kd + tmkd
+    # the runs of one dataset and teacher seed together, so that the teacher-output caches
+    # (rebuilt on every fresh machine, not stored) are built one teacher at a time
+    order = {name: i for i, name in enumerate(profile_plan(profile, "datasets"))}
+    specs.sort(key=lambda r: (order.get(r.dataset, len(order)), r.teacher_seed))
     tasks: dict[str, Task] = {}
 
     def add(pipe: Pipeline, stage: str, title: str | None = None) -> str:
