@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tmkd_core.config import ABLATIONS, METHODS, PROFILE_PLANS, method_config, with_overrides
+from tmkd_core.config import ABLATIONS, METHODS, PROFILE_METHODS, PROFILE_PLANS, method_config, with_overrides
 from tmkd_core.experiment import Pipeline
 from tmkd_core.plan import (PilotNotSettled, Task, ablation_runs, launch_threads, main_runs, pilot_runs, pilot_settled,
                             needed, plan_tasks, restore_artefacts, run_plan, stored_copy, teacher_configs)
@@ -54,10 +54,14 @@ def test_the_cpu_plan_pairs_student_seeds_with_teacher_seeds_in_turn():
 def test_no_final_run_starts_before_the_pilot_has_decided(monkeypatch):
     assert not pilot_settled("cpu") and pilot_settled("smoke")  # smoke has no pilot
     for ask in (lambda: main_runs("cpu"), lambda: ablation_runs("cpu"), lambda: plan_tasks("cpu", ["pilot", "main"])):
-        with pytest.raises(PilotNotSettled, match=r"set PROFILE_PLANS\['cpu'\]\['pilot'\]\['settled'\] = True"):
+        with pytest.raises(PilotNotSettled, match="docs/protocol.md, 'Settling the pilot'"):
             ask()
+    # marked settled while a pilot run is missing: still refused
     monkeypatch.setitem(PROFILE_PLANS["cpu"]["pilot"], "settled", True)
-    assert len(main_runs("cpu")) == len(main_runs("cpu", settled_only=False))
+    monkeypatch.setattr("tmkd_core.plan.pilot_summary", lambda profile: None)
+    with pytest.raises(PilotNotSettled, match="marked settled but"):
+        main_runs("cpu")
+    assert main_runs("cpu", settled_only=False)
 
 
 def test_plan_tasks_are_each_stage_once_in_dependency_order(cifar_cfg, monkeypatch):
@@ -202,3 +206,12 @@ def test_the_pilot_decision_rule_and_its_report(monkeypatch, tmp_path):
     assert (tmp_path / "figures/tables/pilot.md").exists()
     written = json.loads((tmp_path / "figures/results/pilot.json").read_text())
     assert len(written["runs"]) == 12 and all(r["test_acc"] is None for r in written["runs"])
+    # settling: the profile must list what the rule adopted, and its settings must hold it
+    monkeypatch.setitem(PROFILE_PLANS["cpu"]["pilot"], "settled", True)
+    with pytest.raises(PilotNotSettled, match=r"rule adopted \['KD \[tau=2\]'\], the profile says \[\]"):
+        main_runs("cpu")
+    monkeypatch.setitem(PROFILE_PLANS["cpu"]["pilot"], "adopted", ["KD [tau=2]"])
+    with pytest.raises(PilotNotSettled, match="KD has student.tau = 4.0, not 2.0"):
+        main_runs("cpu")
+    monkeypatch.setitem(PROFILE_METHODS, "cpu", {"KD": {"student.tau": 2.0}})
+    assert main_runs("cpu")  # settled as the rule decided

@@ -417,8 +417,10 @@ PROFILE_PLANS: dict[str, dict[str, Any]] = {
             # adopting a variant into the profile leaves the pilot as it was run. Until
             # `settled` is True (set in the commit that applies its decisions), the plan runs
             # the pilot alone: no final run starts before the pilot has decided.
+            # `adopted` lists what the rule adopted ("TMKD [views=detail]"); the plan checks it, and
+            # the profile's settings, against the pilot's records once `settled` is True.
             "pilot": {"dataset": "cifar10", "teacher_seed": 0, "seeds": [0, 1], "methods": ["KD", "TMKD"],
-                      "settled": False,
+                      "settled": False, "adopted": [],
                       "baseline": {"views.edge_mode": "enhance", "views.hf_mode": "enhance", "fusion.score": "cosine",
                                    "student.tau": 4.0, "student.ce_weight": 1.0, "student.alpha": 1.0},
                       "variants": {"TMKD": {"views=detail": {"views.edge_mode": "detail", "views.hf_mode": "detail"},

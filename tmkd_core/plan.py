@@ -41,8 +41,8 @@ from typing import Any, Iterable
 
 import torch
 
-from .config import (ABLATIONS, METHODS, ExperimentConfig, config_to_dict, dataset_config, method_config,
-                     plan_value, profile_plan)
+from .config import (ABLATIONS, METHODS, PROFILE_PLANS, ExperimentConfig, config_to_dict, dataset_config,
+                     method_config, plan_value, profile_plan)
 from .experiment import Pipeline
 from .utils import atomic_copy
 
@@ -89,11 +89,16 @@ def _runs(profile, dataset, methods, seeds, overrides=(), setting="") -> list[Ru
             for m in methods for s in seeds]
 
 
+def _unsettled(profile: str) -> PilotNotSettled:
+    return PilotNotSettled(f"the {profile} profile's final runs wait for its pilot: run it (`python -m tmkd_core.plan "
+                           f"--profile {profile}`), then settle it as docs/protocol.md, 'Settling the pilot', says")
+
+
 def _check_settled(profile: str, settled_only: bool) -> None:
-    if settled_only and not pilot_settled(profile):
-        raise PilotNotSettled(f"the {profile} profile's final runs wait for its pilot (docs/protocol.md): run "
-                              f"`python -m tmkd_core.plan --profile {profile}`, apply `--pilot-report`'s decisions, "
-                              f"then set PROFILE_PLANS[{profile!r}]['pilot']['settled'] = True")
+    if settled_only:
+        if not pilot_settled(profile):
+            raise _unsettled(profile)
+        check_pilot_decisions(profile)
 
 
 def main_runs(profile: str, datasets: Iterable[str] | None = None, seeds: Iterable[int] | None = None,
@@ -150,8 +155,47 @@ def pilot_settled(profile: str) -> bool:
     return not pilot or bool(pilot.get("settled"))
 
 
+def check_pilot_decisions(profile: str) -> None:
+    """For a settled pilot: that every pilot run is there, KD reached KD_FLOOR, the variants
+    the rule adopted are the profile's `adopted` list, and each method's final settings hold
+    exactly the adopted variants (and the pinned baseline elsewhere). PilotNotSettled if not."""
+    from .experiment import get_path
+
+    pilot = plan_value(profile, "pilot")
+    if not pilot or not pilot.get("settled"):
+        return
+    summary = pilot_summary(profile)
+    if summary is None:
+        raise PilotNotSettled(f"the {profile} pilot is marked settled but {_pilot_progress(profile)}")
+    decided = summary[1]
+    if not decided["kd_reaches_floor"]:
+        raise PilotNotSettled(f"the {profile} pilot's KD reached {decided['kd_val']:.2f}% validation, under "
+                              f"{KD_FLOOR}%: raise the students' epochs and rerun the pilot (docs/protocol.md)")
+    adopted = sorted(label for label, yes in decided["adopted"].items() if yes)
+    if adopted != sorted(pilot.get("adopted", [])):
+        raise PilotNotSettled(f"the {profile} pilot's rule adopted {adopted}, the profile says "
+                              f"{sorted(pilot.get('adopted', []))} (PROFILE_PLANS[{profile!r}]['pilot']['adopted'])")
+    for method, variants in pilot.get("variants", {}).items():
+        final = RunSpec(pilot["dataset"], method, 0, pilot["teacher_seed"]).config(profile)
+        for label, overrides in variants.items():
+            chosen = f"{method} [{label}]" in adopted
+            for key, value in overrides.items():
+                want = value if chosen else pilot["baseline"].get(key, get_path(final, key))
+                if get_path(final, key) != want:
+                    raise PilotNotSettled(f"{method} [{label}] was {'adopted' if chosen else 'not adopted'}, but the "
+                                          f"{profile} profile's {method} has {key} = {get_path(final, key)!r}, not "
+                                          f"{want!r}")
+
+
+def _pilot_progress(profile: str) -> str:
+    runs = pilot_runs(profile)
+    done = sum(Pipeline(s.config(profile)).run_path.exists() for s in runs)
+    return f"{done} of its {len(runs)} runs are finished"
+
+
 DECISION_MARGIN = 0.3  # points of validation accuracy a variant must gain (docs/protocol.md)
 KD_FLOOR = 78.0  # % that KD's student must reach before the final runs (docs/protocol.md)
+MAX_PAIRS = 24  # the most primary pairs the protocol runs
 
 
 def pilot_summary(profile: str) -> tuple[Any, dict] | None:
@@ -187,7 +231,8 @@ def pilot_summary(profile: str) -> tuple[Any, dict] | None:
     n_teachers = len(plan_value(profile, "teacher_seeds", pilot["dataset"]))
     kd_val = 100 * float(np.mean(val["KD", ""]))
     return pd.DataFrame(rows), {"kd_val": kd_val, "kd_reaches_floor": kd_val >= KD_FLOOR,
-                                "pairs_needed": seeds_needed(d["diff_sd"], multiple=n_teachers),
+                                # the protocol runs at most MAX_PAIRS, and reports a half-width missed
+                                "pairs_needed": min(seeds_needed(d["diff_sd"], multiple=n_teachers), MAX_PAIRS),
                                 "sd_diff": 100 * d["diff_sd"], "adopted": {f"{m} [{lab}]": a for (m, lab), a
                                                                           in adopted.items()}}
 
@@ -244,7 +289,7 @@ def _title(stage: str, cfg: ExperimentConfig) -> str:
         modes = f", {cfg.views.edge_mode}/{cfg.views.hf_mode}" if len(cfg.views.views) > 1 else ""
         return f"{kind} ({t}, views {'/'.join(cfg.views.views)}{modes})"
     if stage == "teacher_cache":
-        teacher = "multi-view" if cfg.student.teacher == "multi" else "RGB"
+        teacher = "RGB" if cfg.student.teacher != "multi" else f"multi-view ({cfg.views.edge_mode}/{cfg.views.hf_mode})"
         return f"{teacher} teacher-output cache ({t}, {cfg.student.cache_replicas or cfg.student.optim.epochs} replicas)"
     raise KeyError(stage)
 
@@ -261,10 +306,7 @@ def plan_tasks(profile: str, parts: Iterable[str] = ("pilot", "main", "ablations
     configs: list[ExperimentConfig] = []
     parts = list(parts)
     if {"main", "ablations"} & set(parts) and not pilot_settled(profile):
-        raise PilotNotSettled(f"the {profile} profile's pilot has not decided yet (docs/protocol.md): run the pilot "
-                              f"(python -m tmkd_core.plan --profile {profile} --parts pilot), apply its decisions "
-                              f"(--pilot-report) to the profile, then set PROFILE_PLANS[{profile!r}]['pilot']"
-                              "['settled'] = True in tmkd_core/config.py")
+        raise _unsettled(profile)
     if "main" in parts:
         for cfg in teacher_configs(profile):  # notebook 02: both teachers and the control
             configs += [cfg, method_config(cfg, "TMKD")]
@@ -604,8 +646,12 @@ PARTS = ("pilot", "main", "ablations")
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tmkd_core.plan", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", default="cpu")
+    parser = argparse.ArgumentParser(
+        prog="python -m tmkd_core.plan", description=__doc__.split("\n\n")[0],
+        epilog="Without --dry-run or --pilot-report it trains (the cpu profile: hours). Exit status: 0 all done, "
+               "1 a task failed or the pilot report is incomplete, 2 refused (the pilot has not settled), 3 the pilot "
+               "finished and waits to be settled, 130 interrupted.")
+    parser.add_argument("--profile", default="cpu", choices=list(PROFILE_PLANS))
     parser.add_argument("--jobs", type=int, default=int(os.environ.get("TMKD_JOBS", "2")),
                         help="worker processes (default 2, or $TMKD_JOBS)")
     parser.add_argument("--parts", nargs="+", default=None, choices=PARTS,
@@ -634,7 +680,9 @@ def main(argv=None) -> int:
         out_dir = args.out_dir or ("figures" if args.profile == "cpu" else f"build/{args.profile}/figures")
         summary = write_pilot_report(args.profile, out_dir)
         if summary is None:
-            print(f"the {args.profile} pilot is not complete (or the profile has none)", file=sys.stderr)
+            state = _pilot_progress(args.profile) if plan_value(args.profile, "pilot") else "has no pilot"
+            print(f"[plan] the {args.profile} pilot is not complete: {state}; run `python -m tmkd_core.plan "
+                  f"--profile {args.profile} --parts pilot`", file=sys.stderr)
             return 1
         table, decided = summary
         print(table.to_string(index=False, float_format="%.2f"))
