@@ -11,7 +11,7 @@ import torch
 from tmkd_core.config import ABLATIONS, METHODS, PROFILE_METHODS, PROFILE_PLANS, method_config, with_overrides
 from tmkd_core.experiment import Pipeline
 from tmkd_core.plan import (PilotNotSettled, Task, ablation_runs, launch_threads, main_runs, pilot_runs, pilot_settled,
-                            needed, plan_tasks, restore_artefacts, run_plan, stored_copy, teacher_configs)
+                            needed, plan_tasks, ready_tasks, restore_artefacts, run_plan, stored_copy, teacher_configs)
 from tmkd_core.report import primary_comparison, seeds_needed
 
 
@@ -148,6 +148,9 @@ def test_caches_that_no_task_left_to_run_reads_are_not_built(cifar_cfg):
     assert needed([teacher, cache, student]) == [teacher, cache, student]
     # the student restored from the store: its cache is not rebuilt, the teacher still is
     assert needed([teacher, cache, student], done=lambda t: t is student) == [teacher]
+    # what can start: dependencies done, runs before caches (the store keeps runs, not caches)
+    ce = Task("student", cifar_cfg, "CE", "student:ce", missing / "ce")
+    assert ready_tasks([cache, student, ce], {"rgb_teacher:t"}) == [ce, cache]
 
 
 def test_primary_comparison_and_the_seed_rule():

@@ -248,8 +248,8 @@ def write_pilot_report(profile: str, out_dir: str | Path) -> tuple[Any, dict] | 
     table, decided = summary
     pilot = plan_value(profile, "pilot")
     out = Outputs(out_dir)
-    out.table(table, "pilot", f"Validation pilot (seeds {', '.join(map(str, pilot['seeds']))}): paired "
-                              f"differences in validation accuracy; a variant is adopted above +{DECISION_MARGIN} point")
+    out.table(table, "pilot", f"Validation pilot (seeds {', '.join(map(str, pilot['seeds']))}): paired differences "
+                              f"in validation accuracy; a variant is adopted above +{DECISION_MARGIN} point")
     runs = [run_record(s.dataset, s.method, Pipeline(s.config(profile)).run_student(), s.setting)
             for s in pilot_runs(profile)]
     out.results_json("pilot", {"decided": decided, "pilot": pilot, "decision_margin": DECISION_MARGIN,
@@ -290,7 +290,8 @@ def _title(stage: str, cfg: ExperimentConfig) -> str:
         return f"{kind} ({t}, views {'/'.join(cfg.views.views)}{modes})"
     if stage == "teacher_cache":
         teacher = "RGB" if cfg.student.teacher != "multi" else f"multi-view ({cfg.views.edge_mode}/{cfg.views.hf_mode})"
-        return f"{teacher} teacher-output cache ({t}, {cfg.student.cache_replicas or cfg.student.optim.epochs} replicas)"
+        replicas = cfg.student.cache_replicas or cfg.student.optim.epochs
+        return f"{teacher} teacher-output cache ({t}, {replicas} replicas)"
     raise KeyError(stage)
 
 
@@ -487,6 +488,14 @@ def keep_artefact(task: Task, store: Path, say=print) -> None:
     atomic_copy(task.artefact, kept)
 
 
+def ready_tasks(pending: list[Task], done_keys: set[str]) -> list[Task]:
+    """The pending tasks whose dependencies are done, in plan order, runs and teachers before
+    caches: they are what the store keeps, so a session that ends early leaves finished runs
+    rather than a cache that is not kept."""
+    ready = [t for t in pending if all(n in done_keys for n in t.needs)]
+    return sorted(ready, key=lambda t: t.stage == "teacher_cache")
+
+
 def needed(tasks: list[Task], done=Task.done) -> list[Task]:
     """The tasks to run: every one not `done`, less the teacher-output caches that no task
     left to run reads (after a restore, their students are finished)."""
@@ -561,8 +570,8 @@ def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s
         return 0
     rate = measure_worker_rate(threads, jobs)
     progress = Progress(rate, jobs)
-    say(f"[plan] {total} tasks, {skipped} done or not needed; {len(pending)} to run on {jobs} workers x {threads} thread(s); "
-        f"measured {rate / 1e9:.1f} GFLOP/s per worker; estimated {hms(progress.left(pending, {}))}")
+    say(f"[plan] {total} tasks, {skipped} done or not needed; {len(pending)} to run on {jobs} workers x {threads} "
+        f"thread(s); measured {rate / 1e9:.1f} GFLOP/s per worker; estimated {hms(progress.left(pending, {}))}")
     log_dir.mkdir(parents=True, exist_ok=True)
     ctx = mp.get_context("spawn")
     running: dict[str, tuple[Task, float]] = {}
@@ -606,7 +615,7 @@ def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s
                 done_keys.add(key)
                 status(f"finished {task.title} in {hms(time.perf_counter() - t0)}")
             while len(running) < jobs:
-                startable = [t for t in pending if all(n in done_keys for n in t.needs)]
+                startable = ready_tasks(pending, done_keys)
                 n_threads = launch_threads(machine_threads - sum(held.values()), len(startable), len(running),
                                            threads)
                 if not startable or n_threads < 1:
