@@ -285,6 +285,14 @@ class Pipeline:
     def _checkpoint(self, stage: str) -> Path:  # the partial checkpoint; `artefact` is the finished one
         return self.checkpoints / f"{stage}_{self.key(stage)}.pt"
 
+    def read_checkpoint(self, stage: str, path: Path) -> dict:
+        """A finished checkpoint of `stage` (weights_only), refused if it records another
+        stage key (a file copied under another name)."""
+        state = load_checkpoint(path)
+        if state["info"].get("stage_key", self.key(stage)) != self.key(stage):
+            raise damaged(path, f"it holds the {stage} of key {state['info']['stage_key']}, not {self.key(stage)}")
+        return state
+
     def _train_or_load(self, stage: str, model: torch.nn.Module, train: Callable[[Path], dict] | None) -> dict:
         """Load the finished checkpoint of `stage` into `model`, or train it (resuming a partial
         checkpoint), save it as finished and return its info. `train` None: never train."""
@@ -292,9 +300,7 @@ class Pipeline:
         final = partial.with_suffix(".final.pt")
 
         def load(path: Path) -> dict:
-            state = load_checkpoint(path)
-            if state["info"].get("stage_key", self.key(stage)) != self.key(stage):  # a file copied under another name
-                raise damaged(path, f"it holds the {stage} of key {state['info']['stage_key']}, not {self.key(stage)}")
+            state = self.read_checkpoint(stage, path)
             model.load_state_dict(state["model"])
             return state["info"]
 
