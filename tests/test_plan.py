@@ -10,8 +10,9 @@ import torch
 
 from tmkd_core.config import ABLATIONS, METHODS, PROFILE_METHODS, PROFILE_PLANS, method_config, with_overrides
 from tmkd_core.experiment import Pipeline
-from tmkd_core.plan import (PilotNotSettled, Task, ablation_runs, launch_threads, main_runs, pilot_runs, pilot_settled,
-                            needed, plan_tasks, ready_tasks, restore_artefacts, run_plan, stored_copy, teacher_configs)
+from tmkd_core.plan import (PilotNotSettled, RunSpec, Task, ablation_runs, in_plan_order, launch_threads, main_runs,
+                            needed, pilot_runs, pilot_settled, plan_tasks, primary_seeds, ready_tasks,
+                            restore_artefacts, run_plan, stored_copy, teacher_configs, widen_pairs)
 from tmkd_core.report import primary_comparison, seeds_needed
 
 
@@ -19,7 +20,8 @@ def test_the_cpu_plan_pairs_student_seeds_with_teacher_seeds_in_turn():
     runs = main_runs("cpu", settled_only=False)
     primary = PROFILE_PLANS["cpu"]["primary"]
     kd = [r for r in runs if r.dataset == "cifar10" and r.method == "KD"]
-    assert [r.seed for r in kd] == primary["seeds"]  # the primary seeds, the shared first ones once
+    # the primary seeds (widened only once their runs exist), the shared first ones once
+    assert [r.seed for r in kd] == primary_seeds("cpu") and primary_seeds("cpu")[:len(primary["seeds"])] == primary["seeds"]
     assert [r.teacher_seed for r in kd] == [0, 1] * (len(kd) // 2)
     ce = [r for r in runs if r.dataset == "cifar10" and r.method == "CE"]
     assert [r.seed for r in ce] == PROFILE_PLANS["cpu"]["seeds"]
@@ -178,6 +180,46 @@ def test_primary_comparison_and_the_seed_rule():
         primary_comparison(records[:3])
 
 
+def test_the_widening_rule_adds_pairs_while_the_interval_is_wide():
+    seeds = [100, 101, 102, 103]
+    wide = {100: -1.0, 101: 1.0, 102: -1.0, 103: 1.0}  # sd 1.15 points: half-width 1.84
+    assert widen_pairs(seeds, {s: 0.1 * d + 0.3 for s, d in wide.items()}, 2) == seeds  # half-width 0.18
+    assert widen_pairs(seeds, wide, 2) == seeds + [104, 105]  # one more pair per teacher seed
+    # it reads the spread only: the same spread around another mean widens alike
+    assert widen_pairs(seeds, {s: d + 5.0 for s, d in wide.items()}, 2) == seeds + [104, 105]
+    assert widen_pairs(seeds, {s: wide[s] for s in seeds[:3]}, 2) == seeds  # a pair still running: wait
+    wider = {**wide, 104: -1.0, 105: 1.0}
+    assert widen_pairs(seeds, wider, 2) == seeds + [104, 105, 106, 107]
+    assert widen_pairs(seeds, wider, 2, most=5) == seeds + [104]  # never past MAX_PAIRS
+
+
+def test_primary_pairs_are_widened_from_their_runs_and_run_first(monkeypatch, tmp_path):
+    import tmkd_core.plan as plan
+
+    finished = {("KD", 100): 0.80, ("TMKD", 100): 0.79, ("KD", 101): 0.80, ("TMKD", 101): 0.82}
+
+    class FakePipeline:  # a run's record without training: RunSpec.config gives the spec itself
+        def __init__(self, spec):
+            self.done = finished.get((spec.method, spec.seed))
+            self.run_path = tmp_path / ("done" if self.done is not None else "missing")
+
+        def run_student(self):
+            return {"test_acc": self.done}
+
+    (tmp_path / "done").touch()
+    monkeypatch.setattr(plan, "Pipeline", FakePipeline)
+    monkeypatch.setattr(RunSpec, "config", lambda self, profile: self)
+    monkeypatch.setitem(PROFILE_PLANS["cpu"], "primary", {**PROFILE_PLANS["cpu"]["primary"], "seeds": [100, 101]})
+    assert primary_seeds("cpu") == [100, 101, 102, 103]  # -1 and +2 points: far wider than ±0.5
+    finished.update({("KD", 102): 0.80, ("TMKD", 102): 0.805, ("KD", 103): 0.80, ("TMKD", 103): 0.805})
+    assert primary_seeds("cpu") == [100, 101, 102, 103, 104, 105]
+    runs = main_runs("cpu", settled_only=False)
+    ordered = in_plan_order("cpu", runs)
+    assert [(r.method, r.seed) for r in ordered[:12]] == [(m, s) for s in range(100, 106) for m in ("KD", "TMKD")]
+    rest = ordered[12:]
+    assert sorted(rest, key=lambda r: (r.dataset != "cifar10", r.teacher_seed)) == rest
+
+
 def test_the_pilot_decision_rule_and_its_report(monkeypatch, tmp_path):
     """pilot_summary on made-up validation accuracies: a variant is adopted only above
     +DECISION_MARGIN, KD's floor is checked, and the seed rule sizes the primary pairs."""
@@ -187,10 +229,10 @@ def test_the_pilot_decision_rule_and_its_report(monkeypatch, tmp_path):
             ("TMKD", ""): 0.005, ("TMKD", "views=detail"): -0.01, ("TMKD", "score=class_prob"): 0.0}
     specs = [(spec.config("cpu"), spec) for spec in pilot_runs("cpu")]
 
-    class FakePipeline:  # each pilot run's record, without training
+    class FakePipeline:  # each pilot run's record, without training; no final run has finished
         def __init__(self, cfg):
-            self.spec = next(spec for c, spec in specs if c == cfg)
-            self.run_path = tmp_path
+            self.spec = next((spec for c, spec in specs if c == cfg), None)
+            self.run_path = tmp_path if self.spec else tmp_path / "missing"
 
         def run_student(self):
             s = self.spec

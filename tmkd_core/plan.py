@@ -7,7 +7,9 @@ time left for the whole plan.
 
 The runs are enumerated here once (`pilot_runs`, `main_runs`, `ablation_runs`,
 `teacher_configs`) from `config.PROFILE_PLANS`; the notebooks read the same lists, so that
-after the plan has run they find every artefact and train nothing. A task is one stage of
+after the plan has run they find every artefact and train nothing. The primary comparison's
+pairs run first; once they have finished, docs/protocol.md's widening rule
+(`primary_seeds`) may add pairs, which the plan then runs. A task is one stage of
 one configuration (`Pipeline.BUILT_STAGES`); it is done when its artefact exists, so an
 interrupted plan started again skips what finished and resumes the rest from their
 checkpoints. Each worker runs with `threads` = the machine's threads // jobs: on 2 cores,
@@ -114,9 +116,44 @@ def main_runs(profile: str, datasets: Iterable[str] | None = None, seeds: Iterab
         runs = _runs(profile, name, methods, plan_value(profile, "seeds", name) if seeds is None else list(seeds))
         primary = plan_value(profile, "primary", name)
         if primary and seeds is None:
-            runs += [r for r in _runs(profile, name, primary["methods"], primary["seeds"]) if r not in runs]
+            runs += [r for r in _runs(profile, name, primary["methods"], primary_seeds(profile)) if r not in runs]
         out += runs
     return out
+
+
+def widen_pairs(seeds: list[int], diffs: dict[int, float], n_teachers: int, most: int | None = None,
+                half_width: float = 0.5) -> list[int]:
+    """docs/protocol.md's widening rule: while every seed has its paired difference in
+    `diffs` (seed -> points) and their 95% half-width t(0.975, n-1) sd / sqrt(n) exceeds
+    `half_width`, `n_teachers` more seeds continuing from the last, up to `most` (MAX_PAIRS).
+    It reads the spread of the differences only, never their mean."""
+    from .report import paired_difference
+
+    seeds, most = list(seeds), MAX_PAIRS if most is None else most
+    while len(seeds) < most and all(s in diffs for s in seeds):
+        d = paired_difference([diffs[s] for s in seeds], [0.0] * len(seeds))
+        if (d["ci_high"] - d["ci_low"]) / 2 <= half_width:
+            break
+        seeds += list(range(max(seeds) + 1, max(seeds) + 1 + n_teachers))[: most - len(seeds)]
+    return seeds
+
+
+def primary_seeds(profile: str) -> list[int]:
+    """The primary comparison's student seeds: the profile's (`primary.seeds`, sized by the
+    pilot), widened by `widen_pairs` from the test accuracies of the finished pairs."""
+    primary = plan_value(profile, "primary")
+    name, seeds = primary["dataset"], primary["seeds"]
+    method, reference = primary["methods"][::-1]
+    diffs: dict[int, float] = {}
+    while True:  # a widening step reads the pairs it added: they may have finished too
+        for seed in set(seeds) - set(diffs):
+            acc = [Pipeline(spec.config(profile)) for spec in _runs(profile, name, [method, reference], [seed])]
+            if all(pipe.run_path.exists() for pipe in acc):
+                diffs[seed] = 100 * (acc[0].run_student()["test_acc"] - acc[1].run_student()["test_acc"])
+        wider = widen_pairs(seeds, diffs, len(plan_value(profile, "teacher_seeds", name)))
+        if wider == seeds:
+            return seeds
+        seeds = wider
 
 
 def ablation_runs(profile: str, dataset: str | None = None, seeds: Iterable[int] | None = None,
@@ -300,9 +337,21 @@ def run_title(spec: RunSpec) -> str:
     return f"{spec.method}{setting} seed {spec.seed} ({spec.dataset}, teacher seed {spec.teacher_seed})"
 
 
+def in_plan_order(profile: str, specs: list[RunSpec]) -> list[RunSpec]:
+    """The primary comparison's runs first, a pair's two runs together, so that a plan cut
+    short leaves whole pairs of it; then the runs of one dataset and teacher seed together,
+    so that the teacher-output caches (rebuilt on a fresh machine, not stored) are built
+    one teacher at a time."""
+    order = {name: i for i, name in enumerate(profile_plan(profile, "datasets"))}
+    primary = plan_value(profile, "primary")
+    first = set(_runs(profile, primary["dataset"], primary["methods"], primary_seeds(profile))) if primary else set()
+    return sorted(specs, key=lambda r: (0, r.seed, 0) if r in first
+                  else (1, order.get(r.dataset, len(order)), r.teacher_seed))
+
+
 def plan_tasks(profile: str, parts: Iterable[str] = ("pilot", "main", "ablations"), costs: bool = True) -> list[Task]:
     """Every stage the chosen parts of the plan need, once each: the teachers, then the runs
-    grouped by dataset and teacher seed, each task's dependencies just before it. `costs`
+    `in_plan_order`, each task's dependencies just before it. `costs`
     False leaves `cost_flop` 0 and reads no dataset."""
     configs: list[ExperimentConfig] = []
     parts = list(parts)
@@ -317,10 +366,7 @@ def plan_tasks(profile: str, parts: Iterable[str] = ("pilot", "main", "ablations
     if "ablations" in parts:
         kd, tmkd = ablation_runs(profile)
         specs += kd + tmkd
-    # the runs of one dataset and teacher seed together, so that the teacher-output caches
-    # (rebuilt on every fresh machine, not stored) are built one teacher at a time
-    order = {name: i for i, name in enumerate(profile_plan(profile, "datasets"))}
-    specs.sort(key=lambda r: (order.get(r.dataset, len(order)), r.teacher_seed))
+    specs = in_plan_order(profile, specs)
     tasks: dict[str, Task] = {}
 
     def add(pipe: Pipeline, stage: str, title: str | None = None) -> str:
@@ -721,6 +767,13 @@ def main(argv=None) -> int:
     root = Path(tasks[0].cfg.data.root) if tasks else Path("data")
     log_dir = Path(args.log_dir) if args.log_dir else root / "logs" / "plan"
     code = run_plan(tasks, args.jobs, log_dir, say=lambda s: print(s, flush=True), store=store)
+    while code == 0 and "main" in parts and plan_value(args.profile, "primary"):
+        tasks = plan_tasks(args.profile, parts)  # the widening rule may have added primary pairs
+        if not needed(tasks):
+            break
+        print(f"[plan] the primary interval's half-width exceeds 0.5 point: {len(primary_seeds(args.profile))} pairs "
+              f"now (docs/protocol.md, 'Sizing the interval')", flush=True)
+        code = run_plan(tasks, args.jobs, log_dir, say=lambda s: print(s, flush=True), store=store)
     if code == 0 and not pilot_settled(args.profile):
         summary = pilot_summary(args.profile)
         if summary is not None:
