@@ -43,7 +43,7 @@ from tmkd_core.analysis import tmkd_step_trace
 from tmkd_core.config import METHODS, dataset_config, method_config, plan_value, profile_plan
 from tmkd_core.experiment import Pipeline
 from tmkd_core.explorer import draw_step_trace, step_trace_tables
-from tmkd_core.plan import DECISION_MARGIN, KD_FLOOR, main_runs, pilot_runs, pilot_summary
+from tmkd_core.plan import DECISION_MARGIN, KD_FLOOR, main_runs, pilot_runs, pilot_summary, primary_seeds
 from tmkd_core.report import Outputs, enter_project_root, group_runs, method_table, primary_comparison, run_record
 
 out = Outputs(enter_project_root() / out_dir)
@@ -87,7 +87,7 @@ if pilot_records:
               f"): paired differences in validation accuracy; a variant is adopted above +{DECISION_MARGIN} point")
     print(f"KD validation accuracy {decided['kd_val']:.2f}% (needs {KD_FLOOR:.0f}%); sd of TMKD - KD "
           f"{decided['sd_diff']:.2f} points; pairs the seed rule asks for: {decided['pairs_needed']}, the plan runs "
-          f"{len(plan_value(profile, 'primary', plan['dataset'])['seeds'])}")
+          f"{len(primary_seeds(profile))} (docs/protocol.md's widening rule included)")
     display(pilot_table)
 
 # %% [markdown]
