@@ -150,9 +150,10 @@ def test_caches_that_no_task_left_to_run_reads_are_not_built(cifar_cfg):
     assert needed([teacher, cache, student]) == [teacher, cache, student]
     # the student restored from the store: its cache is not rebuilt, the teacher still is
     assert needed([teacher, cache, student], done=lambda t: t is student) == [teacher]
-    # what can start: dependencies done, runs before caches (the store keeps runs, not caches)
+    # what can start: dependencies done, in plan order (a cache before the runs it unblocks)
     ce = Task("student", cifar_cfg, "CE", "student:ce", missing / "ce")
-    assert ready_tasks([cache, student, ce], {"rgb_teacher:t"}) == [ce, cache]
+    assert ready_tasks([cache, student, ce], {"rgb_teacher:t"}) == [cache, ce]
+    assert ready_tasks([student, ce], {"rgb_teacher:t", "teacher_cache:c"}) == [student, ce]
 
 
 def test_primary_comparison_and_the_seed_rule():

@@ -350,8 +350,8 @@ def in_plan_order(profile: str, specs: list[RunSpec]) -> list[RunSpec]:
 
 
 def plan_tasks(profile: str, parts: Iterable[str] = ("pilot", "main", "ablations"), costs: bool = True) -> list[Task]:
-    """Every stage the chosen parts of the plan need, once each: the teachers, then the runs
-    `in_plan_order`, each task's dependencies just before it. `costs`
+    """Every stage the chosen parts of the plan need, once each: the runs `in_plan_order`,
+    each task's dependencies just before it, then the teachers no run reads. `costs`
     False leaves `cost_flop` 0 and reads no dataset."""
     configs: list[ExperimentConfig] = []
     parts = list(parts)
@@ -377,12 +377,13 @@ def plan_tasks(profile: str, parts: Iterable[str] = ("pilot", "main", "ablations
                               stage_flop(pipe, stage) if costs else 0.0)
         return key
 
-    for cfg in configs:  # teachers only
-        pipe = Pipeline(cfg)
-        add(pipe, "multiview_teacher" if pipe.uses("multiview_teacher") else "rgb_teacher")
     for spec in specs:
         add(Pipeline(spec.config(profile)), "student", run_title(spec))
-    return list(tasks.values())  # dependencies were added before the tasks that need them
+    for cfg in configs:  # teachers only: those no run reads (notebook 02's control) come last
+        pipe = Pipeline(cfg)
+        add(pipe, "multiview_teacher" if pipe.uses("multiview_teacher") else "rgb_teacher")
+    # each dependency just before the first task that needs it: plan order is the order of need
+    return list(tasks.values())
 
 
 # --- cost model --------------------------------------------------------------------------------
@@ -531,11 +532,10 @@ def keep_artefact(task: Task, store: Path, say=print) -> None:
 
 
 def ready_tasks(pending: list[Task], done_keys: set[str]) -> list[Task]:
-    """The pending tasks whose dependencies are done, in plan order, runs and teachers before
-    caches: they are what the store keeps, so a session that ends early leaves finished runs
-    rather than a cache that is not kept."""
-    ready = [t for t in pending if all(n in done_keys for n in t.needs)]
-    return sorted(ready, key=lambda t: t.stage == "teacher_cache")
+    """The pending tasks whose dependencies are done, in plan order: a teacher or cache
+    stands just before the first run that needs it, so the primary pairs' teachers and
+    caches are built before the secondary runs."""
+    return [t for t in pending if all(n in done_keys for n in t.needs)]
 
 
 def needed(tasks: list[Task], done=Task.done) -> list[Task]:
