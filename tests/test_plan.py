@@ -10,7 +10,7 @@ import torch
 
 from tmkd_core.config import ABLATIONS, METHODS, PROFILE_METHODS, PROFILE_PLANS, method_config, with_overrides
 from tmkd_core.experiment import Pipeline
-from tmkd_core.plan import (PilotNotSettled, RunSpec, Task, ablation_runs, in_plan_order, launch_threads, main_runs,
+from tmkd_core.plan import (PilotNotSettled, Progress, RunSpec, Task, ablation_runs, in_plan_order, launch_threads, main_runs,
                             needed, pilot_runs, pilot_settled, plan_tasks, primary_seeds, ready_tasks,
                             restore_artefacts, run_plan, stored_copy, teacher_configs, widen_pairs)
 from tmkd_core.report import primary_comparison, seeds_needed
@@ -140,6 +140,16 @@ def test_a_task_that_can_only_run_alone_takes_every_free_thread():
     assert launch_threads(free=0, ready=1, running=1, per_worker=1) == 0  # a lone task holds both: wait
     # 16 threads, 4 workers: a second lone-looking task beside a running one takes its share only
     assert launch_threads(free=12, ready=1, running=1, per_worker=4) == 4
+
+
+def test_estimates_are_corrected_by_the_finished_runs_records(cifar_cfg, tmp_path):
+    record = tmp_path / "run.json"
+    record.write_text(json.dumps({"train_time_s": 30.0}))
+    finished = Task("student", cifar_cfg, "KD seed 0", "student:a", record, cost_flop=1e9)
+    pending = Task("student", cifar_cfg, "KD seed 1", "student:b", tmp_path / "missing.json", cost_flop=2e9)
+    progress = Progress(rate=1e9, jobs=1)
+    assert progress.estimate(pending) == pytest.approx(2.0)  # operations alone
+    assert progress.read_records([finished, pending]).estimate(pending) == pytest.approx(60.0)  # 30x, as recorded
 
 
 def test_caches_that_no_task_left_to_run_reads_are_not_built(cifar_cfg):

@@ -26,11 +26,14 @@ committed records. Teacher-output caches are rebuilt, not stored (hundreds of MB
 
 Time left is estimated from floating-point operations (`forward_flops`, counted once per
 architecture) at a rate measured on this machine when the plan starts, then corrected by
-the ratio of measured to estimated time of the tasks that finish.
+the ratio of measured to estimated time of the tasks that finish, and of the finished runs
+whose records the plan finds (their `train_time_s`): a student's data pipeline and loss
+make it several times slower than its operations alone.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import os
 import signal
@@ -581,6 +584,14 @@ class Progress:
     def finished(self, task: Task, seconds: float) -> None:
         self.measured.setdefault(task.stage, []).append((task.cost_flop / self.rate, seconds))
 
+    def read_records(self, tasks: list[Task]) -> "Progress":
+        """The finished runs among `tasks` as measurements, from their records' `train_time_s`,
+        so that the estimates are corrected from the start."""
+        for task in tasks:
+            if task.stage == "student" and task.done():
+                self.finished(task, json.loads(task.artefact.read_text())["train_time_s"])
+        return self
+
     def left(self, pending: list[Task], running: dict[str, tuple[Task, float]]) -> float:
         """Seconds of wall time left: the work left spread over the workers, and never less
         than the longest task still to run."""
@@ -612,6 +623,7 @@ def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s
         return 0
     rate = measure_worker_rate(threads, jobs)
     progress = Progress(rate, jobs)
+    progress.read_records(tasks)
     say(f"[plan] {total} tasks, {skipped} done or not needed; {len(pending)} to run on {jobs} workers x {threads} "
         f"thread(s); measured {rate / 1e9:.1f} GFLOP/s per worker; estimated {hms(progress.left(pending, {}))}")
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -750,7 +762,7 @@ def main(argv=None) -> int:
         print(f"[plan] {exc}", file=sys.stderr)
         return 2
     if args.dry_run:
-        progress = Progress(measure_worker_rate(worker_threads(args.jobs), args.jobs), args.jobs)
+        progress = Progress(measure_worker_rate(worker_threads(args.jobs), args.jobs), args.jobs).read_records(tasks)
 
         def stored(t):
             kept = stored_copy(t, store) if store is not None else None
