@@ -10,8 +10,8 @@ import torch
 
 from tmkd_core.config import ABLATIONS, METHODS, PROFILE_METHODS, PROFILE_PLANS, method_config, with_overrides
 from tmkd_core.experiment import Pipeline
-from tmkd_core.plan import (PilotNotSettled, Progress, RunSpec, Task, ablation_runs, in_plan_order, launch_threads, main_runs,
-                            needed, pilot_runs, pilot_settled, plan_tasks, primary_seeds, ready_tasks,
+from tmkd_core.plan import (PilotNotSettled, Progress, RunSpec, Task, ablation_runs, in_plan_order, launch_threads,
+                            main_runs, needed, pilot_runs, pilot_settled, plan_tasks, primary_seeds, ready_tasks,
                             restore_artefacts, run_plan, stored_copy, teacher_configs, widen_pairs)
 from tmkd_core.report import primary_comparison, seeds_needed
 
