@@ -21,7 +21,8 @@ def test_the_cpu_plan_pairs_student_seeds_with_teacher_seeds_in_turn():
     primary = PROFILE_PLANS["cpu"]["primary"]
     kd = [r for r in runs if r.dataset == "cifar10" and r.method == "KD"]
     # the primary seeds (widened only once their runs exist), the shared first ones once
-    assert [r.seed for r in kd] == primary_seeds("cpu") and primary_seeds("cpu")[:len(primary["seeds"])] == primary["seeds"]
+    seeds = primary_seeds("cpu")
+    assert [r.seed for r in kd] == seeds and seeds[:len(primary["seeds"])] == primary["seeds"]
     assert [r.teacher_seed for r in kd] == [0, 1] * (len(kd) // 2)
     ce = [r for r in runs if r.dataset == "cifar10" and r.method == "CE"]
     assert [r.seed for r in ce] == PROFILE_PLANS["cpu"]["seeds"]
