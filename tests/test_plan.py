@@ -16,13 +16,17 @@ from tmkd_core.plan import (PilotNotSettled, Progress, RunSpec, Task, ablation_r
 from tmkd_core.report import primary_comparison, seeds_needed
 
 
+@pytest.fixture(autouse=True)
+def no_final_run_has_finished(monkeypatch):
+    """The plan as it stands before any final run, whatever data/ and the store hold here."""
+    monkeypatch.setattr("tmkd_core.plan.finished_record", lambda spec, profile: None)
+
+
 def test_the_cpu_plan_pairs_student_seeds_with_teacher_seeds_in_turn():
     runs = main_runs("cpu", settled_only=False)
     primary = PROFILE_PLANS["cpu"]["primary"]
     kd = [r for r in runs if r.dataset == "cifar10" and r.method == "KD"]
-    # the primary seeds (widened only once their runs exist), the shared first ones once
-    seeds = primary_seeds("cpu")
-    assert [r.seed for r in kd] == seeds and seeds[:len(primary["seeds"])] == primary["seeds"]
+    assert [r.seed for r in kd] == primary["seeds"]  # the primary seeds, the shared first ones once
     assert [r.teacher_seed for r in kd] == [0, 1] * (len(kd) // 2)
     ce = [r for r in runs if r.dataset == "cifar10" and r.method == "CE"]
     assert [r.seed for r in ce] == PROFILE_PLANS["cpu"]["seeds"]
@@ -126,6 +130,14 @@ def test_run_plan_runs_what_is_not_done_on_workers_and_stops_on_a_failure(cifar_
     assert "not restored" in said[0] and "damaged" in said[0] and str(stored_copy(tasks[0], store)) in said[0]
     tasks[0].artefact.write_bytes(record)
     said.clear()
+    # a run added after another finished (the widening rule's pairs) runs too, first
+    added = _tiny(cifar_cfg, 904)
+    said.clear()
+    assert run_plan([tasks[0], _tiny(cifar_cfg, 906)], jobs=1, log_dir=tmp_path, say=said.append,
+                    more=lambda: [] if added.done() else [tasks[0], added]) == 0
+    assert added.done() and any("added 1 task(s) first: CE seed 904" in s for s in said)
+    assert said[-1].startswith("[plan 3/3 done")
+    said.clear()
     bad = _tiny(cifar_cfg, 903, **{"student.optim.batch_size": 500})  # more than the 100 training images
     assert run_plan(tasks + [bad], jobs=2, log_dir=tmp_path, say=said.append) == 1
     assert "2 done or not needed; 1 to run" in said[0]
@@ -205,31 +217,43 @@ def test_the_widening_rule_adds_pairs_while_the_interval_is_wide():
     assert widen_pairs(seeds, wider, 2, most=5) == seeds + [104]  # never past MAX_PAIRS
 
 
-def test_primary_pairs_are_widened_from_their_runs_and_run_first(monkeypatch, tmp_path):
+def test_primary_pairs_are_widened_from_their_runs_and_run_first(monkeypatch):
     import tmkd_core.plan as plan
 
     finished = {("KD", 100): 0.80, ("TMKD", 100): 0.79, ("KD", 101): 0.80, ("TMKD", 101): 0.82}
-
-    class FakePipeline:  # a run's record without training: RunSpec.config gives the spec itself
-        def __init__(self, spec):
-            self.done = finished.get((spec.method, spec.seed))
-            self.run_path = tmp_path / ("done" if self.done is not None else "missing")
-
-        def run_student(self):
-            return {"test_acc": self.done}
-
-    (tmp_path / "done").touch()
-    monkeypatch.setattr(plan, "Pipeline", FakePipeline)
-    monkeypatch.setattr(RunSpec, "config", lambda self, profile: self)
+    monkeypatch.setattr(plan, "finished_record", lambda spec, profile: (
+        {"test_acc": finished[spec.method, spec.seed]} if (spec.method, spec.seed) in finished else None))
     monkeypatch.setitem(PROFILE_PLANS["cpu"], "primary", {**PROFILE_PLANS["cpu"]["primary"], "seeds": [100, 101]})
     assert primary_seeds("cpu") == [100, 101, 102, 103]  # -1 and +2 points: far wider than ±0.5
     finished.update({("KD", 102): 0.80, ("TMKD", 102): 0.805, ("KD", 103): 0.80, ("TMKD", 103): 0.805})
     assert primary_seeds("cpu") == [100, 101, 102, 103, 104, 105]
     runs = main_runs("cpu", settled_only=False)
-    ordered = in_plan_order("cpu", runs)
+    assert [r.seed for r in runs if r.method == "TMKD" and r.dataset == "cifar10"] == list(range(100, 106))
+    ordered = in_plan_order("cpu", runs + pilot_runs("cpu"))
     assert [(r.method, r.seed) for r in ordered[:12]] == [(m, s) for s in range(100, 106) for m in ("KD", "TMKD")]
     rest = ordered[12:]
     assert sorted(rest, key=lambda r: (r.dataset != "cifar10", r.teacher_seed)) == rest
+
+
+def test_finished_records_are_read_from_the_data_root_or_else_the_store(cifar_cfg, monkeypatch, tmp_path):
+    import tmkd_core.plan as plan
+
+    monkeypatch.undo()  # the real finished_record
+    spec = RunSpec("cifar10", "CE", 905)
+    cfg = method_config(cifar_cfg, "CE", {"seed": 905, "data.train_size": 100, "data.val_size": 50,
+                                          "data.test_size": 50, "student.optim.epochs": 1,
+                                          "student.optim.batch_size": 50})
+    monkeypatch.setattr(RunSpec, "config", lambda self, profile: cfg)
+    monkeypatch.setattr(plan, "profile_store", lambda profile: tmp_path / "store")
+    pipe = Pipeline(cfg)
+    pipe.run_path.unlink(missing_ok=True)
+    assert plan.finished_record(spec, "cpu") is None
+    record = pipe.run_student()
+    assert plan.finished_record(spec, "cpu")["test_acc"] == record["test_acc"]
+    kept = tmp_path / "store" / pipe.run_path.relative_to(Path(cfg.data.root))  # a fresh clone: the store only
+    kept.parent.mkdir(parents=True)
+    pipe.run_path.rename(kept)
+    assert plan.finished_record(spec, "cpu")["test_acc"] == record["test_acc"]
 
 
 def test_the_pilot_decision_rule_and_its_report(monkeypatch, tmp_path):
@@ -241,10 +265,10 @@ def test_the_pilot_decision_rule_and_its_report(monkeypatch, tmp_path):
             ("TMKD", ""): 0.005, ("TMKD", "views=detail"): -0.01, ("TMKD", "score=class_prob"): 0.0}
     specs = [(spec.config("cpu"), spec) for spec in pilot_runs("cpu")]
 
-    class FakePipeline:  # each pilot run's record, without training; no final run has finished
+    class FakePipeline:  # each pilot run's record, without training
         def __init__(self, cfg):
-            self.spec = next((spec for c, spec in specs if c == cfg), None)
-            self.run_path = tmp_path if self.spec else tmp_path / "missing"
+            self.spec = next(spec for c, spec in specs if c == cfg)
+            self.run_path = tmp_path
 
         def run_student(self):
             s = self.spec

@@ -8,8 +8,8 @@ time left for the whole plan.
 The runs are enumerated here once (`pilot_runs`, `main_runs`, `ablation_runs`,
 `teacher_configs`) from `config.PROFILE_PLANS`; the notebooks read the same lists, so that
 after the plan has run they find every artefact and train nothing. The primary comparison's
-pairs run first; once they have finished, docs/protocol.md's widening rule
-(`primary_seeds`) may add pairs, which the plan then runs. A task is one stage of
+pairs come first; whenever they have all finished, docs/protocol.md's widening rule
+(`primary_seeds`) may add pairs, which the plan runs next. A task is one stage of
 one configuration (`Pipeline.BUILT_STAGES`); it is done when its artefact exists, so an
 interrupted plan started again skips what finished and resumes the rest from their
 checkpoints. Each worker runs with `threads` = the machine's threads // jobs: on 2 cores,
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing as mp
 import os
 import signal
@@ -42,7 +43,7 @@ import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -130,14 +131,14 @@ def widen_pairs(seeds: list[int], diffs: dict[int, float], n_teachers: int, most
     `diffs` (seed -> points) and their 95% half-width t(0.975, n-1) sd / sqrt(n) exceeds
     `half_width`, `n_teachers` more seeds continuing from the last, up to `most` (MAX_PAIRS).
     It reads the spread of the differences only, never their mean."""
-    from .report import paired_difference
+    from .report import mean_std, t_quantile_975
 
     seeds, most = list(seeds), MAX_PAIRS if most is None else most
     while len(seeds) < most and all(s in diffs for s in seeds):
-        d = paired_difference([diffs[s] for s in seeds], [0.0] * len(seeds))
-        if (d["ci_high"] - d["ci_low"]) / 2 <= half_width:
+        sd = mean_std(diffs[s] for s in seeds)[1]
+        if t_quantile_975(len(seeds) - 1) * sd / math.sqrt(len(seeds)) <= half_width:
             break
-        seeds += list(range(max(seeds) + 1, max(seeds) + 1 + n_teachers))[: most - len(seeds)]
+        seeds += list(range(max(seeds) + 1, max(seeds) + 1 + max(n_teachers, 1)))[: most - len(seeds)]
     return seeds
 
 
@@ -150,13 +151,32 @@ def primary_seeds(profile: str) -> list[int]:
     diffs: dict[int, float] = {}
     while True:  # a widening step reads the pairs it added: they may have finished too
         for seed in set(seeds) - set(diffs):
-            acc = [Pipeline(spec.config(profile)) for spec in _runs(profile, name, [method, reference], [seed])]
-            if all(pipe.run_path.exists() for pipe in acc):
-                diffs[seed] = 100 * (acc[0].run_student()["test_acc"] - acc[1].run_student()["test_acc"])
+            pair = [finished_record(spec, profile) for spec in _runs(profile, name, [method, reference], [seed])]
+            if None not in pair:
+                diffs[seed] = 100 * (pair[0]["test_acc"] - pair[1]["test_acc"])
         wider = widen_pairs(seeds, diffs, len(plan_value(profile, "teacher_seeds", name)))
         if wider == seeds:
             return seeds
         seeds = wider
+
+
+def profile_store(profile: str) -> Path | None:
+    """The profile's artefact store (`store`, relative to the project root), or None."""
+    from .report import find_root
+
+    store = plan_value(profile, "store")
+    return find_root() / store if store else None
+
+
+def finished_record(spec: RunSpec, profile: str) -> dict | None:
+    """`spec`'s run record if the run has finished: from the data root, else from the
+    profile's store (a fresh clone, before the plan has restored it); None if neither has it."""
+    pipe = Pipeline(spec.config(profile))
+    if pipe.run_path.exists():
+        return pipe.run_student()
+    store = profile_store(profile)
+    kept = store / pipe.run_path.relative_to(Path(pipe.cfg.data.root)) if store else None
+    return pipe._read_record(kept) if kept is not None and kept.exists() else None
 
 
 def ablation_runs(profile: str, dataset: str | None = None, seeds: Iterable[int] | None = None,
@@ -341,14 +361,17 @@ def run_title(spec: RunSpec) -> str:
 
 
 def in_plan_order(profile: str, specs: list[RunSpec]) -> list[RunSpec]:
-    """The primary comparison's runs first, a pair's two runs together, so that a plan cut
-    short leaves whole pairs of it; then the runs of one dataset and teacher seed together,
-    so that the teacher-output caches (rebuilt on a fresh machine, not stored) are built
-    one teacher at a time."""
+    """The primary comparison's runs first, in seed order, a pair's two runs side by side;
+    then the runs of one dataset and teacher seed together, so that the teacher-output
+    caches (rebuilt on a fresh machine, not stored) are built one teacher at a time."""
     order = {name: i for i, name in enumerate(profile_plan(profile, "datasets"))}
     primary = plan_value(profile, "primary")
-    first = set(_runs(profile, primary["dataset"], primary["methods"], primary_seeds(profile))) if primary else set()
-    return sorted(specs, key=lambda r: (0, r.seed, 0) if r in first
+
+    def is_primary(r: RunSpec) -> bool:  # the primary seeds hold every final seed of these methods
+        return bool(primary) and r.dataset == primary["dataset"] and r.method in primary["methods"] and \
+            not r.overrides and r.seed >= min(primary["seeds"])
+
+    return sorted(specs, key=lambda r: (0, r.seed, 0) if is_primary(r)
                   else (1, order.get(r.dataset, len(order)), r.teacher_seed))
 
 
@@ -568,15 +591,18 @@ def hms(seconds: float) -> str:
 
 
 class Progress:
-    """Estimated seconds per task, corrected by the tasks that finished."""
+    """Estimated seconds per task, corrected by the tasks that finished (for runs, before
+    any has finished here: by the recorded training times of finished runs)."""
 
     def __init__(self, rate: float, jobs: int):
         self.rate, self.jobs = rate, jobs
         self.measured: dict[str, list[tuple[float, float]]] = {}  # stage -> (estimated, actual)
+        self.recorded: list[tuple[float, float]] = []  # runs finished before this plan started
 
     def estimate(self, task: Task) -> float:
         est = task.cost_flop / self.rate
-        pairs = self.measured.get(task.stage) or [p for v in self.measured.values() for p in v]
+        pairs = (self.measured.get(task.stage) or (self.recorded if task.stage == "student" else None)
+                 or [p for v in self.measured.values() for p in v])
         if pairs:
             est *= sum(a for _, a in pairs) / max(sum(e for e, _ in pairs), 1e-9)
         return est
@@ -585,11 +611,16 @@ class Progress:
         self.measured.setdefault(task.stage, []).append((task.cost_flop / self.rate, seconds))
 
     def read_records(self, tasks: list[Task]) -> "Progress":
-        """The finished runs among `tasks` as measurements, from their records' `train_time_s`,
-        so that the estimates are corrected from the start."""
+        """The finished runs among `tasks` as the students' first measurements, from their
+        records' `train_time_s` (training only: setup and the test pass are left out);
+        an unreadable record is skipped (the store checks records, not this)."""
         for task in tasks:
             if task.stage == "student" and task.done():
-                self.finished(task, json.loads(task.artefact.read_text())["train_time_s"])
+                try:
+                    self.recorded.append((task.cost_flop / self.rate,
+                                          float(json.loads(task.artefact.read_text())["train_time_s"])))
+                except (OSError, ValueError, KeyError, TypeError):
+                    continue
         return self
 
     def left(self, pending: list[Task], running: dict[str, tuple[Task, float]]) -> float:
@@ -602,9 +633,11 @@ class Progress:
 
 
 def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s: float = 60.0,
-             store: Path | None = None) -> int:
+             store: Path | None = None, more: Callable[[], list[Task]] | None = None) -> int:
     """Run the tasks not done yet on `jobs` worker processes; 0 when all finished. With a
-    `store`, stored artefacts are restored first and each finished one is kept there."""
+    `store`, stored artefacts are restored first and each finished one is kept there. After
+    each finished run, `more()` may return tasks to add (the widening rule's pairs): those
+    not in the plan yet go first."""
     machine_threads = torch.get_num_threads()
     if jobs > machine_threads:
         say(f"[plan] {jobs} workers asked for, {machine_threads} thread(s) here: running {machine_threads} at a time")
@@ -668,6 +701,13 @@ def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s
                     keep_artefact(task, store, say)
                 done_keys.add(key)
                 status(f"finished {task.title} in {hms(time.perf_counter() - t0)}")
+                if more is not None and task.stage == "student":
+                    known = done_keys | {t.key for t in pending} | set(running)
+                    added = [t for t in more() if t.key not in known and not t.done()]
+                    pending[:0] = added
+                    total += len(added)
+                    if added:
+                        status(f"added {len(added)} task(s) first: " + "; ".join(t.title for t in added))
             while len(running) < jobs:
                 startable = ready_tasks(pending, done_keys)
                 n_threads = launch_threads(machine_threads - sum(held.values()), len(startable), len(running),
@@ -705,6 +745,25 @@ def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s
     return 0
 
 
+def widened_pairs(profile: str, parts: list[str]) -> Callable[[], list[Task]] | None:
+    """For `run_plan(more=...)`: the plan's tasks again once the widening rule has added
+    primary pairs since the last call, else none (None: the parts have no primary comparison)."""
+    if "main" not in parts or not plan_value(profile, "primary"):
+        return None
+    seen = primary_seeds(profile)
+
+    def more() -> list[Task]:
+        nonlocal seen
+        now = primary_seeds(profile)
+        if now == seen:
+            return []
+        print(f"[plan] the primary interval's half-width exceeds 0.5 point: {len(now)} pairs now "
+              f"(docs/protocol.md, 'Sizing the interval')", flush=True)
+        seen = now
+        return plan_tasks(profile, parts)
+    return more
+
+
 PARTS = ("pilot", "main", "ablations")
 
 
@@ -732,11 +791,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
-    from .report import find_root
-
-    store = args.store or plan_value(args.profile, "store")
-    # relative to the project root, where the store is kept in git, wherever this runs from
-    store = None if store in (None, "none") else find_root() / store if args.store is None else Path(store)
+    # the profile's store is relative to the project root, where it is kept in git
+    store = profile_store(args.profile) if args.store is None else None if args.store == "none" else Path(args.store)
     if args.pilot_report:
         if store is not None:
             restore_artefacts(plan_tasks(args.profile, ["pilot"], costs=False), store)
@@ -778,14 +834,8 @@ def main(argv=None) -> int:
         return 0
     root = Path(tasks[0].cfg.data.root) if tasks else Path("data")
     log_dir = Path(args.log_dir) if args.log_dir else root / "logs" / "plan"
-    code = run_plan(tasks, args.jobs, log_dir, say=lambda s: print(s, flush=True), store=store)
-    while code == 0 and "main" in parts and plan_value(args.profile, "primary"):
-        tasks = plan_tasks(args.profile, parts)  # the widening rule may have added primary pairs
-        if not needed(tasks):
-            break
-        print(f"[plan] the primary interval's half-width exceeds 0.5 point: {len(primary_seeds(args.profile))} pairs "
-              f"now (docs/protocol.md, 'Sizing the interval')", flush=True)
-        code = run_plan(tasks, args.jobs, log_dir, say=lambda s: print(s, flush=True), store=store)
+    code = run_plan(tasks, args.jobs, log_dir, say=lambda s: print(s, flush=True), store=store,
+                    more=widened_pairs(args.profile, parts))
     if code == 0 and not pilot_settled(args.profile):
         summary = pilot_summary(args.profile)
         if summary is not None:
