@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tmkd_core.config import ABLATIONS, METHODS, PROFILE_METHODS, PROFILE_PLANS, method_config, with_overrides
+from tmkd_core.config import (ABLATIONS, METHODS, PROFILE_METHODS, PROFILE_PLANS, PROFILES, method_config,
+                              with_overrides)
 from tmkd_core.experiment import Pipeline
 from tmkd_core.plan import (PilotNotSettled, Progress, RunSpec, Task, ablation_runs, in_plan_order, launch_threads,
                             main_runs, needed, pilot_runs, pilot_settled, plan_tasks, primary_seeds, ready_tasks,
@@ -59,6 +60,7 @@ def test_the_cpu_plan_pairs_student_seeds_with_teacher_seeds_in_turn():
 
 
 def test_no_final_run_starts_before_the_pilot_has_decided(monkeypatch):
+    monkeypatch.setitem(PROFILE_PLANS["cpu"], "pilot", {**PROFILE_PLANS["cpu"]["pilot"], "settled": False})
     assert not pilot_settled("cpu") and pilot_settled("smoke")  # smoke has no pilot
     for ask in (lambda: main_runs("cpu"), lambda: ablation_runs("cpu"), lambda: plan_tasks("cpu", ["pilot", "main"])):
         with pytest.raises(PilotNotSettled, match="docs/protocol.md, 'Settling the pilot'"):
@@ -263,20 +265,21 @@ def test_the_pilot_decision_rule_and_its_report(monkeypatch, tmp_path):
 
     gain = {("KD", ""): 0.0, ("KD", "tau=2"): 0.004, ("KD", "0.1 CE + 0.9 KD"): 0.002,
             ("TMKD", ""): 0.005, ("TMKD", "views=detail"): -0.01, ("TMKD", "score=class_prob"): 0.0}
-    specs = [(spec.config("cpu"), spec) for spec in pilot_runs("cpu")]
+    # the cpu profile as it was before its pilot settled, whatever it adopted since
+    unsettled = PROFILES["cpu"]
+    monkeypatch.setitem(PROFILES, "cpu", lambda: {**unsettled(), "views": {"edge_mode": "enhance", "hf_mode": "enhance"},
+                                                  "fusion": {"score": "cosine"}})
+    monkeypatch.setitem(PROFILE_METHODS, "cpu", {})
+    monkeypatch.setitem(PROFILE_PLANS["cpu"], "pilot", {**PROFILE_PLANS["cpu"]["pilot"], "settled": False, "adopted": []})
 
-    class FakePipeline:  # each pilot run's record, without training
-        def __init__(self, cfg):
-            self.spec = next(spec for c, spec in specs if c == cfg)
-            self.run_path = tmp_path
+    def record(spec, profile):  # each pilot run's record, without training; no final run has finished
+        if spec not in pilot_runs("cpu"):
+            return None
+        val = 0.79 + gain[spec.method, spec.setting] + (0.003 * spec.seed if spec.method == "TMKD" else 0.0)
+        return {"val_acc": val, "test_acc": None, "seed": spec.seed, "run_key": "k", "train_time_s": 1.0,
+                "config": {"teacher": {"seed": spec.teacher_seed}}}
 
-        def run_student(self):
-            s = self.spec
-            val = 0.79 + gain[s.method, s.setting] + (0.003 * s.seed if s.method == "TMKD" else 0.0)
-            return {"val_acc": val, "test_acc": None, "seed": s.seed, "run_key": "k", "train_time_s": 1.0,
-                    "config": {"teacher": {"seed": s.teacher_seed}}}
-
-    monkeypatch.setattr(plan, "Pipeline", FakePipeline)
+    monkeypatch.setattr(plan, "finished_record", record)
     table, decided = plan.write_pilot_report("cpu", tmp_path / "figures")
     assert decided["adopted"] == {"KD [tau=2]": True, "KD [0.1 CE + 0.9 KD]": False,
                                   "TMKD [views=detail]": False, "TMKD [score=class_prob]": False}

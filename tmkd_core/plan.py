@@ -249,7 +249,7 @@ def check_pilot_decisions(profile: str) -> None:
 
 def _pilot_progress(profile: str) -> str:
     runs = pilot_runs(profile)
-    done = sum(Pipeline(s.config(profile)).run_path.exists() for s in runs)
+    done = sum(finished_record(s, profile) is not None for s in runs)
     return f"{done} of its {len(runs)} runs are finished"
 
 
@@ -272,10 +272,10 @@ def pilot_summary(profile: str) -> tuple[Any, dict] | None:
         return None
     val: dict[tuple[str, str], list[float]] = {}
     for spec in sorted(pilot_runs(profile), key=lambda r: r.seed):
-        pipe = Pipeline(spec.config(profile))
-        if not pipe.run_path.exists():
+        record = finished_record(spec, profile)
+        if record is None:
             return None
-        val.setdefault((spec.method, spec.setting), []).append(pipe.run_student()["val_acc"])
+        val.setdefault((spec.method, spec.setting), []).append(record["val_acc"])
     d = paired_difference(val["TMKD", ""], val["KD", ""])
     rows = [{"comparison": "TMKD - KD", "seeds": len(val["KD", ""]), "val Δ (points)": 100 * d["diff"],
              "sd of Δ": 100 * d["diff_sd"], "mean val (%)": 100 * np.mean(val["TMKD", ""]), "adopt": ""}]
@@ -310,8 +310,7 @@ def write_pilot_report(profile: str, out_dir: str | Path) -> tuple[Any, dict] | 
     out = Outputs(out_dir)
     out.table(table, "pilot", f"Validation pilot (seeds {', '.join(map(str, pilot['seeds']))}): paired differences "
                               f"in validation accuracy; a variant is adopted above +{DECISION_MARGIN} point")
-    runs = [run_record(s.dataset, s.method, Pipeline(s.config(profile)).run_student(), s.setting)
-            for s in pilot_runs(profile)]
+    runs = [run_record(s.dataset, s.method, finished_record(s, profile), s.setting) for s in pilot_runs(profile)]
     out.results_json("pilot", {"decided": decided, "pilot": pilot, "decision_margin": DECISION_MARGIN,
                                "kd_floor": KD_FLOOR}, runs=runs)
     return summary
