@@ -157,7 +157,7 @@ def test_a_task_that_can_only_run_alone_takes_every_free_thread():
     assert launch_threads(free=12, ready=1, running=1, per_worker=4) == 4
 
 
-def test_estimates_are_corrected_by_the_finished_runs_records(cifar_cfg, tmp_path):
+def test_estimates_are_corrected_by_the_times_finished_artefacts_record(cifar_cfg, tmp_path):
     record = tmp_path / "run.json"
     record.write_text(json.dumps({"train_time_s": 30.0}))
     finished = Task("student", cifar_cfg, "KD seed 0", "student:a", record, cost_flop=1e9)
@@ -165,6 +165,17 @@ def test_estimates_are_corrected_by_the_finished_runs_records(cifar_cfg, tmp_pat
     progress = Progress(rate=1e9, jobs=1)
     assert progress.estimate(pending) == pytest.approx(2.0)  # operations alone
     assert progress.read_records([finished, pending]).estimate(pending) == pytest.approx(60.0)  # 30x, as recorded
+    # a teacher kept in the store only (a fresh clone) corrects the teachers, not a student's record
+    root = Path(cifar_cfg.data.root)
+    kept_teacher = Task("rgb_teacher", cifar_cfg, "teacher 0", "rgb_teacher:a", root / "absent" / "t0.pt", cost_flop=1e9)
+    teacher = Task("rgb_teacher", cifar_cfg, "teacher 1", "rgb_teacher:b", root / "absent" / "t1.pt", cost_flop=1e9)
+    store = tmp_path / "store"
+    stored_copy(kept_teacher, store).parent.mkdir(parents=True)
+    torch.save({"info": {"train_time_s": 100.0}, "model": {}}, stored_copy(kept_teacher, store))
+    assert Progress(1e9, 1).read_records([finished, teacher]).estimate(teacher) == pytest.approx(1.0)
+    assert Progress(1e9, 1).read_records([kept_teacher, teacher], store).estimate(teacher) == pytest.approx(100.0)
+    record.write_text("{not json")  # unreadable: skipped, never fatal
+    assert Progress(1e9, 1).read_records([finished, pending]).estimate(pending) == pytest.approx(2.0)
 
 
 def test_caches_that_no_task_left_to_run_reads_are_not_built(cifar_cfg):

@@ -590,17 +590,17 @@ def hms(seconds: float) -> str:
 
 
 class Progress:
-    """Estimated seconds per task, corrected by the tasks that finished (for runs, before
-    any has finished here: by the recorded training times of finished runs)."""
+    """Estimated seconds per task, corrected by the tasks that finished (before any of a
+    stage has finished here: by the times recorded in the finished artefacts of that stage)."""
 
     def __init__(self, rate: float, jobs: int):
         self.rate, self.jobs = rate, jobs
         self.measured: dict[str, list[tuple[float, float]]] = {}  # stage -> (estimated, actual)
-        self.recorded: list[tuple[float, float]] = []  # runs finished before this plan started
+        self.recorded: dict[str, list[tuple[float, float]]] = {}  # the same, from artefacts found at the start
 
     def estimate(self, task: Task) -> float:
         est = task.cost_flop / self.rate
-        pairs = (self.measured.get(task.stage) or (self.recorded if task.stage == "student" else None)
+        pairs = (self.measured.get(task.stage) or self.recorded.get(task.stage)
                  or [p for v in self.measured.values() for p in v])
         if pairs:
             est *= sum(a for _, a in pairs) / max(sum(e for e, _ in pairs), 1e-9)
@@ -609,17 +609,23 @@ class Progress:
     def finished(self, task: Task, seconds: float) -> None:
         self.measured.setdefault(task.stage, []).append((task.cost_flop / self.rate, seconds))
 
-    def read_records(self, tasks: list[Task]) -> "Progress":
-        """The finished runs among `tasks` as the students' first measurements, from their
-        records' `train_time_s` (training only: setup and the test pass are left out);
-        an unreadable record is skipped (the store checks records, not this)."""
+    def read_records(self, tasks: list[Task], store: Path | None = None) -> "Progress":
+        """The training times recorded in the finished artefacts among `tasks` (in the data
+        root, else in `store`): a run record's or a teacher checkpoint's `train_time_s`
+        (training only: setup and evaluation are left out). Unreadable ones are skipped."""
+        from .utils import DamagedArtifact, load_checkpoint
+
         for task in tasks:
-            if task.stage == "student" and task.done():
-                try:
-                    self.recorded.append((task.cost_flop / self.rate,
-                                          float(json.loads(task.artefact.read_text())["train_time_s"])))
-                except (OSError, ValueError, KeyError, TypeError):
-                    continue
+            path = task.artefact if task.done() else stored_copy(task, store) if store is not None else None
+            if task.stage == "teacher_cache" or path is None or not path.exists():
+                continue
+            try:
+                info = json.loads(path.read_text()) if task.stage == "student" else load_checkpoint(path)["info"]
+                seconds = float(info["train_time_s"])
+            except (OSError, ValueError, KeyError, TypeError, DamagedArtifact):  # an estimate never stops the plan
+                continue
+            if seconds > 0:  # an imported teacher records 0
+                self.recorded.setdefault(task.stage, []).append((task.cost_flop / self.rate, seconds))
         return self
 
     def left(self, pending: list[Task], running: dict[str, tuple[Task, float]]) -> float:
@@ -772,17 +778,24 @@ def main(argv=None) -> int:
         epilog="Without --dry-run or --pilot-report it trains (the cpu profile: hours). Exit status: 0 all done, "
                "1 a task failed or the pilot report is incomplete, 2 refused (the pilot has not settled), 3 the pilot "
                "finished and waits to be settled, 130 interrupted.")
-    parser.add_argument("--profile", default="cpu", choices=list(PROFILE_PLANS))
+    parser.add_argument("--profile", default="cpu", choices=list(PROFILE_PLANS),
+                        help="the profile whose plan runs (default: cpu, the evidence of docs/protocol.md)")
     parser.add_argument("--jobs", type=int, default=int(os.environ.get("TMKD_JOBS", "2")),
                         help="worker processes (default 2, or $TMKD_JOBS)")
     parser.add_argument("--parts", nargs="+", default=None, choices=PARTS,
-                        help="default: all, or the pilot alone while it has not decided")
+                        help="pilot: the validation pilot; main: the teachers and notebook 04's runs (the primary "
+                             "comparison first); ablations: notebook 05's runs. Default: all, or the pilot alone "
+                             "while it has not settled")
     parser.add_argument("--pilot-report", action="store_true",
                         help="the pilot's validation table and what the protocol's rules decide from it, "
-                             "written to <out-dir>/tables/pilot.md and <out-dir>/results/pilot.json")
+                             "written to <out-dir>/tables/pilot.md and <out-dir>/results/pilot.json (for cpu: the "
+                             "committed figures/, overwritten); the pilot's stored artefacts are restored to data/")
     parser.add_argument("--out-dir", default=None,
                         help="where --pilot-report writes (default: figures for cpu, else build/<profile>/figures)")
-    parser.add_argument("--dry-run", action="store_true", help="list the tasks and their estimates, run nothing")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="list the tasks and their estimates, train nothing: done (in data/), kept (in the store, "
+                             "restored at the start), todo, skip (a cache no run left reads). It extracts the "
+                             "datasets (hundreds of MB) and times this CPU for a few seconds")
     parser.add_argument("--log-dir", default=None, help="per-task logs (default: <data.root>/logs/plan)")
     parser.add_argument("--store", default=None,
                         help="artefact store: finished teachers and run records, restored when missing "
@@ -817,7 +830,8 @@ def main(argv=None) -> int:
         print(f"[plan] {exc}", file=sys.stderr)
         return 2
     if args.dry_run:
-        progress = Progress(measure_worker_rate(worker_threads(args.jobs), args.jobs), args.jobs).read_records(tasks)
+        rate = measure_worker_rate(worker_threads(args.jobs), args.jobs)
+        progress = Progress(rate, args.jobs).read_records(tasks, store)
 
         def stored(t):
             kept = stored_copy(t, store) if store is not None else None
@@ -828,8 +842,8 @@ def main(argv=None) -> int:
         for t in tasks:
             state = "done" if t.done() else "kept" if stored(t) else "todo" if t.key in to_run else "skip"
             print(f"{state}  {hms(progress.estimate(t))}  {t.title}")
-        print(f"{len(tasks)} tasks, {len(pending)} to run, estimated {hms(progress.left(pending, {}))} "
-              f"on {args.jobs} workers")
+        print(f"{len(tasks)} tasks, {len(pending)} to run, estimated {hms(progress.left(pending, {}))} on {args.jobs} "
+              f"workers (at {rate / 1e9:.1f} GFLOP/s per worker, measured now: a busy machine reads slower)")
         return 0
     root = Path(tasks[0].cfg.data.root) if tasks else Path("data")
     log_dir = Path(args.log_dir) if args.log_dir else root / "logs" / "plan"
