@@ -119,5 +119,5 @@ clean:
 	@echo "kept data/ (datasets, teacher checkpoints, caches, runs); 'make clean-cache' removes the computed ones"
 
 clean-cache: clean
-	@echo "removing data/checkpoints, data/cache and data/runs; the cpu profile still restores its finished teachers and runs from artefacts/cpu (remove its checkpoints/ and runs/ too to retrain everything)"
+	@echo "removing data/checkpoints, data/cache and data/runs; the cpu profile still restores its finished teachers and runs from artefacts/cpu (remove its checkpoints/, runs/ and partial/ too to retrain everything)"
 	rm -rf data/checkpoints data/cache data/runs

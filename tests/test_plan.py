@@ -11,9 +11,10 @@ import torch
 from tmkd_core.config import (ABLATIONS, METHODS, PROFILE_METHODS, PROFILE_PLANS, PROFILES, method_config,
                               with_overrides)
 from tmkd_core.experiment import Pipeline
-from tmkd_core.plan import (PilotNotSettled, Progress, RunSpec, Task, ablation_runs, in_plan_order, launch_threads,
-                            main_runs, needed, pilot_runs, pilot_settled, plan_tasks, primary_seeds, ready_tasks,
-                            restore_artefacts, run_plan, stored_copy, teacher_configs, widen_pairs)
+from tmkd_core.plan import (PilotNotSettled, Progress, RunSpec, Task, ablation_runs, in_plan_order, keep_artefact,
+                            keep_partial, launch_threads, main_runs, needed, pilot_runs, pilot_settled, plan_tasks,
+                            primary_seeds, ready_tasks, restore_artefacts, run_plan, stored_copy, stored_partial,
+                            teacher_configs, widen_pairs)
 from tmkd_core.report import primary_comparison, seeds_needed
 
 
@@ -105,7 +106,7 @@ def _tiny(cifar_cfg, seed, **extra):
     pipe = Pipeline(cfg)
     pipe.artefact("student").unlink(missing_ok=True)
     return Task("student", cfg, f"CE seed {seed}", f"student:{pipe.key('student')}", pipe.artefact("student"),
-                cost_flop=1e9)
+                cost_flop=1e9, partial=pipe.partial_checkpoint("student"))
 
 
 def test_run_plan_runs_what_is_not_done_on_workers_and_stops_on_a_failure(cifar_cfg, tmp_path):
@@ -147,6 +148,24 @@ def test_run_plan_runs_what_is_not_done_on_workers_and_stops_on_a_failure(cifar_
     assert any("FAILED: CE seed 903" in s and "exceeds the 100 training images" in s for s in said)
 
 
+def test_an_unfinished_tasks_last_epoch_is_kept_in_the_store_until_it_finishes(cifar_cfg, tmp_path):
+    task, store, said = _tiny(cifar_cfg, 907), tmp_path / "store", []
+    task.partial.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"epoch": 3}, task.partial)
+    keep_partial(task, store)  # what the plan does every minute for each running task
+    kept = stored_partial(task, store)
+    assert kept.read_bytes() == task.partial.read_bytes() and kept.parent.parent.name == "partial"
+    task.partial.unlink()  # a machine without this data root resumes from the stored epoch
+    assert restore_artefacts([task], store, say=said.append) == 1 and torch.load(task.partial)["epoch"] == 3
+    task.partial.unlink()
+    kept.write_text("not a checkpoint")
+    assert restore_artefacts([task], store, say=said.append) == 0 and not task.partial.exists()
+    assert "starts from its first epoch" in said[-1] and str(kept) in said[-1]
+    Pipeline(task.cfg).run_student()  # finished: its record is kept, the stored epoch dropped
+    keep_artefact(task, store, say=said.append)
+    assert stored_copy(task, store).exists() and not kept.exists()
+
+
 def test_a_task_that_can_only_run_alone_takes_every_free_thread():
     # 2 threads, 2 workers, 1 thread each
     assert launch_threads(free=2, ready=1, running=0, per_worker=1) == 2  # the first teacher, alone
@@ -167,7 +186,8 @@ def test_estimates_are_corrected_by_the_times_finished_artefacts_record(cifar_cf
     assert progress.read_records([finished, pending]).estimate(pending) == pytest.approx(60.0)  # 30x, as recorded
     # a teacher kept in the store only (a fresh clone) corrects the teachers, not a student's record
     root = Path(cifar_cfg.data.root)
-    kept_teacher = Task("rgb_teacher", cifar_cfg, "teacher 0", "rgb_teacher:a", root / "absent" / "t0.pt", cost_flop=1e9)
+    kept_teacher = Task("rgb_teacher", cifar_cfg, "teacher 0", "rgb_teacher:a", root / "absent" / "t0.pt",
+                        cost_flop=1e9)
     teacher = Task("rgb_teacher", cifar_cfg, "teacher 1", "rgb_teacher:b", root / "absent" / "t1.pt", cost_flop=1e9)
     store = tmp_path / "store"
     stored_copy(kept_teacher, store).parent.mkdir(parents=True)
@@ -278,10 +298,11 @@ def test_the_pilot_decision_rule_and_its_report(monkeypatch, tmp_path):
             ("TMKD", ""): 0.005, ("TMKD", "views=detail"): -0.01, ("TMKD", "score=class_prob"): 0.0}
     # the cpu profile as it was before its pilot settled, whatever it adopted since
     unsettled = PROFILES["cpu"]
-    monkeypatch.setitem(PROFILES, "cpu", lambda: {**unsettled(), "views": {"edge_mode": "enhance", "hf_mode": "enhance"},
-                                                  "fusion": {"score": "cosine"}})
+    monkeypatch.setitem(PROFILES, "cpu", lambda: {**unsettled(), "fusion": {"score": "cosine"},
+                                                  "views": {"edge_mode": "enhance", "hf_mode": "enhance"}})
     monkeypatch.setitem(PROFILE_METHODS, "cpu", {})
-    monkeypatch.setitem(PROFILE_PLANS["cpu"], "pilot", {**PROFILE_PLANS["cpu"]["pilot"], "settled": False, "adopted": []})
+    monkeypatch.setitem(PROFILE_PLANS["cpu"], "pilot",
+                        {**PROFILE_PLANS["cpu"]["pilot"], "settled": False, "adopted": []})
 
     def record(spec, profile):  # each pilot run's record, without training; no final run has finished
         if spec not in pilot_runs("cpu"):

@@ -285,6 +285,13 @@ class Pipeline:
     def _checkpoint(self, stage: str) -> Path:  # the partial checkpoint; `artefact` is the finished one
         return self.checkpoints / f"{stage}_{self.key(stage)}.pt"
 
+    def partial_checkpoint(self, stage: str) -> Path | None:
+        """Where `stage` keeps its resumable checkpoint while it trains (each epoch); None for
+        the teacher-output cache, which resumes from its finished replicas."""
+        if stage in ("rgb_teacher", "multiview_teacher"):
+            return self._checkpoint(stage)
+        return self.checkpoints / f"student_{self.key('student')}.pt" if stage == "student" else None
+
     def read_checkpoint(self, stage: str, path: Path) -> dict:
         """A finished checkpoint of `stage` (weights_only), refused if it records another
         stage key (a file copied under another name)."""
@@ -476,7 +483,7 @@ class Pipeline:
         finished run is read back. The student checkpoints every epoch and a killed run
         resumes from its last epoch. `force` retrains from scratch and overwrites the record."""
         path = self.run_path
-        checkpoint = self.checkpoints / f"student_{self.key('student')}.pt"
+        checkpoint = self.partial_checkpoint("student")
 
         def build():
             self.check_batch_sizes()

@@ -334,6 +334,7 @@ class Task:
     artefact: Path
     needs: list[str] = field(default_factory=list)  # keys of the tasks it builds on
     cost_flop: float = 0.0
+    partial: Path | None = None  # its resumable checkpoint while it trains (Pipeline.partial_checkpoint)
 
     def done(self) -> bool:
         return self.artefact.exists()
@@ -399,7 +400,7 @@ def plan_tasks(profile: str, parts: Iterable[str] = ("pilot", "main", "ablations
         if key not in tasks:
             needs = [add(pipe, s) for s in pipe.after(stage) if s in Pipeline.BUILT_STAGES]
             tasks[key] = Task(stage, pipe.cfg, title or _title(stage, pipe.cfg), key, pipe.artefact(stage), needs,
-                              stage_flop(pipe, stage) if costs else 0.0)
+                              stage_flop(pipe, stage) if costs else 0.0, pipe.partial_checkpoint(stage))
         return key
 
     for spec in specs:
@@ -513,6 +514,24 @@ def stored_copy(task: Task, store: Path) -> Path | None:
     return Path(store) / task.artefact.relative_to(Path(task.cfg.data.root))
 
 
+def stored_partial(task: Task, store: Path) -> Path | None:
+    """Where the store keeps `task`'s resumable checkpoint while it is unfinished (under
+    `partial/`), or None for a task that has none (a cache)."""
+    if task.partial is None:
+        return None
+    return Path(store) / "partial" / task.partial.relative_to(Path(task.cfg.data.root))
+
+
+def keep_partial(task: Task, store: Path) -> None:
+    """Copy a running task's resumable checkpoint into the store if it changed, so that a
+    machine that loses its data root resumes the task from its last epoch, not its first."""
+    kept = stored_partial(task, store)
+    if kept is None or not task.partial.exists():
+        return
+    if not kept.exists() or kept.read_bytes() != task.partial.read_bytes():
+        atomic_copy(task.partial, kept)
+
+
 def check_artefact(task: Task, path: Path) -> None:
     """Raise DamagedArtifact unless `path` holds `task`'s artefact: a run record of this
     run's key and settings, or a checkpoint (loaded with weights_only) of this stage key."""
@@ -525,35 +544,50 @@ def check_artefact(task: Task, path: Path) -> None:
 
 def restore_artefacts(tasks: list[Task], store: Path, say=print) -> int:
     """Copy into the data root every stored artefact it lacks, each checked first
-    (`check_artefact`; a bad one is named and skipped, so its task runs again); how many
+    (`check_artefact`; a bad one is named and skipped, so its task runs again), and the
+    last epoch's checkpoint of each unfinished task it lacks (`stored_partial`); how many
     were copied. Nothing in the data root is overwritten."""
-    from .utils import DamagedArtifact
+    from .utils import DamagedArtifact, load_checkpoint
 
     copied = 0
     for task in tasks:
+        if task.done():
+            continue
         kept = stored_copy(task, store)
-        if kept is None or not kept.exists() or task.done():
-            continue
-        try:
-            check_artefact(task, kept)
-        except DamagedArtifact as exc:
-            say(f"[plan] not restored, the task runs again: {exc} (the stored copy: {kept})")
-            continue
-        atomic_copy(kept, task.artefact)
-        copied += 1
+        if kept is not None and kept.exists():
+            try:
+                check_artefact(task, kept)
+            except DamagedArtifact as exc:
+                say(f"[plan] not restored, the task runs again: {exc} (the stored copy: {kept})")
+            else:
+                atomic_copy(kept, task.artefact)
+                copied += 1
+                continue
+        partial = stored_partial(task, store)
+        if partial is not None and partial.exists() and not task.partial.exists():
+            try:  # an unfinished task's last epoch: it resumes from there
+                load_checkpoint(partial)
+            except DamagedArtifact as exc:
+                say(f"[plan] not restored, the task starts from its first epoch: {exc}")
+                continue
+            atomic_copy(partial, task.partial)
+            copied += 1
     return copied
 
 
 def keep_artefact(task: Task, store: Path, say=print) -> None:
-    """Copy a finished task's artefact into the store, checked first (nothing for a cache);
-    a stored copy that differs (a run retrained with --force) is replaced."""
+    """Copy a finished task's artefact into the store, checked first (nothing for a cache),
+    and drop its stored last epoch; a stored copy that differs (a run retrained with
+    --force) is replaced."""
     kept = stored_copy(task, store)
-    if kept is None or (kept.exists() and kept.read_bytes() == task.artefact.read_bytes()):
-        return
-    check_artefact(task, task.artefact)
-    if kept.exists():
-        say(f"[plan] the store's copy of {task.title} differs from {task.artefact}: replaced")
-    atomic_copy(task.artefact, kept)
+    if kept is not None and not (kept.exists() and kept.read_bytes() == task.artefact.read_bytes()):
+        check_artefact(task, task.artefact)
+        if kept.exists():
+            say(f"[plan] the store's copy of {task.title} differs from {task.artefact}: replaced")
+        atomic_copy(task.artefact, kept)
+    partial = stored_partial(task, store)
+    if partial is not None:  # finished: its last epoch's checkpoint is no longer needed
+        partial.unlink(missing_ok=True)
 
 
 def ready_tasks(pending: list[Task], done_keys: set[str]) -> list[Task]:
@@ -732,6 +766,9 @@ def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s
                 return 1
             if time.perf_counter() - last_beat > heartbeat_s:
                 last_beat = time.perf_counter()
+                if store is not None:
+                    for task, _ in running.values():
+                        keep_partial(task, store)
                 now = time.perf_counter()
                 status("running: " + "; ".join(f"{t.title} {hms(now - t0)}" for t, t0 in running.values()))
             time.sleep(0.5)
@@ -742,6 +779,9 @@ def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         alive = [p for p in procs.values() if p.is_alive()]
+        if store is not None:  # the interrupted tasks' last epochs, for a machine without this data root
+            for task, _ in running.values():
+                keep_partial(task, store)
         for proc in alive:  # every worker first, then wait: a second signal orphans none
             proc.terminate()
         for proc in alive:
