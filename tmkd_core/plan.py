@@ -22,13 +22,15 @@ A profile may name an artefact `store` (the cpu profile: `artefacts/cpu/`, kept 
 plan copies every finished teacher checkpoint and run record there, and copies what a data
 root lacks back from it before it starts, so that a fresh clone (or a machine whose `data/`
 was wiped) continues the plan where it stopped, and every table can be recomputed from the
-committed records. Teacher-output caches are rebuilt, not stored (hundreds of MB).
+committed records. A task still training is kept there as its last epoch's checkpoint
+(`partial/`), so that it resumes on another machine. Teacher-output caches are rebuilt,
+not stored (hundreds of MB).
 
 Time left is estimated from floating-point operations (`forward_flops`, counted once per
 architecture) at a rate measured on this machine when the plan starts, then corrected by
-the ratio of measured to estimated time of the tasks that finish, and of the finished runs
-whose records the plan finds (their `train_time_s`): a student's data pipeline and loss
-make it several times slower than its operations alone.
+the ratio of measured to estimated time of the tasks that finish, and from the start by
+the training times that finished teachers and runs record (`train_time_s`): a student's
+data pipeline and loss make it several times slower than its operations alone.
 """
 from __future__ import annotations
 
