@@ -150,17 +150,27 @@ def test_run_plan_runs_what_is_not_done_on_workers_and_stops_on_a_failure(cifar_
 
 def test_an_unfinished_tasks_last_epoch_is_kept_in_the_store_until_it_finishes(cifar_cfg, tmp_path):
     task, store, said = _tiny(cifar_cfg, 907), tmp_path / "store", []
-    task.partial.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"epoch": 3}, task.partial)
+
+    def save_epoch(epoch, path):  # what train.fit writes after each epoch
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"epoch": epoch, "model": {}, "optimizer": {}, "scheduler": {}, "history": []}, path)
+
+    save_epoch(3, task.partial)
     keep_partial(task, store)  # what the plan does every minute for each running task
     kept = stored_partial(task, store)
     assert kept.read_bytes() == task.partial.read_bytes() and kept.parent.parent.name == "partial"
     task.partial.unlink()  # a machine without this data root resumes from the stored epoch
     assert restore_artefacts([task], store, say=said.append) == 1 and torch.load(task.partial)["epoch"] == 3
+    save_epoch(5, task.partial)  # a later epoch in data/ is kept; an earlier one gives way
+    assert restore_artefacts([task], store, say=said.append) == 0 and torch.load(task.partial)["epoch"] == 5
+    save_epoch(1, task.partial)
+    assert restore_artefacts([task], store, say=said.append) == 1 and torch.load(task.partial)["epoch"] == 3
+    assert "the store's epoch 3 replaces an earlier checkpoint" in said[-1]
     task.partial.unlink()
-    kept.write_text("not a checkpoint")
+    torch.save({"epoch": 3}, kept)  # loads, but fit could not resume from it: named, not restored
     assert restore_artefacts([task], store, say=said.append) == 0 and not task.partial.exists()
-    assert "starts from its first epoch" in said[-1] and str(kept) in said[-1]
+    assert "not a resumable checkpoint" in said[-1] and str(kept) in said[-1]
+    keep_partial(task, store)  # the task finished meanwhile: its checkpoint is gone, nothing to keep
     Pipeline(task.cfg).run_student()  # finished: its record is kept, the stored epoch dropped
     keep_artefact(task, store, say=said.append)
     assert stored_copy(task, store).exists() and not kept.exists()

@@ -524,14 +524,31 @@ def stored_partial(task: Task, store: Path) -> Path | None:
     return Path(store) / "partial" / task.partial.relative_to(Path(task.cfg.data.root))
 
 
+PARTIAL_FIELDS = ("epoch", "model", "optimizer", "scheduler", "history")  # what train.fit resumes from
+
+
+def partial_epoch(path: Path) -> int:
+    """The epoch a resumable checkpoint holds; DamagedArtifact if it is not one `fit` resumes."""
+    from .utils import damaged, load_checkpoint
+
+    state = load_checkpoint(path)
+    if not isinstance(state, dict) or any(k not in state for k in PARTIAL_FIELDS):
+        raise damaged(path, f"it is not a resumable checkpoint (it needs {', '.join(PARTIAL_FIELDS)})")
+    return int(state["epoch"])
+
+
 def keep_partial(task: Task, store: Path) -> None:
     """Copy a running task's resumable checkpoint into the store if it changed, so that a
-    machine that loses its data root resumes the task from its last epoch, not its first."""
+    machine that loses its data root resumes the task from its last epoch, not its first.
+    A checkpoint that vanishes meanwhile (its task just finished) is not an error."""
     kept = stored_partial(task, store)
-    if kept is None or not task.partial.exists():
+    if kept is None:
         return
-    if not kept.exists() or kept.read_bytes() != task.partial.read_bytes():
-        atomic_copy(task.partial, kept)
+    try:
+        if not kept.exists() or kept.read_bytes() != task.partial.read_bytes():
+            atomic_copy(task.partial, kept)
+    except FileNotFoundError:
+        return
 
 
 def check_artefact(task: Task, path: Path) -> None:
@@ -547,9 +564,10 @@ def check_artefact(task: Task, path: Path) -> None:
 def restore_artefacts(tasks: list[Task], store: Path, say=print) -> int:
     """Copy into the data root every stored artefact it lacks, each checked first
     (`check_artefact`; a bad one is named and skipped, so its task runs again), and the
-    last epoch's checkpoint of each unfinished task it lacks (`stored_partial`); how many
-    were copied. Nothing in the data root is overwritten."""
-    from .utils import DamagedArtifact, load_checkpoint
+    last epoch's checkpoint of each unfinished task (`stored_partial`) where the data root
+    holds none or an earlier epoch; how many were copied. No finished artefact in the data
+    root is overwritten."""
+    from .utils import DamagedArtifact
 
     copied = 0
     for task in tasks:
@@ -566,14 +584,22 @@ def restore_artefacts(tasks: list[Task], store: Path, say=print) -> int:
                 copied += 1
                 continue
         partial = stored_partial(task, store)
-        if partial is not None and partial.exists() and not task.partial.exists():
-            try:  # an unfinished task's last epoch: it resumes from there
-                load_checkpoint(partial)
-            except DamagedArtifact as exc:
-                say(f"[plan] not restored, the task starts from its first epoch: {exc}")
-                continue
-            atomic_copy(partial, task.partial)
-            copied += 1
+        if partial is None or not partial.exists():
+            continue
+        try:  # an unfinished task's last epoch: it resumes from there
+            epoch = partial_epoch(partial)
+        except DamagedArtifact as exc:
+            say(f"[plan] not restored, the task resumes from what data/ holds or starts afresh: {exc}")
+            continue
+        if task.partial.exists():  # a later epoch here is kept; an earlier one gives way
+            try:
+                if partial_epoch(task.partial) >= epoch:
+                    continue
+            except DamagedArtifact:
+                pass
+            say(f"[plan] {task.title}: the store's epoch {epoch} replaces an earlier checkpoint in {task.partial}")
+        atomic_copy(partial, task.partial)
+        copied += 1
     return copied
 
 
@@ -781,13 +807,16 @@ def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         alive = [p for p in procs.values() if p.is_alive()]
-        if store is not None:  # the interrupted tasks' last epochs, for a machine without this data root
-            for task, _ in running.values():
-                keep_partial(task, store)
         for proc in alive:  # every worker first, then wait: a second signal orphans none
             proc.terminate()
         for proc in alive:
             proc.join(30)
+        if store is not None:  # the interrupted tasks' last epochs, for a machine without this data root
+            for task, _ in running.values():
+                try:
+                    keep_partial(task, store)
+                except OSError as exc:
+                    say(f"[plan] {task.title}: its last epoch was not kept in the store: {exc}")
     status("all tasks done")
     return 0
 
