@@ -731,6 +731,7 @@ def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s
     running: dict[str, tuple[Task, float]] = {}
     procs: dict[str, Any] = {}
     held: dict[str, int] = {}  # threads of each running task
+    resumed: set[str] = set()  # tasks that started from a checkpoint of an earlier plan
     threads_of: dict[str, int] = {}
     started, last_beat = time.perf_counter(), 0.0
     pending_keys = {t.key for t in pending}
@@ -762,7 +763,8 @@ def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s
                     say(f"[plan] FAILED: {task.title} (exit {proc.exitcode}); its log, {log}:\n{tail}"
                         + (f"\n[plan] stopping the others (they resume next time): {others}" if others else ""))
                     return 1
-                if threads_of[key] == threads:  # a lone task's threads would skew the correction
+                # a lone task's threads, or a task resumed part-way, would skew the correction
+                if threads_of[key] == threads and key not in resumed:
                     progress.finished(task, time.perf_counter() - t0)
                 if store is not None:
                     keep_artefact(task, store, say)
@@ -785,10 +787,13 @@ def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s
                 pending.remove(ready)
                 log = log_dir / f"{ready.key.replace(':', '_')}.log"
                 cfg = {**config_to_dict(ready.cfg), "progress": False}
+                if ready.partial is not None and ready.partial.exists():
+                    resumed.add(ready.key)
                 proc = ctx.Process(target=_work, args=(cfg, ready.stage, n_threads, str(log)), daemon=False)
                 proc.start()
                 procs[ready.key], running[ready.key], held[ready.key] = proc, (ready, time.perf_counter()), n_threads
-                status(f"started {ready.title} on {n_threads} thread(s) (~{hms(progress.estimate(ready))})")
+                status(f"started {ready.title} on {n_threads} thread(s) (~{hms(progress.estimate(ready))})"
+                       + (" from its last checkpoint" if ready.key in resumed else ""))
             if not running and pending:
                 say("[plan] no task can start: a task it needs is missing from the plan")
                 return 1
