@@ -177,8 +177,13 @@ def finished_record(spec: RunSpec, profile: str) -> dict | None:
     if pipe.run_path.exists():
         return pipe.run_student()
     store = profile_store(profile)
-    kept = store / pipe.run_path.relative_to(Path(pipe.cfg.data.root)) if store else None
+    kept = in_store(pipe.run_path, pipe.cfg, store) if store else None
     return pipe._read_record(kept) if kept is not None and kept.exists() else None
+
+
+def in_store(path: Path, cfg: ExperimentConfig, store: Path, folder: str = "") -> Path:
+    """Where the store keeps a file of the data root (`path`, under `cfg.data.root`)."""
+    return Path(store) / folder / path.relative_to(Path(cfg.data.root))
 
 
 def ablation_runs(profile: str, dataset: str | None = None, seeds: Iterable[int] | None = None,
@@ -513,7 +518,7 @@ def stored_copy(task: Task, store: Path) -> Path | None:
     a stage that is not stored."""
     if task.stage not in STORED_STAGES:
         return None
-    return Path(store) / task.artefact.relative_to(Path(task.cfg.data.root))
+    return in_store(task.artefact, task.cfg, store)
 
 
 def stored_partial(task: Task, store: Path) -> Path | None:
@@ -521,7 +526,7 @@ def stored_partial(task: Task, store: Path) -> Path | None:
     `partial/`), or None for a task that has none (a cache)."""
     if task.partial is None:
         return None
-    return Path(store) / "partial" / task.partial.relative_to(Path(task.cfg.data.root))
+    return in_store(task.partial, task.cfg, store, "partial")
 
 
 PARTIAL_FIELDS = ("epoch", "model", "optimizer", "scheduler", "history")  # what train.fit resumes from
