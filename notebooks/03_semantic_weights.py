@@ -41,7 +41,7 @@ import seaborn as sns
 import torch
 
 from tmkd_core import priors
-from tmkd_core.analysis import fusion_weights
+from tmkd_core.analysis import fusion_weights, weights_against_views
 from tmkd_core.config import dataset_config, profile_plan
 from tmkd_core.experiment import Pipeline
 from tmkd_core.explorer import ViewExplorer
@@ -91,6 +91,25 @@ out.figure(fig, "weights_by_class")
 per_class = long.groupby(["class", "view"])["weight"].mean().unstack()[list(views)].reset_index()
 out.table(per_class, "weights_by_class", f"Mean fusion weight per class and view ({dataset}, validation)")
 per_class
+
+# %% [markdown]
+# ## Do the weights follow which view is right?
+# Weights help only if they move towards the view that gets a sample right. For each view:
+# its accuracy, its mean weight on the samples it gets right and on those it gets wrong, and
+# the correlation over samples between its weight and its probability of the label. Then the
+# fused teacher's accuracy with these weights, with uniform weights and with confidence
+# weights `w_v ∝ p_v(y)` (label-conditioned like the fusion: a reference, not a method).
+
+# %%
+follow = weights_against_views(fw["weights"], fw["view_logits"], fw["labels"], views)
+out.table(pd.DataFrame(follow["per_view"]), "weights_vs_view_accuracy",
+          f"Per view: accuracy (%), mean p(label), mean weight overall, where right and where wrong, "
+          f"corr(weight, p(label)) ({dataset}, validation)")
+fused_by_weighting = pd.DataFrame({"weighting": list(follow["fused"]), "fused accuracy (%)": list(follow["fused"].values())})
+out.table(fused_by_weighting, "fused_by_weighting", f"The fused teacher's accuracy by weighting ({dataset}, validation)")
+print(f"largest weight on the view most confident of the label: {follow['top_view']['top_weight_on_most_confident']:.1%} "
+      f"(chance {follow['top_view']['chance']:.1%}); on a view that is wrong: {follow['top_view']['top_weight_on_wrong_view']:.1%}")
+pd.DataFrame(follow["per_view"])
 
 # %% [markdown]
 # ## Samples with their views and weights
@@ -168,4 +187,4 @@ print("weights:", w.shape[0], "views; columns sum to one:", bool(np.allclose(w.s
 
 # %%
 out.results_json("03_semantic_weights", {"dataset": dataset, "mean_weights_by_class": per_class.to_dict("records"),
-                                         "tau_sweep": rows}, cfg)  # no student runs
+                                         "weights_vs_views": follow, "tau_sweep": rows}, cfg)  # no student runs

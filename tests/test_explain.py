@@ -1,5 +1,5 @@
-"""What the notebooks show a reader: one image's views and weights taken apart, one TMKD step
-taken apart, and the interactive explorer (without a browser)."""
+"""What the notebooks show a reader: one image's views and weights taken apart, whether the
+weights follow the views' accuracy, one TMKD step taken apart, and the interactive explorer (without a browser)."""
 import dataclasses
 from datetime import datetime, timezone
 import io
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tmkd_core.analysis import explain_views, tmkd_step_trace
+from tmkd_core.analysis import explain_views, tmkd_step_trace, weights_against_views
 from tmkd_core.config import method_config
 from tmkd_core.data import to_float
 from tmkd_core.experiment import Pipeline
@@ -31,6 +31,36 @@ def batch(tmkd):
 
 def entropy(w: torch.Tensor) -> float:
     return float(-(w * w.clamp_min(1e-12).log()).sum(0).mean())
+
+
+def test_weights_against_views_by_hand():
+    # 2 views, 3 samples, 2 classes, labels 0, 1, 0. View "a" is right on samples 0 and 1,
+    # view "b" only on sample 2; the largest weight is on "b" for samples 0 and 2.
+    # Logit margins 10 (view a) and 5 (view b): each view's p(y) is near 1 or 0, and uniform
+    # fusion never ties.
+    view_logits = torch.tensor([[[10.0, 0], [0, 10], [0, 10]],
+                                [[0, 5.0], [5, 0], [5, 0]]])
+    labels = torch.tensor([0, 1, 0])
+    weights = torch.tensor([[0.2, 0.6, 0.3], [0.8, 0.4, 0.7]])
+    got = weights_against_views(weights, view_logits, labels, ["a", "b"])
+    a, b = got["per_view"]
+    assert (a["view"], b["view"]) == ("a", "b")
+    assert a["accuracy"] == pytest.approx(200 / 3) and b["accuracy"] == pytest.approx(100 / 3)
+    assert a["mean_weight"] == pytest.approx(1.1 / 3) and b["mean_weight"] == pytest.approx(1.9 / 3)
+    assert a["weight_when_right"] == pytest.approx(0.4) and a["weight_when_wrong"] == pytest.approx(0.3)
+    assert b["weight_when_right"] == pytest.approx(0.7) and b["weight_when_wrong"] == pytest.approx(0.6)
+    # p_a(y) = (q, q, 1 - q) and w_a = (.2, .6, .3), centred: in the directions (1, 1, -2) and
+    # (-5, 7, -2), so corr = 6 / (√6 · √78) = 1/√13
+    assert a["corr_weight_p_label"] == pytest.approx(13 ** -0.5)
+    assert got["top_view"]["top_weight_on_most_confident"] == pytest.approx(2 / 3)  # samples 1 and 2
+    assert got["top_view"]["top_weight_on_wrong_view"] == pytest.approx(1 / 3)      # sample 0
+    # z_T = sum_v w_v z_v: text weights give (2, 4), (2, 6), (3.5, 3): samples 1 and 2 right;
+    # uniform gives (5, 2.5), (2.5, 5), (2.5, 5): samples 0 and 1 right; confidence weights
+    # follow the right view on each sample
+    assert got["fused"] == pytest.approx({"text_weights": 200 / 3, "uniform": 200 / 3,
+                                          "confidence_weights": 100.0, "best_single_view": 200 / 3})
+    with pytest.raises(ValueError, match="do not agree"):
+        weights_against_views(weights, view_logits, labels, ["a"])
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

@@ -13,8 +13,8 @@ from tmkd_core.config import (ABLATIONS, METHODS, PROFILE_METHODS, PROFILE_PLANS
 from tmkd_core.experiment import Pipeline
 from tmkd_core.plan import (PilotNotSettled, Progress, RunSpec, Task, ablation_runs, in_plan_order, keep_artefact,
                             keep_partial, launch_threads, main_runs, needed, pilot_runs, pilot_settled, plan_tasks,
-                            primary_seeds, ready_tasks, restore_artefacts, run_plan, stored_copy, stored_partial,
-                            teacher_configs, widen_pairs)
+                            primary_seeds, ready_tasks, restore_artefacts, run_plan, stale_partials, stored_copy,
+                            stored_partial, teacher_configs, widen_pairs)
 from tmkd_core.report import primary_comparison, seeds_needed
 
 
@@ -174,9 +174,15 @@ def test_an_unfinished_tasks_last_epoch_is_kept_in_the_store_until_it_finishes(c
     assert restore_artefacts([task], store, say=said.append) == 0 and not task.partial.exists()
     assert "not a resumable checkpoint" in said[-1] and str(kept) in said[-1]
     keep_partial(task, store)  # the task finished meanwhile: its checkpoint is gone, nothing to keep
+    assert stale_partials([task], store) == []  # unfinished: its stored epoch is live
+    orphan = kept.parent / "student_0123456789abcdef.pt"  # a task whose key has changed since
+    orphan.write_bytes(kept.read_bytes())
+    assert stale_partials([task], store) == [orphan]
     Pipeline(task.cfg).run_student()  # finished: its record is kept, the stored epoch dropped
     keep_artefact(task, store, say=said.append)
     assert stored_copy(task, store).exists() and not kept.exists()
+    kept.write_bytes(orphan.read_bytes())  # an epoch kept by a machine that had not seen it finish
+    assert stale_partials([task], store) == sorted([kept, orphan])
 
 
 def test_a_task_that_can_only_run_alone_takes_every_free_thread():

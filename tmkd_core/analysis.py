@@ -1,5 +1,6 @@
-"""What the notebooks look at: fusion weights over a split, one image's views and weights
-taken apart, one TMKD training step taken apart, Grad-CAM maps, spectra."""
+"""What the notebooks look at: fusion weights over a split and whether they follow the
+views' accuracy, one image's views and weights taken apart, one TMKD training step taken
+apart, Grad-CAM maps, spectra."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -35,6 +36,60 @@ def fusion_weights(pipe: Pipeline, split: str = "val", max_images: int | None = 
         view_logits.append(out["view_logits"].cpu())
     return {"weights": torch.cat(weights, 1), "labels": data.labels, "view_logits": torch.cat(view_logits, 1),
             "images": data.images if max_images is not None else None}
+
+
+def weights_against_views(weights: torch.Tensor, view_logits: torch.Tensor, labels: torch.Tensor,
+                          view_names) -> dict:
+    """Do the fusion weights follow which view is right? Over N samples, with weights w (V, N),
+    per-view logits z_v (V, N, K), labels y (N,) and p_v = softmax(z_v)[y]:
+
+        per_view   for each view: its accuracy [argmax z_v = y], mean p_v, mean w_v, mean w_v
+                   on the samples it gets right and on those it gets wrong, and the Pearson
+                   correlation corr(w_v, p_v) over samples (None where either is constant)
+        top_view   how often the largest weight falls on the view with the largest p_v
+                   (chance: 1/V), and how often it falls on a view that is wrong
+        fused      accuracy of z_T = sum_v w_v z_v for the given weights, for uniform
+                   weights 1/V, and for confidence weights w_v = p_v / sum_u p_u (label-
+                   conditioned like the default fusion: a reference, not a method),
+                   and of the best single view
+
+    The weights are what `fusion_weights` returns, so they condition as the fusion does."""
+    weights, view_logits = weights.double(), view_logits.double()  # double: fractions print exactly
+    n_views = weights.shape[0]
+    if view_logits.shape[:2] != weights.shape or labels.shape != weights.shape[1:] or len(view_names) != n_views:
+        raise ValueError(f"weights {tuple(weights.shape)}, view_logits {tuple(view_logits.shape)}, labels "
+                         f"{tuple(labels.shape)} and {len(view_names)} view names do not agree")
+    index = labels.view(1, -1, 1).expand(n_views, -1, 1)
+    p_true = view_logits.softmax(-1).gather(-1, index).squeeze(-1)           # (V, N)
+    correct = view_logits.argmax(-1) == labels.unsqueeze(0)                   # (V, N)
+
+    def corr(a: torch.Tensor, b: torch.Tensor) -> float | None:
+        a, b = a - a.mean(), b - b.mean()
+        denom = float(a.norm() * b.norm())
+        return float((a * b).sum()) / denom if denom > 0 else None
+
+    def mean_where(x: torch.Tensor, mask: torch.Tensor) -> float | None:
+        return float(x[mask].mean()) if mask.any() else None
+
+    per_view = [{"view": name, "accuracy": 100 * float(correct[v].double().mean()),
+                 "mean_p_label": float(p_true[v].mean()), "mean_weight": float(weights[v].mean()),
+                 "weight_when_right": mean_where(weights[v], correct[v]),
+                 "weight_when_wrong": mean_where(weights[v], ~correct[v]),
+                 "corr_weight_p_label": corr(weights[v], p_true[v])}
+                for v, name in enumerate(view_names)]
+    top = weights.argmax(0)
+    samples = torch.arange(len(labels))
+    top_view = {"top_weight_on_most_confident": float((top == p_true.argmax(0)).double().mean()),
+                "top_weight_on_wrong_view": float((~correct[top, samples]).double().mean()),
+                "chance": 1 / n_views}
+
+    def fused_acc(w: torch.Tensor) -> float:
+        return 100 * float(((w.unsqueeze(-1) * view_logits).sum(0).argmax(-1) == labels).double().mean())
+
+    fused = {"text_weights": fused_acc(weights), "uniform": fused_acc(torch.full_like(weights, 1 / n_views)),
+             "confidence_weights": fused_acc(p_true / p_true.sum(0, keepdim=True)),
+             "best_single_view": max(row["accuracy"] for row in per_view)}
+    return {"per_view": per_view, "top_view": top_view, "fused": fused}
 
 
 @torch.no_grad()

@@ -23,8 +23,8 @@ plan copies every finished teacher checkpoint and run record there, and copies w
 root lacks back from it before it starts, so that a fresh clone (or a machine whose `data/`
 was wiped) continues the plan where it stopped, and every table can be recomputed from the
 committed records. A task still training is kept there as its last epoch's checkpoint
-(`partial/`), so that it resumes on another machine. Teacher-output caches are rebuilt,
-not stored (hundreds of MB).
+(`partial/`), so that it resumes on another machine; `--prune-store` removes those that no
+unfinished task resumes from. Teacher-output caches are rebuilt, not stored (hundreds of MB).
 
 Time left is estimated from floating-point operations (`forward_flops`, counted once per
 architecture) at a rate measured on this machine when the plan starts, then corrected by
@@ -623,6 +623,19 @@ def keep_artefact(task: Task, store: Path, say=print) -> None:
         partial.unlink(missing_ok=True)
 
 
+def stale_partials(tasks: list[Task], store: Path) -> list[Path]:
+    """The store's last-epoch checkpoints that no unfinished task of `tasks` (the whole plan)
+    resumes from: those of tasks finished elsewhere, or of tasks whose key has changed
+    since (a changed setting). `--prune-store` removes them."""
+    live = set()
+    for task in tasks:
+        kept = stored_copy(task, store)
+        if not (task.done() or (kept is not None and kept.exists())) and task.partial is not None:
+            live.add(stored_partial(task, store))
+    folder = Path(store) / "partial"
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p not in live) if folder.is_dir() else []
+
+
 def ready_tasks(pending: list[Task], done_keys: set[str]) -> list[Task]:
     """The pending tasks whose dependencies are done, in plan order: a teacher or cache
     stands just before the first run that needs it, so the primary pairs' teachers and
@@ -877,6 +890,9 @@ def main(argv=None) -> int:
                         help="list the tasks and their estimates, train nothing: done (in data/), kept (in the store, "
                              "restored at the start), todo, skip (a cache no run left reads). It extracts the "
                              "datasets (hundreds of MB) and times this CPU for a few seconds")
+    parser.add_argument("--prune-store", action="store_true",
+                        help="remove the store's last-epoch checkpoints (under <store>/partial/) that no unfinished "
+                             "task of the whole plan resumes from, listing each; --dry-run lists them as 'stale'")
     parser.add_argument("--log-dir", default=None, help="per-task logs (default: <data.root>/logs/plan)")
     parser.add_argument("--store", default=None,
                         help="artefact store: finished teachers and run records, restored when missing "
@@ -910,6 +926,17 @@ def main(argv=None) -> int:
     except PilotNotSettled as exc:
         print(f"[plan] {exc}", file=sys.stderr)
         return 2
+    if args.prune_store or args.dry_run:  # stale partials are judged against the whole plan, not --parts
+        whole = plan_tasks(args.profile, PARTS if pilot_settled(args.profile) else ["pilot"], costs=False)
+        stale = stale_partials(whole, store) if store is not None else []
+    if args.prune_store:
+        if store is None:
+            parser.error("--prune-store needs a store (the profile has none, or --store none)")
+        for path in stale:
+            path.unlink()
+            print(f"[plan] removed from the store: {path} (no unfinished task resumes from it)")
+        print(f"[plan] {len(stale)} stale checkpoint(s) removed from {store}/partial")
+        return 0
     if args.dry_run:
         rate = measure_worker_rate(worker_threads(args.jobs), args.jobs)
         progress = Progress(rate, args.jobs).read_records(tasks, store)
@@ -923,6 +950,8 @@ def main(argv=None) -> int:
         for t in tasks:
             state = "done" if t.done() else "kept" if stored(t) else "todo" if t.key in to_run else "skip"
             print(f"{state}  {hms(progress.estimate(t))}  {t.title}")
+        for path in stale:
+            print(f"stale  {path} (no unfinished task resumes from it: --prune-store removes it)")
         print(f"{len(tasks)} tasks, {len(pending)} to run, estimated {hms(progress.left(pending, {}))} on {args.jobs} "
               f"workers (at {rate / 1e9:.1f} GFLOP/s per worker, measured now: a busy machine reads slower)")
         return 0
