@@ -102,14 +102,18 @@ per_class
 
 # %%
 follow = weights_against_views(fw["weights"], fw["view_logits"], fw["labels"], views)
-out.table(pd.DataFrame(follow["per_view"]), "weights_vs_view_accuracy",
+per_view = pd.DataFrame(follow["per_view"])
+out.table(per_view, "weights_vs_view_accuracy",
           f"Per view: accuracy (%), mean p(label), mean weight overall, where right and where wrong, "
           f"corr(weight, p(label)) ({dataset}, validation)")
-fused_by_weighting = pd.DataFrame({"weighting": list(follow["fused"]), "fused accuracy (%)": list(follow["fused"].values())})
-out.table(fused_by_weighting, "fused_by_weighting", f"The fused teacher's accuracy by weighting ({dataset}, validation)")
-print(f"largest weight on the view most confident of the label: {follow['top_view']['top_weight_on_most_confident']:.1%} "
-      f"(chance {follow['top_view']['chance']:.1%}); on a view that is wrong: {follow['top_view']['top_weight_on_wrong_view']:.1%}")
-pd.DataFrame(follow["per_view"])
+fused_by_weighting = pd.DataFrame({"weighting": list(follow["fused"]),
+                                   "fused accuracy (%)": list(follow["fused"].values())})
+out.table(fused_by_weighting, "fused_by_weighting",
+          f"The fused teacher's accuracy by weighting ({dataset}, validation)")
+top = follow["top_view"]
+print(f"largest weight on the view most confident of the label: {top['top_weight_on_most_confident']:.1%} "
+      f"(chance {top['chance']:.1%}); on a view that is wrong: {top['top_weight_on_wrong_view']:.1%}")
+per_view
 
 # %% [markdown]
 # ## Samples with their views and weights

@@ -57,8 +57,10 @@ def test_weights_against_views_by_hand():
     # z_T = sum_v w_v z_v: text weights give (2, 4), (2, 6), (3.5, 3): samples 1 and 2 right;
     # uniform gives (5, 2.5), (2.5, 5), (2.5, 5): samples 0 and 1 right; confidence weights
     # follow the right view on each sample
-    assert got["fused"] == pytest.approx({"text_weights": 200 / 3, "uniform": 200 / 3,
+    assert got["fused"] == pytest.approx({"fusion_weights": 200 / 3, "uniform": 200 / 3,
                                           "confidence_weights": 100.0, "best_single_view": 200 / 3})
+    uniform = weights_against_views(torch.full((2, 3), 0.5, dtype=torch.float64), view_logits, labels, ["a", "b"])
+    assert uniform["per_view"][0]["corr_weight_p_label"] is None  # constant weights: no correlation
     with pytest.raises(ValueError, match="do not agree"):
         weights_against_views(weights, view_logits, labels, ["a"])
 

@@ -185,6 +185,25 @@ def test_an_unfinished_tasks_last_epoch_is_kept_in_the_store_until_it_finishes(c
     assert stale_partials([task], store) == sorted([kept, orphan])
 
 
+def test_prune_store_lists_then_removes_only_what_no_unfinished_task_resumes_from(tmp_path, monkeypatch, capsys):
+    from tmkd_core.plan import main, whole_plan
+
+    monkeypatch.setattr(Task, "done", lambda self: False)  # nothing finished, whatever data/ holds
+    store = tmp_path / "store"
+    task = next(t for t in whole_plan("smoke") if t.partial is not None)
+    live, orphan = stored_partial(task, store), store / "partial" / "checkpoints" / "student_0123456789abcdef.pt"
+    for path in (live, orphan):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"an epoch")
+    assert main(["--profile", "smoke", "--store", str(store), "--prune-store", "--dry-run"]) == 0
+    assert f"stale: {orphan}" in capsys.readouterr().out and orphan.exists() and live.exists()
+    assert main(["--profile", "smoke", "--store", str(store), "--prune-store"]) == 0
+    assert f"removed: {orphan}" in capsys.readouterr().out and not orphan.exists() and live.exists()
+    with pytest.raises(SystemExit):  # no store to prune: a usage error
+        main(["--profile", "smoke", "--store", "none", "--prune-store"])
+    assert "--prune-store needs a store" in capsys.readouterr().err
+
+
 def test_a_task_that_can_only_run_alone_takes_every_free_thread():
     # 2 threads, 2 workers, 1 thread each
     assert launch_threads(free=2, ready=1, running=0, per_worker=1) == 2  # the first teacher, alone

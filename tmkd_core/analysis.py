@@ -3,7 +3,7 @@ views' accuracy, one image's views and weights taken apart, one TMKD training st
 apart, Grad-CAM maps, spectra."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +39,7 @@ def fusion_weights(pipe: Pipeline, split: str = "val", max_images: int | None = 
 
 
 def weights_against_views(weights: torch.Tensor, view_logits: torch.Tensor, labels: torch.Tensor,
-                          view_names) -> dict:
+                          view_names: Sequence[str]) -> dict:
     """Do the fusion weights follow which view is right? Over N samples, with weights w (V, N),
     per-view logits z_v (V, N, K), labels y (N,) and p_v = softmax(z_v)[y]:
 
@@ -48,13 +48,14 @@ def weights_against_views(weights: torch.Tensor, view_logits: torch.Tensor, labe
                    correlation corr(w_v, p_v) over samples (None where either is constant)
         top_view   how often the largest weight falls on the view with the largest p_v
                    (chance: 1/V), and how often it falls on a view that is wrong
-        fused      accuracy of z_T = sum_v w_v z_v for the given weights, for uniform
+        fused      accuracy of z_T = sum_v w_v z_v for the given weights (`fusion_weights`:
+                   the text weights by default, whatever `fusion.weights` gives), for uniform
                    weights 1/V, and for confidence weights w_v = p_v / sum_u p_u (label-
                    conditioned like the default fusion: a reference, not a method),
                    and of the best single view
 
     The weights are what `fusion_weights` returns, so they condition as the fusion does."""
-    weights, view_logits = weights.double(), view_logits.double()  # double: fractions print exactly
+    weights, view_logits = weights.double(), view_logits.double()
     n_views = weights.shape[0]
     if view_logits.shape[:2] != weights.shape or labels.shape != weights.shape[1:] or len(view_names) != n_views:
         raise ValueError(f"weights {tuple(weights.shape)}, view_logits {tuple(view_logits.shape)}, labels "
@@ -64,9 +65,10 @@ def weights_against_views(weights: torch.Tensor, view_logits: torch.Tensor, labe
     correct = view_logits.argmax(-1) == labels.unsqueeze(0)                   # (V, N)
 
     def corr(a: torch.Tensor, b: torch.Tensor) -> float | None:
+        if bool((a == a[0]).all()) or bool((b == b[0]).all()):  # constant: no correlation to speak of
+            return None
         a, b = a - a.mean(), b - b.mean()
-        denom = float(a.norm() * b.norm())
-        return float((a * b).sum()) / denom if denom > 0 else None
+        return float((a * b).sum() / (a.norm() * b.norm()))
 
     def mean_where(x: torch.Tensor, mask: torch.Tensor) -> float | None:
         return float(x[mask].mean()) if mask.any() else None
@@ -86,7 +88,7 @@ def weights_against_views(weights: torch.Tensor, view_logits: torch.Tensor, labe
     def fused_acc(w: torch.Tensor) -> float:
         return 100 * float(((w.unsqueeze(-1) * view_logits).sum(0).argmax(-1) == labels).double().mean())
 
-    fused = {"text_weights": fused_acc(weights), "uniform": fused_acc(torch.full_like(weights, 1 / n_views)),
+    fused = {"fusion_weights": fused_acc(weights), "uniform": fused_acc(torch.full_like(weights, 1 / n_views)),
              "confidence_weights": fused_acc(p_true / p_true.sum(0, keepdim=True)),
              "best_single_view": max(row["accuracy"] for row in per_view)}
     return {"per_view": per_view, "top_view": top_view, "fused": fused}

@@ -624,16 +624,33 @@ def keep_artefact(task: Task, store: Path, say=print) -> None:
 
 
 def stale_partials(tasks: list[Task], store: Path) -> list[Path]:
-    """The store's last-epoch checkpoints that no unfinished task of `tasks` (the whole plan)
-    resumes from: those of tasks finished elsewhere, or of tasks whose key has changed
-    since (a changed setting). `--prune-store` removes them."""
-    live = set()
-    for task in tasks:
+    """The store's last-epoch checkpoints that no unfinished task of `tasks` (the whole plan,
+    as this checkout defines it) resumes from: those of tasks finished here or in the store
+    (a stored copy that passes `check_artefact`: a damaged one leaves its task's epoch live),
+    and those no task names (its key has changed since). `--prune-store` removes them."""
+    from .utils import DamagedArtifact
+
+    def finished(task: Task) -> bool:
+        if task.done():
+            return True
         kept = stored_copy(task, store)
-        if not (task.done() or (kept is not None and kept.exists())) and task.partial is not None:
-            live.add(stored_partial(task, store))
+        if kept is None or not kept.exists():
+            return False
+        try:
+            check_artefact(task, kept)
+        except DamagedArtifact:
+            return False
+        return True
+
+    live = {stored_partial(t, store) for t in tasks if t.partial is not None and not finished(t)}
     folder = Path(store) / "partial"
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p not in live) if folder.is_dir() else []
+    return sorted(p for p in folder.rglob("*.pt") if p not in live) if folder.is_dir() else []
+
+
+def whole_plan(profile: str) -> list[Task]:
+    """Every task of the profile's plan, without costs: all parts once the pilot has settled,
+    else the pilot's (what `--prune-store` judges the store's checkpoints against)."""
+    return plan_tasks(profile, PARTS if pilot_settled(profile) else ["pilot"], costs=False)
 
 
 def ready_tasks(pending: list[Task], done_keys: set[str]) -> list[Task]:
@@ -892,7 +909,8 @@ def main(argv=None) -> int:
                              "datasets (hundreds of MB) and times this CPU for a few seconds")
     parser.add_argument("--prune-store", action="store_true",
                         help="remove the store's last-epoch checkpoints (under <store>/partial/) that no unfinished "
-                             "task of the whole plan resumes from, listing each; --dry-run lists them as 'stale'")
+                             "task of the whole plan resumes from (finished, or of a changed key), naming each; with "
+                             "--dry-run, only list them. Run it with the code and store the plan runs with")
     parser.add_argument("--log-dir", default=None, help="per-task logs (default: <data.root>/logs/plan)")
     parser.add_argument("--store", default=None,
                         help="artefact store: finished teachers and run records, restored when missing "
@@ -917,26 +935,30 @@ def main(argv=None) -> int:
         print(decided)
         print(f"written: {out_dir}/tables/pilot.md, {out_dir}/results/pilot.json")
         return 0
+    if args.prune_store:
+        if store is None:
+            parser.error("--prune-store needs a store (the profile names none, or --store none)")
+        try:
+            stale = stale_partials(whole_plan(args.profile), store)
+        except PilotNotSettled as exc:
+            print(f"[plan] {exc}", file=sys.stderr)
+            return 2
+        for path in stale:
+            if not args.dry_run:
+                path.unlink()
+            print(f"[plan] {'stale' if args.dry_run else 'removed'}: {path} (no unfinished task resumes from it)")
+        print(f"[plan] {len(stale)} stale checkpoint(s) {'listed' if args.dry_run else 'removed'} in {store}/partial")
+        return 0
     parts = args.parts or (list(PARTS) if pilot_settled(args.profile) else ["pilot"])
     if args.parts is None and parts == ["pilot"]:
         print(f"[plan] the {args.profile} pilot has not decided yet (docs/protocol.md): running the pilot alone",
               flush=True)
     try:
         tasks = plan_tasks(args.profile, parts)
+        stale = stale_partials(whole_plan(args.profile), store) if args.dry_run and store is not None else []
     except PilotNotSettled as exc:
         print(f"[plan] {exc}", file=sys.stderr)
         return 2
-    if args.prune_store or args.dry_run:  # stale partials are judged against the whole plan, not --parts
-        whole = plan_tasks(args.profile, PARTS if pilot_settled(args.profile) else ["pilot"], costs=False)
-        stale = stale_partials(whole, store) if store is not None else []
-    if args.prune_store:
-        if store is None:
-            parser.error("--prune-store needs a store (the profile has none, or --store none)")
-        for path in stale:
-            path.unlink()
-            print(f"[plan] removed from the store: {path} (no unfinished task resumes from it)")
-        print(f"[plan] {len(stale)} stale checkpoint(s) removed from {store}/partial")
-        return 0
     if args.dry_run:
         rate = measure_worker_rate(worker_threads(args.jobs), args.jobs)
         progress = Progress(rate, args.jobs).read_records(tasks, store)
