@@ -13,8 +13,8 @@ from tmkd_core.config import (ABLATIONS, METHODS, PROFILE_METHODS, PROFILE_PLANS
 from tmkd_core.experiment import Pipeline
 from tmkd_core.plan import (PilotNotSettled, Progress, RunSpec, Task, ablation_runs, in_plan_order, keep_artefact,
                             keep_partial, launch_threads, main_runs, needed, pilot_runs, pilot_settled, plan_tasks,
-                            primary_seeds, ready_tasks, restore_artefacts, run_plan, stale_partials, stored_copy,
-                            stored_partial, teacher_configs, widen_pairs)
+                            plan_wall_time, primary_seeds, ready_tasks, restore_artefacts, run_plan, stale_partials,
+                            stored_copy, stored_partial, teacher_configs, widen_pairs)
 from tmkd_core.report import primary_comparison, seeds_needed
 
 
@@ -119,11 +119,14 @@ def test_run_plan_runs_what_is_not_done_on_workers_and_stops_on_a_failure(cifar_
     assert said[-1].startswith("[plan 2/2 done") and "all tasks done" in said[-1]
     # the store keeps each finished record, and gives back what a wiped data root lacks
     assert all(stored_copy(t, store).read_bytes() == t.artefact.read_bytes() for t in tasks)
+    [log] = (store / "logs").glob("*_plan.log")  # and what the plan said, start to end
+    assert log.read_text().splitlines() == said and plan_wall_time(store / "logs")[0] == 1
     record = tasks[0].artefact.read_bytes()
     tasks[0].artefact.unlink()
     said.clear()
     assert run_plan(tasks, jobs=2, log_dir=tmp_path, say=said.append, store=store) == 0
     assert "1 artefact(s) restored" in said[0] and said[1] == "[plan] all 2 tasks done or not needed"
+    assert list((store / "logs").glob("*_plan.log")) == [log]  # a start with nothing to run keeps no log
     assert tasks[0].artefact.read_bytes() == record
     # a damaged stored copy is named and not restored (its task would run again)
     tasks[0].artefact.unlink()
@@ -202,6 +205,18 @@ def test_prune_store_lists_then_removes_only_what_no_unfinished_task_resumes_fro
     with pytest.raises(SystemExit):  # no store to prune: a usage error
         main(["--profile", "smoke", "--store", "none", "--prune-store"])
     assert "--prune-store needs a store" in capsys.readouterr().err
+
+
+def test_plan_wall_time_adds_up_each_starts_last_elapsed(tmp_path):
+    def line(elapsed):
+        return f"[plan 1/9 done, 1 running | elapsed {elapsed} | left ~1:00:00 (ends ~09:00)] running: KD seed 1"
+
+    # one file holding two starts (output appended by hand), and one start of its own
+    (tmp_path / "a.log").write_text("\n".join([line("0:00:00"), line("0:10:00"), "[plan] interrupted",
+                                               line("0:00:00"), line("1:05:30")]) + "\n")
+    (tmp_path / "b_plan.log").write_text("\n".join(["[plan] artefact store", line("0:00:00"), line("0:00:59")]))
+    (tmp_path / "notes.txt").write_text(line("9:00:00"))  # not a log
+    assert plan_wall_time(tmp_path) == (3, 10 * 60 + 65 * 60 + 30 + 59)
 
 
 def test_a_task_that_can_only_run_alone_takes_every_free_thread():

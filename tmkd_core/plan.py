@@ -25,6 +25,7 @@ was wiped) continues the plan where it stopped, and every table can be recompute
 committed records. A task still training is kept there as its last epoch's checkpoint
 (`partial/`), so that it resumes on another machine; `--prune-store` removes those that no
 unfinished task resumes from. Teacher-output caches are rebuilt, not stored (hundreds of MB).
+Each start's output is kept there too (`logs/`), and `--dry-run` adds up their wall time.
 
 Time left is estimated from floating-point operations (`forward_flops`, counted once per
 architecture) at a rate measured on this machine when the plan starts, then corrected by
@@ -39,6 +40,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import re
 import signal
 import sys
 import time
@@ -686,6 +688,49 @@ def hms(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+class StoreLog:
+    """Every line the plan says, also kept in the store (`<store>/logs/<start>_plan.log`) once
+    the plan has something to run, so that its output and wall time add up across machines
+    and sessions (`plan_wall_time`). Lines said before that are written then."""
+
+    def __init__(self, say: Callable[[str], None], store: Path):
+        self.say, self.path = say, Path(store) / "logs" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_plan.log"
+        self.held: list[str] | None = []
+
+    def __call__(self, line: str) -> None:
+        self.say(line)
+        if self.held is not None:
+            self.held.append(line)
+            return
+        with self.path.open("a") as f:
+            f.write(line + "\n")
+
+    def keep(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("".join(line + "\n" for line in self.held or []))
+        self.held = None
+
+
+ELAPSED = re.compile(r"\| elapsed (\d+):(\d\d):(\d\d) \|")
+
+
+def plan_wall_time(log_dir: Path) -> tuple[int, float]:
+    """(starts, seconds of wall time) of the plan logs in `log_dir`: each start's last
+    `elapsed`, summed; a file may hold several starts (its elapsed time falls back to 0)."""
+    starts, seconds = 0, 0.0
+    for path in sorted(Path(log_dir).glob("*.log")):
+        last = None
+        for h, m, sec in ELAPSED.findall(path.read_text(errors="replace")):
+            now = int(h) * 3600 + int(m) * 60 + int(sec)
+            if last is None or now < last:  # a new start
+                starts += 1
+            else:
+                seconds -= last
+            seconds += now
+            last = now
+    return starts, seconds
+
+
 class Progress:
     """Estimated seconds per task, corrected by the tasks that finished (before any of a
     stage has finished here: by the times recorded in the finished artefacts of that stage)."""
@@ -746,6 +791,7 @@ def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s
         jobs = machine_threads
     threads = worker_threads(jobs)
     if store is not None:
+        say = StoreLog(say, store)
         restored = restore_artefacts(tasks, store, say)
         for task in tasks:  # finished before this plan kept them (or by a notebook)
             if task.done():
@@ -756,6 +802,8 @@ def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s
     if not pending:
         say(f"[plan] all {total} tasks done or not needed")
         return 0
+    if isinstance(say, StoreLog):
+        say.keep()
     rate = measure_worker_rate(threads, jobs)
     progress = Progress(rate, jobs)
     progress.read_records(tasks)
@@ -976,6 +1024,9 @@ def main(argv=None) -> int:
             print(f"stale  {path} (no unfinished task resumes from it: --prune-store removes it)")
         print(f"{len(tasks)} tasks, {len(pending)} to run, estimated {hms(progress.left(pending, {}))} on {args.jobs} "
               f"workers (at {rate / 1e9:.1f} GFLOP/s per worker, measured now: a busy machine reads slower)")
+        if store is not None:
+            starts, seconds = plan_wall_time(Path(store) / "logs")
+            print(f"so far: {starts} plan start(s), {hms(seconds)} of plan wall time (the logs in {store}/logs)")
         return 0
     root = Path(tasks[0].cfg.data.root) if tasks else Path("data")
     log_dir = Path(args.log_dir) if args.log_dir else root / "logs" / "plan"
