@@ -195,6 +195,8 @@ def test_prune_store_lists_then_removes_only_what_no_unfinished_task_resumes_fro
     store = tmp_path / "store"
     task = next(t for t in whole_plan("smoke") if t.partial is not None)
     live, orphan = stored_partial(task, store), store / "partial" / "checkpoints" / "student_0123456789abcdef.pt"
+    assert main(["--profile", "smoke", "--store", str(store), "--prune-store"]) == 0
+    assert "has no partial/ folder" in capsys.readouterr().out
     for path in (live, orphan):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"an epoch")
@@ -204,7 +206,7 @@ def test_prune_store_lists_then_removes_only_what_no_unfinished_task_resumes_fro
     assert f"removed: {orphan}" in capsys.readouterr().out and not orphan.exists() and live.exists()
     with pytest.raises(SystemExit):  # no store to prune: a usage error
         main(["--profile", "smoke", "--store", "none", "--prune-store"])
-    assert "--prune-store needs a store" in capsys.readouterr().err
+    assert "--prune-store needs a store: --store none was given" in capsys.readouterr().err
 
 
 def test_plan_wall_time_adds_up_each_starts_last_elapsed(tmp_path):
@@ -215,8 +217,11 @@ def test_plan_wall_time_adds_up_each_starts_last_elapsed(tmp_path):
     (tmp_path / "a.log").write_text("\n".join([line("0:00:00"), line("0:10:00"), "[plan] interrupted",
                                                line("0:00:00"), line("1:05:30")]) + "\n")
     (tmp_path / "b_plan.log").write_text("\n".join(["[plan] artefact store", line("0:00:00"), line("0:00:59")]))
+    # starts that begin with their header line, the first of which died at once
+    header = "[plan] 101 tasks, 24 done or not needed; 77 to run on 2 workers x 1 thread(s)"
+    (tmp_path / "c.log").write_text("\n".join([header, line("0:00:00"), header, line("0:00:00"), line("0:00:30")]))
     (tmp_path / "notes.txt").write_text(line("9:00:00"))  # not a log
-    assert plan_wall_time(tmp_path) == (3, 10 * 60 + 65 * 60 + 30 + 59)
+    assert plan_wall_time(tmp_path) == (5, 10 * 60 + 65 * 60 + 30 + 59 + 30)
 
 
 def test_a_task_that_can_only_run_alone_takes_every_free_thread():

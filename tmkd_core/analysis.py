@@ -43,8 +43,8 @@ def weights_against_views(weights: torch.Tensor, view_logits: torch.Tensor, labe
     """Do the fusion weights follow which view is right? Over N samples, with weights w (V, N),
     per-view logits z_v (V, N, K), labels y (N,) and p_v = softmax(z_v)[y]:
 
-        per_view   for each view: its accuracy [argmax z_v = y], mean p_v, mean w_v, mean w_v
-                   on the samples it gets right and on those it gets wrong, and the Pearson
+        per_view   for each view: its accuracy [argmax z_v = y], mean p_v, mean w_v over all
+                   samples, over those it gets right and over those it gets wrong, the Pearson
                    correlation corr(w_v, p_v) over samples (None where either is constant)
         top_view   how often the largest weight falls on the view with the largest p_v
                    (chance: 1/V), and how often it falls on a view that is wrong

@@ -712,22 +712,28 @@ class StoreLog:
 
 
 ELAPSED = re.compile(r"\| elapsed (\d+):(\d\d):(\d\d) \|")
+START = re.compile(r"\[plan\] \d+ tasks, ")  # the line a start with work to do begins with
 
 
 def plan_wall_time(log_dir: Path) -> tuple[int, float]:
     """(starts, seconds of wall time) of the plan logs in `log_dir`: each start's last
-    `elapsed`, summed; a file may hold several starts (its elapsed time falls back to 0)."""
+    `elapsed`, summed. A file may hold several starts: each begins at its `START` line, or
+    where the elapsed time falls back (a log cut before that line)."""
     starts, seconds = 0, 0.0
     for path in sorted(Path(log_dir).glob("*.log")):
         last = None
-        for h, m, sec in ELAPSED.findall(path.read_text(errors="replace")):
+        for line in path.read_text(errors="replace").splitlines():
+            if START.match(line):
+                starts, last = starts + 1, 0
+                continue
+            found = ELAPSED.search(line)
+            if not found:
+                continue
+            h, m, sec = found.groups()
             now = int(h) * 3600 + int(m) * 60 + int(sec)
-            if last is None or now < last:  # a new start
-                starts += 1
-            else:
-                seconds -= last
-            seconds += now
-            last = now
+            if last is None or now < last:
+                starts, last = starts + 1, 0
+            seconds, last = seconds + now - last, now
     return starts, seconds
 
 
@@ -985,7 +991,11 @@ def main(argv=None) -> int:
         return 0
     if args.prune_store:
         if store is None:
-            parser.error("--prune-store needs a store (the profile names none, or --store none)")
+            parser.error("--prune-store needs a store: " + ("--store none was given" if args.store == "none" else
+                                                            f"the {args.profile} profile names none; give --store PATH"))
+        if not (Path(store) / "partial").is_dir():
+            print(f"[plan] {store} has no partial/ folder: no last-epoch checkpoint to prune")
+            return 0
         try:
             stale = stale_partials(whole_plan(args.profile), store)
         except PilotNotSettled as exc:
@@ -1019,7 +1029,7 @@ def main(argv=None) -> int:
         to_run = {t.key for t in pending}
         for t in tasks:
             state = "done" if t.done() else "kept" if stored(t) else "todo" if t.key in to_run else "skip"
-            print(f"{state}  {hms(progress.estimate(t))}  {t.title}")
+            print(f"{state}  {hms(progress.estimate(t)) if state == 'todo' else '-':>7}  {t.title}")
         for path in stale:
             print(f"stale  {path} (no unfinished task resumes from it: --prune-store removes it)")
         print(f"{len(tasks)} tasks, {len(pending)} to run, estimated {hms(progress.left(pending, {}))} on {args.jobs} "
