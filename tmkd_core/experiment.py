@@ -288,9 +288,7 @@ class Pipeline:
     def partial_checkpoint(self, stage: str) -> Path | None:
         """Where `stage` keeps its resumable checkpoint while it trains (each epoch); None for
         the teacher-output cache, which resumes from its finished replicas."""
-        if stage in ("rgb_teacher", "multiview_teacher"):
-            return self._checkpoint(stage)
-        return self.checkpoints / f"student_{self.key('student')}.pt" if stage == "student" else None
+        return self._checkpoint(stage) if stage in ("rgb_teacher", "multiview_teacher", "student") else None
 
     def read_checkpoint(self, stage: str, path: Path) -> dict:
         """A finished checkpoint of `stage` (weights_only), refused if it records another

@@ -568,6 +568,23 @@ def check_artefact(task: Task, path: Path) -> None:
         pipe.read_checkpoint(task.stage, path)
 
 
+def sound_stored_copy(task: Task, store: Path, say=None) -> bool:
+    """Whether the store holds `task`'s finished artefact and it passes `check_artefact`; a
+    damaged one is named through `say`, if given."""
+    from .utils import DamagedArtifact
+
+    kept = stored_copy(task, store)
+    if kept is None or not kept.exists():
+        return False
+    try:
+        check_artefact(task, kept)
+    except DamagedArtifact as exc:
+        if say is not None:
+            say(f"[plan] not restored, the task runs again: {exc} (the stored copy: {kept})")
+        return False
+    return True
+
+
 def restore_artefacts(tasks: list[Task], store: Path, say=print) -> int:
     """Copy into the data root every stored artefact it lacks, each checked first
     (`check_artefact`; a bad one is named and skipped, so its task runs again), and the
@@ -580,16 +597,10 @@ def restore_artefacts(tasks: list[Task], store: Path, say=print) -> int:
     for task in tasks:
         if task.done():
             continue
-        kept = stored_copy(task, store)
-        if kept is not None and kept.exists():
-            try:
-                check_artefact(task, kept)
-            except DamagedArtifact as exc:
-                say(f"[plan] not restored, the task runs again: {exc} (the stored copy: {kept})")
-            else:
-                atomic_copy(kept, task.artefact)
-                copied += 1
-                continue
+        if sound_stored_copy(task, store, say):
+            atomic_copy(stored_copy(task, store), task.artefact)
+            copied += 1
+            continue
         partial = stored_partial(task, store)
         if partial is None or not partial.exists():
             continue
@@ -630,29 +641,21 @@ def stale_partials(tasks: list[Task], store: Path) -> list[Path]:
     as this checkout defines it) resumes from: those of tasks finished here or in the store
     (a stored copy that passes `check_artefact`: a damaged one leaves its task's epoch live),
     and those no task names (its key has changed since). `--prune-store` removes them."""
-    from .utils import DamagedArtifact
-
-    def finished(task: Task) -> bool:
-        if task.done():
-            return True
-        kept = stored_copy(task, store)
-        if kept is None or not kept.exists():
-            return False
-        try:
-            check_artefact(task, kept)
-        except DamagedArtifact:
-            return False
-        return True
-
-    live = {stored_partial(t, store) for t in tasks if t.partial is not None and not finished(t)}
+    live = {stored_partial(t, store) for t in tasks
+            if t.partial is not None and not (t.done() or sound_stored_copy(t, store))}
     folder = Path(store) / "partial"
     return sorted(p for p in folder.rglob("*.pt") if p not in live) if folder.is_dir() else []
 
 
+def default_parts(profile: str) -> list[str]:
+    """The parts a plan runs unless told: all once the pilot has settled, else the pilot."""
+    return list(PARTS) if pilot_settled(profile) else ["pilot"]
+
+
 def whole_plan(profile: str) -> list[Task]:
-    """Every task of the profile's plan, without costs: all parts once the pilot has settled,
-    else the pilot's (what `--prune-store` judges the store's checkpoints against)."""
-    return plan_tasks(profile, PARTS if pilot_settled(profile) else ["pilot"], costs=False)
+    """Every task of the profile's plan (`default_parts`), without costs: what
+    `--prune-store` judges the store's checkpoints against."""
+    return plan_tasks(profile, default_parts(profile), costs=False)
 
 
 def ready_tasks(pending: list[Task], done_keys: set[str]) -> list[Task]:
@@ -808,7 +811,7 @@ def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s
     if not pending:
         say(f"[plan] all {total} tasks done or not needed")
         return 0
-    if isinstance(say, StoreLog):
+    if store is not None:
         say.keep()
     rate = measure_worker_rate(threads, jobs)
     progress = Progress(rate, jobs)
@@ -1007,7 +1010,7 @@ def main(argv=None) -> int:
             print(f"[plan] {'stale' if args.dry_run else 'removed'}: {path} (no unfinished task resumes from it)")
         print(f"[plan] {len(stale)} stale checkpoint(s) {'listed' if args.dry_run else 'removed'} in {store}/partial")
         return 0
-    parts = args.parts or (list(PARTS) if pilot_settled(args.profile) else ["pilot"])
+    parts = args.parts or default_parts(args.profile)
     if args.parts is None and parts == ["pilot"]:
         print(f"[plan] the {args.profile} pilot has not decided yet (docs/protocol.md): running the pilot alone",
               flush=True)
