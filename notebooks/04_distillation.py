@@ -122,7 +122,8 @@ if primary_plan:
         "TMKD (%)": f"{primary['TMKD']:.2f} ± {primary['TMKD sd']:.2f}",
         "Δ TMKD − KD": f"{primary['diff']:+.2f} ± {primary['diff_sd']:.2f}",
         "95% CI": f"[{primary['ci_low']:+.2f}, {primary['ci_high']:+.2f}]", "half-width": primary["half_width"],
-        "per teacher seed": per_teacher, "reading": primary["verdict"]}])
+        "per teacher seed": per_teacher, "pairs per CPU": ", ".join(f"{k}: {v}" for k, v in primary["machines"].items()),
+        "reading": primary["verdict"]}])
     out.table(primary_table, "primary", "Primary comparison (docs/protocol.md): test accuracy, mean ± sd over "
                                         "pairs; Δ: paired difference, 95% t-interval")
     display(primary_table)

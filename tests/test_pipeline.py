@@ -64,6 +64,9 @@ def _other_value(path, field, value):
     choices = field.metadata.get("choices")
     if path == "views.views":
         return ["rgb", "edge"] if tuple(value) != ("rgb", "edge") else ["rgb", "hf"]
+    if path == "teacher_precision":  # keyed by the dtype it resolves to (here, on the CPU): change that
+        from tmkd_core.utils import teacher_dtype
+        return "fp32" if teacher_dtype(value, torch.device("cpu")) is not None else "bf16"
     if choices is not None:
         return next((c for c in resolve_choices(choices) if c != value), None)
     if isinstance(value, bool):
@@ -145,6 +148,12 @@ def test_keys_hold_what_changes_numbers_outside_the_configuration(cifar_cfg, mon
     assert _changed_stages(a, seeded) == {"rgb_teacher", "multiview_teacher", "teacher_cache", "student"}
     fp32, bf16 = (Pipeline(with_overrides(cfg, {"teacher_precision": p})) for p in ("fp32", "bf16"))
     assert _changed_stages(fp32, bf16) == {"teacher_cache", "student"}
+    from tmkd_core import utils
+
+    for native, same in ((False, fp32), (True, bf16)):  # one computation, one key: `auto` is what it resolves to
+        monkeypatch.setattr(utils, "cpu_has_native_bf16", lambda: native)
+        assert _changed_stages(Pipeline(with_overrides(cfg, {"teacher_precision": "auto"})), same) == set()
+    monkeypatch.undo()
     import tmkd_core.experiment as experiment
 
     monkeypatch.setattr(experiment.torch, "__version__", "0.0.0")

@@ -281,7 +281,10 @@ def test_primary_comparison_and_the_seed_rule():
                     {"method": "TMKD", "teacher_seed": i % 2, "seed": 100 + i, "test_acc": 0.80 + d},
                     {"method": "TMKD", "teacher_seed": 0, "seed": 0, "test_acc": 0.5, "setting": "views=detail"}]
     p = primary_comparison(records)
-    assert p["pairs"] == 4 and p["teacher_seeds"] == [0, 1]
+    assert p["pairs"] == 4 and p["teacher_seeds"] == [0, 1] and p["machines"] == {"unknown": 4}
+    on = [dict(r, cpu_model="AMD EPYC" if r["seed"] < 102 or (r["seed"] == 102 and r["method"] == "KD") else "Intel")
+          for r in records]
+    assert primary_comparison(on)["machines"] == {"AMD EPYC": 2, "mixed": 1, "Intel": 1}
     assert p["diff"] == pytest.approx(0.5) and p["per_teacher_diff"] == pytest.approx({0: 0.3, 1: 0.7})
     sd = 100 * (sum((d - 0.005) ** 2 for d in diffs) / 3) ** 0.5
     assert p["half_width"] == pytest.approx(3.182446 * sd / math.sqrt(4), rel=1e-4)
@@ -345,6 +348,35 @@ def test_finished_records_are_read_from_the_data_root_or_else_the_store(cifar_cf
     kept.parent.mkdir(parents=True)
     pipe.run_path.rename(kept)
     assert plan.finished_record(spec, "cpu")["test_acc"] == record["test_acc"]
+
+
+def test_a_store_made_in_another_environment_is_named_when_the_pilot_is_not_found(monkeypatch, tmp_path):
+    """A newer text library or a CPU whose `auto` precision differs changes every key: the
+    plan must say so instead of only "0 of its 12 runs are finished"."""
+    import tmkd_core.plan as plan
+    from tmkd_core.utils import run_metadata
+
+    here = run_metadata()["packages"]
+    monkeypatch.setattr(plan, "profile_store", lambda profile: tmp_path)
+    (tmp_path / "runs").mkdir()
+
+    def stored(name, profile="cpu", precision="float32", **packages):
+        record = {"config": {"profile": profile}, "packages": {**here, **packages},
+                  "precision": {"frozen_teacher": precision}}
+        (tmp_path / "runs" / name).write_text(json.dumps(record))
+
+    stored("same.json")
+    assert plan.store_drift("cpu") == []
+    stored("text.json", **{"sentence-transformers": "0.0.1"})
+    stored("text2.json", **{"sentence-transformers": "0.0.1"})
+    stored("bf16.json", precision="bfloat16")  # the cpu profile pins float32 on every CPU
+    stored("other.json", profile="quick", numpy="0.0.1")  # another profile's record
+    drift = plan.store_drift("cpu")
+    assert drift == ["frozen teacher in bfloat16 there, float32 here (1 record)",
+                     f"sentence-transformers 0.0.1 there, {here['sentence-transformers']} here (2 records)"]
+    message = plan._pilot_progress("cpu")  # the fixture: no pilot run is found
+    assert message.startswith(f"0 of its {len(pilot_runs('cpu'))} runs are finished; this environment differs")
+    assert drift[1] in message and "make setup" in message
 
 
 def test_the_pilot_decision_rule_and_its_report(monkeypatch, tmp_path):

@@ -304,9 +304,12 @@ def _quick() -> dict:
 def _cpu() -> dict:
     # The full CIFAR-10 training set (45,000 train / 5,000 validation), sized for a 2-core
     # CPU: see docs/protocol.md for the comparison it answers. The teachers train 30 epochs:
-    # at 15 they were only about 3.6 points above the KD student (docs/protocol.md).
+    # at 15 they were only about 3.6 points above the KD student (docs/protocol.md). The frozen
+    # teacher runs in float32 on every CPU: `auto` would pick bf16 where the CPU has it natively,
+    # and change the students' numbers with the machine (docs/protocol.md, "Precision").
     return {
         "profile": "cpu",
+        "teacher_precision": "fp32",
         "data": {"val_size": 5000},
         "views": {"edge_mode": "enhance", "hf_mode": "enhance"},
         "teacher": {"arch": "resnet14", "optim": {"epochs": 30, "lr": 0.1},

@@ -229,7 +229,14 @@ class Pipeline:
                 return value
             return {k: keyed(f"{path}.{k}", v) for k, v in value.items() if f"{path}.{k}" not in unkeyed}
 
-        return {path: keyed(path, get_path(cfg, path)) for path in self.reads(stage) if path not in unkeyed}
+        values = {path: keyed(path, get_path(cfg, path)) for path in self.reads(stage) if path not in unkeyed}
+        if "teacher_precision" in values:
+            # the frozen teacher's dtype as resolved on this device enters the key through facts()
+            # (teacher_dtype); hashing the setting as well would give one computation two keys
+            # ('fp32' and an 'auto' that resolves to float32). One constant stands for it, the
+            # value every key before this one hashed.
+            values["teacher_precision"] = "auto"
+        return values
 
     def key(self, stage: str) -> str:
         if stage not in self._keys:

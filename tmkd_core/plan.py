@@ -259,7 +259,36 @@ def check_pilot_decisions(profile: str) -> None:
 def _pilot_progress(profile: str) -> str:
     runs = pilot_runs(profile)
     done = sum(finished_record(s, profile) is not None for s in runs)
-    return f"{done} of its {len(runs)} runs are finished"
+    drift = store_drift(profile) if done < len(runs) else []
+    return f"{done} of its {len(runs)} runs are finished" + (
+        f"; this environment differs from the one that made the store's run records, in what enters their "
+        f"keys or numbers ({'; '.join(drift)}): install the pinned packages (make setup)" if drift else "")
+
+
+def store_drift(profile: str) -> list[str]:
+    """How this environment differs from the one that made the profile's stored run records,
+    in what enters the keys or the numbers: package versions and the frozen teacher's
+    precision (e.g. "sentence-transformers 6.2.0 there, 6.3.0 here (34 records)"). Empty without a store."""
+    from .config import make_config
+    from .utils import resolve_device, run_metadata, teacher_dtype
+
+    store = profile_store(profile)
+    here = run_metadata()["packages"]
+    cfg = make_config(profile)
+    here_precision = str(teacher_dtype(cfg.teacher_precision, resolve_device(cfg.device)) or torch.float32)
+    here_precision = here_precision.removeprefix("torch.")
+    seen: dict[str, set] = {}
+    for path in sorted((Path(store) / "runs").glob("*.json")) if store else []:
+        record = json.loads(path.read_text())
+        if record.get("config", {}).get("profile") != profile:
+            continue
+        for name, version in record.get("packages", {}).items():
+            if version != here.get(name):
+                seen.setdefault(f"{name} {version} there, {here.get(name)} here", set()).add(path.name)
+        precision = record.get("precision", {}).get("frozen_teacher")
+        if precision not in (None, here_precision):
+            seen.setdefault(f"frozen teacher in {precision} there, {here_precision} here", set()).add(path.name)
+    return [f"{what} ({len(files)} record{'s' * (len(files) > 1)})" for what, files in seen.items()]
 
 
 DECISION_MARGIN = 0.3  # points of validation accuracy a variant must gain (docs/protocol.md)

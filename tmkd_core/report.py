@@ -101,7 +101,8 @@ def fmt_pm(mean: float, sd: float, scale: float = 100.0) -> str:
     return f"{mean * scale:.2f} ± {sd * scale:.2f}"
 
 
-RUN_FIELDS = ("dataset", "method", "setting", "teacher_seed", "seed", "val_acc", "test_acc", "run_key", "train_time_s")
+RUN_FIELDS = ("dataset", "method", "setting", "teacher_seed", "seed", "val_acc", "test_acc", "run_key", "train_time_s",
+              "cpu_model")
 
 
 def run_record(dataset: str, method: str, result: dict, setting: str = "") -> dict:
@@ -109,7 +110,7 @@ def run_record(dataset: str, method: str, result: dict, setting: str = "") -> di
     interval of its tables without the git-ignored data/ (`RUN_FIELDS`)."""
     teacher_seed = result.get("config", {}).get("teacher", {}).get("seed", 0)  # older records: seed 0
     return {"dataset": dataset, "method": method, "setting": setting, "teacher_seed": teacher_seed,
-            **{k: result[k] for k in RUN_FIELDS[4:]}}
+            **{k: result[k] for k in RUN_FIELDS[4:-1]}, "cpu_model": result.get("cpu_model")}
 
 
 def seeds_needed(sd_diff: float, half_width: float = 0.005, floor: float = 0.005, multiple: int = 1,
@@ -127,9 +128,12 @@ def primary_comparison(records: Sequence[dict], method: str = "TMKD", reference:
                        metric: str = "test_acc", tie_margin: float = 0.5) -> dict[str, Any]:
     """docs/protocol.md's primary statistic: the paired difference `method` - `reference`
     over (teacher seed, student seed) pairs, its sd, 95% t-interval and half-width, the
-    per-teacher-seed mean differences, and the reading of the interval (in points): a win
-    or a loss if it excludes 0, a tie if it lies within ±tie_margin, else inconclusive."""
+    per-teacher-seed mean differences, the machines the pairs ran on (`machines`: CPU model ->
+    pairs, "mixed" for a pair whose two runs ran on different ones), and the reading of the
+    interval (in points): a win or a loss if it excludes 0, a tie if it lies within
+    ±tie_margin, else inconclusive."""
     by = {(r["method"], r["teacher_seed"], r["seed"]): r[metric] for r in records if not r.get("setting")}
+    cpu = {(r["method"], r["teacher_seed"], r["seed"]): r.get("cpu_model") for r in records if not r.get("setting")}
     pairs = sorted((t, s) for (m, t, s) in by if m == method and (reference, t, s) in by)
     if len(pairs) < 2:
         raise ValueError(f"{method} vs {reference}: {len(pairs)} paired runs, need at least 2")
@@ -140,6 +144,11 @@ def primary_comparison(records: Sequence[dict], method: str = "TMKD", reference:
     for t in sorted({t for t, _ in pairs}):
         idx = [i for i, (tt, _) in enumerate(pairs) if tt == t]
         per_teacher[t] = 100 * float(np.mean([a[i] - b[i] for i in idx]))
+    machines: dict[str, int] = {}
+    for t, s in pairs:
+        where = {cpu[method, t, s], cpu[reference, t, s]}
+        name = "mixed" if len(where) > 1 else str(where.pop() or "unknown")
+        machines[name] = machines.get(name, 0) + 1
     half = 100 * (d["ci_high"] - d["ci_low"]) / 2
     low, high = 100 * d["ci_low"], 100 * d["ci_high"]
     verdict = (f"{method} beats {reference}" if low > 0 else f"{method} loses to {reference}" if high < 0
@@ -149,7 +158,7 @@ def primary_comparison(records: Sequence[dict], method: str = "TMKD", reference:
     return {"pairs": len(pairs), "teacher_seeds": sorted({t for t, _ in pairs}), "metric": metric,
             method: 100 * ma, f"{method} sd": 100 * sa, reference: 100 * mb, f"{reference} sd": 100 * sb,
             "diff": 100 * d["diff"], "diff_sd": 100 * d["diff_sd"], "ci_low": low, "ci_high": high,
-            "half_width": half, "per_teacher_diff": per_teacher, "verdict": verdict}
+            "half_width": half, "per_teacher_diff": per_teacher, "machines": machines, "verdict": verdict}
 
 
 def group_runs(records: Iterable[dict], by: str = "method") -> dict[str, list[dict]]:
