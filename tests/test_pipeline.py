@@ -214,7 +214,7 @@ class Interrupt(Exception):
     pass
 
 
-def test_a_killed_student_resumes_from_its_last_epoch(tiny, tmp_path):
+def test_a_killed_student_resumes_from_its_last_epoch(tiny, tmp_path, monkeypatch):
     cfg = method_config(tiny, "KD", {"student.optim.epochs": 3, "seed": 5})
     straight = Pipeline(cfg).run_student(force=True)
     pipe = Pipeline(cfg)
@@ -229,9 +229,12 @@ def test_a_killed_student_resumes_from_its_last_epoch(tiny, tmp_path):
     assert not pipe.run_path.exists()
     checkpoint = pipe.checkpoints / f"student_{pipe.key('student')}.pt"
     assert torch.load(checkpoint, weights_only=True)["epoch"] == 2
+    monkeypatch.setattr("tmkd_core.train.cpu_model", lambda: "another CPU")  # resumed on another machine
     resumed = Pipeline(cfg).run_student()
     assert not checkpoint.exists()  # removed once the record is written
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
+    assert run_record("cifar10", "KD", straight)["cpu_model"] == straight["cpu_model"]
+    assert run_record("cifar10", "KD", resumed)["cpu_model"] == "mixed"
     assert resumed["test_acc"] == straight["test_acc"] and resumed["val_acc"] == straight["val_acc"]
     assert resumed["history"][-1]["loss_kd"] == pytest.approx(straight["history"][-1]["loss_kd"], rel=1e-5)
 
@@ -303,6 +306,13 @@ def test_tables_recompute_from_run_records():
     assert table.loc["TMKD", "95% CI"] == "[-3.85, +8.85]"
     with pytest.raises(ValueError, match="no KD run to pair"):
         method_table(group_runs(records + [rec("TMKD", 2, 0.5)]))
+    # the CPU a run trained on: its epochs', else (records older than per-epoch CPUs) the record's
+    older = {"seed": 0, "val_acc": 0.5, "test_acc": 0.5, "run_key": "k", "train_time_s": 1.0, "cpu_model": "A",
+             "history": [{"epoch": 1}, {"epoch": 2}]}
+    assert run_record("cifar10", "KD", older)["cpu_model"] == "A"
+    resumed = dict(older, cpu_model="B", history=[{"epoch": 1}, {"epoch": 2, "cpu_model": "B"}])
+    assert run_record("cifar10", "KD", resumed)["cpu_model"] == "mixed"
+    assert run_record("cifar10", "KD", dict(resumed, history=[{"cpu_model": "B"}] * 2))["cpu_model"] == "B"
 
 
 def test_a_record_of_other_settings_under_a_run_key_is_refused(tiny):

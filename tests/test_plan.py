@@ -377,6 +377,8 @@ def test_a_store_made_in_another_environment_is_named_when_the_pilot_is_not_foun
     message = plan._pilot_progress("cpu")  # the fixture: no pilot run is found
     assert message.startswith(f"0 of its {len(pilot_runs('cpu'))} runs are finished; this environment differs")
     assert drift[1] in message and "make setup" in message
+    monkeypatch.setattr(plan, "store_drift", lambda profile: drift[:1])  # make setup cannot change a precision
+    assert drift[0] in plan._pilot_progress("cpu") and "make setup" not in plan._pilot_progress("cpu")
 
 
 def test_the_pilot_decision_rule_and_its_report(monkeypatch, tmp_path):

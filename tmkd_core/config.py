@@ -306,7 +306,7 @@ def _cpu() -> dict:
     # CPU: see docs/protocol.md for the comparison it answers. The teachers train 30 epochs:
     # at 15 they were only about 3.6 points above the KD student (docs/protocol.md). The frozen
     # teacher runs in float32 on every CPU: `auto` would pick bf16 where the CPU has it natively,
-    # and change the students' numbers with the machine (docs/protocol.md, "Precision").
+    # and change the students' numbers with the machine (docs/protocol.md, "Amendments").
     return {
         "profile": "cpu",
         "teacher_precision": "fp32",

@@ -260,9 +260,11 @@ def _pilot_progress(profile: str) -> str:
     runs = pilot_runs(profile)
     done = sum(finished_record(s, profile) is not None for s in runs)
     drift = store_drift(profile) if done < len(runs) else []
+    packages = any("frozen teacher" not in d for d in drift)
     return f"{done} of its {len(runs)} runs are finished" + (
         f"; this environment differs from the one that made the store's run records, in what enters their "
-        f"keys or numbers ({'; '.join(drift)}): install the pinned packages (make setup)" if drift else "")
+        f"keys or numbers ({'; '.join(drift)})" + (": install the pinned packages (make setup)" if packages else "")
+        if drift else "")
 
 
 def store_drift(profile: str) -> list[str]:

@@ -110,7 +110,18 @@ def run_record(dataset: str, method: str, result: dict, setting: str = "") -> di
     interval of its tables without the git-ignored data/ (`RUN_FIELDS`)."""
     teacher_seed = result.get("config", {}).get("teacher", {}).get("seed", 0)  # older records: seed 0
     return {"dataset": dataset, "method": method, "setting": setting, "teacher_seed": teacher_seed,
-            **{k: result[k] for k in RUN_FIELDS[4:-1]}, "cpu_model": result.get("cpu_model")}
+            **{k: result[k] for k in ("seed", "val_acc", "test_acc", "run_key", "train_time_s")},
+            "cpu_model": run_cpu(result)}
+
+
+def run_cpu(result: dict) -> str | None:
+    """The CPU a run trained on: its epochs' `cpu_model` where they record it, "mixed" if it
+    was resumed on another CPU (an epoch that records none ran before epochs kept it, so it
+    counts as another); records older than that: the record's own `cpu_model`."""
+    epochs = [h.get("cpu_model") for h in result.get("history", [])]
+    if not any(epochs):
+        return result.get("cpu_model")
+    return epochs[0] if len(set(epochs)) == 1 else "mixed"
 
 
 def seeds_needed(sd_diff: float, half_width: float = 0.005, floor: float = 0.005, multiple: int = 1,

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .data import AugmentPlan, ImageSet, hash_seed, to_float
-from .utils import atomic_save, load_checkpoint
+from .utils import atomic_save, cpu_model, load_checkpoint
 
 if TYPE_CHECKING:
     from .config import OptimConfig
@@ -185,7 +185,8 @@ def fit(module: nn.Module, loss_fn: LossFn, train: ImageSet, optim: OptimConfig,
             *totals, correct, seen = distributed.all_sum([*sums.values(), correct, seen])
             sums = dict(zip(sums, totals))
         record = {"epoch": epoch + 1, "train_acc": correct / seen, "time_s": time.perf_counter() - t0,
-                  "lr": sched.get_last_lr()[0], **{f"loss_{k}": v / seen for k, v in sums.items()}}
+                  "lr": sched.get_last_lr()[0], **{f"loss_{k}": v / seen for k, v in sums.items()},
+                  "cpu_model": cpu_model()}  # a run resumed on another machine is mixed: report.run_cpu
         if val is not None and eval_fn is not None:
             record["val_acc"] = eval_fn(module, val)
         history.append(record)

@@ -232,7 +232,8 @@ def run_metadata(precision: dict | None = None) -> dict:
     """What a results file needs to be traced back: commit (and whether the tree was dirty),
     packages, machine, threads, and the precision each part ran in."""
     packages = {}
-    for name in ("torch", "torchvision", "numpy", "open-clip-torch", "sentence-transformers", "scikit-image"):
+    for name in ("torch", "torchvision", "numpy", "open-clip-torch", "sentence-transformers", "scikit-image",
+                 "transformers", "tokenizers"):
         try:
             packages[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
