@@ -44,7 +44,8 @@ from tmkd_core.config import METHODS, dataset_config, method_config, plan_value,
 from tmkd_core.experiment import Pipeline
 from tmkd_core.explorer import draw_step_trace, step_trace_tables
 from tmkd_core.plan import DECISION_MARGIN, KD_FLOOR, main_runs, pilot_runs, pilot_summary, primary_seeds
-from tmkd_core.report import Outputs, enter_project_root, group_runs, method_table, primary_comparison, run_record
+from tmkd_core.report import (PRIMARY_CAPTION, Outputs, enter_project_root, group_runs, method_table,
+                              primary_comparison, primary_table, run_record)
 
 out = Outputs(enter_project_root() / out_dir)
 datasets = profile_plan(profile, "datasets", datasets)
@@ -115,18 +116,9 @@ primary = None
 primary_plan = plan_value(profile, "primary", datasets[0])
 if primary_plan:
     primary = primary_comparison([r for r in records if r["dataset"] == datasets[0]], *primary_plan["methods"][::-1])
-    per_teacher = ", ".join(f"teacher {t}: {v:+.2f}" for t, v in primary["per_teacher_diff"].items())
-    primary_table = pd.DataFrame([{
-        "dataset": datasets[0], "pairs": primary["pairs"], "teacher seeds": len(primary["teacher_seeds"]),
-        "KD (%)": f"{primary['KD']:.2f} ± {primary['KD sd']:.2f}",
-        "TMKD (%)": f"{primary['TMKD']:.2f} ± {primary['TMKD sd']:.2f}",
-        "Δ TMKD − KD": f"{primary['diff']:+.2f} ± {primary['diff_sd']:.2f}",
-        "95% CI": f"[{primary['ci_low']:+.2f}, {primary['ci_high']:+.2f}]", "half-width": primary["half_width"],
-        "per teacher seed": per_teacher, "pairs per CPU": ", ".join(f"{k}: {v}" for k, v in primary["machines"].items()),
-        "reading": primary["verdict"]}])
-    out.table(primary_table, "primary", "Primary comparison (docs/protocol.md): test accuracy, mean ± sd over "
-                                        "pairs; Δ: paired difference, 95% t-interval")
-    display(primary_table)
+    primary_rows = primary_table(primary, datasets[0], *primary_plan["methods"][::-1])
+    out.table(primary_rows, "primary", PRIMARY_CAPTION)
+    display(primary_rows)
 
 # %% [markdown]
 # ## Main table (secondary, but for the primary rows)

@@ -356,6 +356,41 @@ def write_pilot_report(profile: str, out_dir: str | Path) -> tuple[Any, dict] | 
     return summary
 
 
+def write_primary_report(profile: str, out_dir: str | Path) -> tuple[Any, dict] | list[RunSpec]:
+    """docs/protocol.md's primary comparison, read once every pair of `primary_seeds` (the
+    widening rule applied) has finished, without waiting for the rest of the plan: written
+    where notebook 04 writes it too (tables/primary.{csv,md,tex}) with results/primary.json
+    (the statistic and every run's record). Returns (table, statistic), or the runs still
+    missing."""
+    from .report import PRIMARY_CAPTION, Outputs, primary_comparison, primary_table, run_record
+
+    primary = plan_value(profile, "primary")
+    if not primary:
+        raise ValueError(f"the {profile} profile has no primary comparison (PROFILE_PLANS[{profile!r}]['primary'])")
+    method, reference = primary["methods"][::-1]
+    seeds = primary_seeds(profile)
+    found = [(spec, finished_record(spec, profile)) for spec in _runs(profile, primary["dataset"], [reference, method],
+                                                                       seeds)]
+    missing = [spec for spec, record in found if record is None]
+    if missing:
+        return missing
+    records = [run_record(spec.dataset, spec.method, record) for spec, record in found]
+    statistic = primary_comparison(records, method, reference)
+    # a sensitivity check, not the statistic: the pairs whose two runs trained on one CPU, per CPU
+    cpus: dict[tuple, set] = {}
+    for r in records:
+        cpus.setdefault((r["teacher_seed"], r["seed"]), set()).add(r["cpu_model"])
+    statistic["per_cpu"] = {
+        cpu: primary_comparison([r for r in records if cpus[r["teacher_seed"], r["seed"]] == {cpu}], method, reference)
+        for cpu, pairs in statistic["machines"].items() if cpu != "mixed" and pairs >= 2}
+    table = primary_table(statistic, primary["dataset"], method, reference)
+    out = Outputs(out_dir)
+    out.table(table, "primary", PRIMARY_CAPTION)
+    out.results_json("primary", {"primary": statistic, "primary_seeds": seeds, "dataset": primary["dataset"]},
+                     runs=records)
+    return table, statistic
+
+
 def teacher_configs(profile: str, datasets: Iterable[str] | None = None) -> list[ExperimentConfig]:
     """Notebook 02: each dataset's configuration at each of its teacher seeds."""
     return [dataset_config(profile, name, {"teacher.seed": t}) for name in profile_plan(profile, "datasets", datasets)
@@ -974,9 +1009,9 @@ PARTS = ("pilot", "main", "ablations")
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tmkd_core.plan", description=__doc__.split("\n\n")[0],
-        epilog="Without --dry-run or --pilot-report it trains (the cpu profile: hours). Exit status: 0 all done, "
-               "1 a task failed or the pilot report is incomplete, 2 refused (the pilot has not settled), 3 the pilot "
-               "finished and waits to be settled, 130 interrupted.")
+        epilog="Without --dry-run, --pilot-report or --primary-report it trains (the cpu profile: hours). Exit "
+               "status: 0 all done, 1 a task failed or a report is incomplete, 2 refused (the pilot has not settled), "
+               "3 the pilot finished and waits to be settled, 130 interrupted.")
     parser.add_argument("--profile", default="cpu", choices=list(PROFILE_PLANS),
                         help="the profile whose plan runs (default: cpu, the evidence of docs/protocol.md)")
     parser.add_argument("--jobs", type=int, default=int(os.environ.get("TMKD_JOBS", "2")),
@@ -989,8 +1024,13 @@ def main(argv=None) -> int:
                         help="the pilot's validation table and what the protocol's rules decide from it, "
                              "written to <out-dir>/tables/pilot.md and <out-dir>/results/pilot.json (for cpu: the "
                              "committed figures/, overwritten); the pilot's stored artefacts are restored to data/")
+    parser.add_argument("--primary-report", action="store_true",
+                        help="the primary comparison of docs/protocol.md once all its pairs have finished (the "
+                             "widening rule applied), before the rest of the plan: written to <out-dir>/tables/"
+                             "primary.md and <out-dir>/results/primary.json, where notebook 04 writes it too")
     parser.add_argument("--out-dir", default=None,
-                        help="where --pilot-report writes (default: figures for cpu, else build/<profile>/figures)")
+                        help="where --pilot-report and --primary-report write (default: figures for cpu, else "
+                             "build/<profile>/figures)")
     parser.add_argument("--dry-run", action="store_true",
                         help="list the tasks and their estimates, train nothing: done (in data/), kept (in the store, "
                              "restored at the start), todo, skip (a cache no run left reads). It extracts the "
@@ -1022,6 +1062,24 @@ def main(argv=None) -> int:
         print(table.to_string(index=False, float_format="%.2f"))
         print(decided)
         print(f"written: {out_dir}/tables/pilot.md, {out_dir}/results/pilot.json")
+        return 0
+    if args.primary_report:
+        out_dir = args.out_dir or ("figures" if args.profile == "cpu" else f"build/{args.profile}/figures")
+        try:
+            report = write_primary_report(args.profile, out_dir)
+        except (PilotNotSettled, ValueError) as exc:
+            print(f"[plan] {exc}", file=sys.stderr)
+            return 2
+        if isinstance(report, list):
+            print(f"[plan] the primary comparison waits for {len(report)} run(s): "
+                  + ", ".join(f"{s.method} seed {s.seed}" for s in report), file=sys.stderr)
+            return 1
+        table, statistic = report
+        print(table.T.to_string(header=False))
+        for cpu, part in statistic["per_cpu"].items():
+            print(f"pairs on {cpu} alone ({part['pairs']}): Δ {part['diff']:+.2f} ± {part['diff_sd']:.2f}, 95% CI "
+                  f"[{part['ci_low']:+.2f}, {part['ci_high']:+.2f}]")
+        print(f"written: {out_dir}/tables/primary.md, {out_dir}/results/primary.json")
         return 0
     if args.prune_store:
         if store is None:

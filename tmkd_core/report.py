@@ -172,6 +172,24 @@ def primary_comparison(records: Sequence[dict], method: str = "TMKD", reference:
             "half_width": half, "per_teacher_diff": per_teacher, "machines": machines, "verdict": verdict}
 
 
+PRIMARY_CAPTION = ("Primary comparison (docs/protocol.md): test accuracy, mean ± sd over pairs; Δ: paired "
+                   "difference, 95% t-interval")
+
+
+def primary_table(primary: dict[str, Any], dataset: str, method: str = "TMKD", reference: str = "KD") -> pd.DataFrame:
+    """`primary_comparison`'s result as the one-row table of notebook 04 and the plan's
+    --primary-report (tables/primary)."""
+    return pd.DataFrame([{
+        "dataset": dataset, "pairs": primary["pairs"], "teacher seeds": len(primary["teacher_seeds"]),
+        f"{reference} (%)": f"{primary[reference]:.2f} ± {primary[f'{reference} sd']:.2f}",
+        f"{method} (%)": f"{primary[method]:.2f} ± {primary[f'{method} sd']:.2f}",
+        f"Δ {method} − {reference}": f"{primary['diff']:+.2f} ± {primary['diff_sd']:.2f}",
+        "95% CI": f"[{primary['ci_low']:+.2f}, {primary['ci_high']:+.2f}]", "half-width": primary["half_width"],
+        "per teacher seed": ", ".join(f"teacher {t}: {v:+.2f}" for t, v in primary["per_teacher_diff"].items()),
+        "pairs per CPU": ", ".join(f"{k}: {v}" for k, v in primary["machines"].items()),
+        "reading": primary["verdict"]}])
+
+
 def group_runs(records: Iterable[dict], by: str = "method") -> dict[str, list[dict]]:
     """Records grouped by one field, groups in order of first appearance, seeds sorted."""
     groups: dict[str, list[dict]] = {}
