@@ -162,7 +162,8 @@ def test_the_pipeline_imports_it_as_the_rgb_teacher_and_the_multiview_teacher_st
     sha = write_peer_checkpoint(source, tmp_path / "resnet8.pth")
     cfg = with_overrides(method_config(cifar_cfg, "KD"), {
         "teacher.arch": "resnet8", "teacher.checkpoint": str(tmp_path / "resnet8.pth"),
-        "teacher.checkpoint_sha256": sha, "teacher.input_norm": "cifar100"})
+        "teacher.checkpoint_sha256": sha, "teacher.input_norm": "cifar100",
+        "teacher_precision": "fp32"})  # compared with float32 below (`auto` is bf16 on CPUs that have it)
     pipe = Pipeline(cfg)
     x, labels = torch.rand(4, 3, 32, 32), torch.zeros(4, dtype=torch.long)
     with torch.no_grad():

@@ -323,6 +323,9 @@ def test_the_primary_report_waits_for_every_pair_then_writes_its_table(monkeypat
     results = json.loads((tmp_path / "results" / "primary.json").read_text())
     assert len(results["runs"]) == 2 * len(seeds) and results["primary"]["pairs"] == len(seeds)
     assert results["primary"]["per_cpu"]["A"]["diff"] == pytest.approx(results["primary"]["diff"])
+    per_teacher = results["primary"]["per_teacher"]
+    assert [per_teacher[t]["pairs"] for t in ("0", "1")] == [len(seeds) // 2] * 2
+    assert per_teacher["0"]["diff"] == pytest.approx(results["primary"]["per_teacher_diff"]["0"])
 
 
 def test_the_widening_rule_adds_pairs_while_the_interval_is_wide():

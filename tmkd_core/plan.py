@@ -366,7 +366,8 @@ def write_primary_report(profile: str, out_dir: str | Path) -> tuple[Any, dict] 
 
     primary = plan_value(profile, "primary")
     if not primary:
-        raise ValueError(f"the {profile} profile has no primary comparison (PROFILE_PLANS[{profile!r}]['primary'])")
+        raise PilotNotSettled(f"the {profile} profile has no primary comparison (PROFILE_PLANS[{profile!r}]['primary'])")
+    _check_settled(profile, True)
     method, reference = primary["methods"][::-1]
     seeds = primary_seeds(profile)
     found = [(spec, finished_record(spec, profile)) for spec in _runs(profile, primary["dataset"], [reference, method],
@@ -376,13 +377,19 @@ def write_primary_report(profile: str, out_dir: str | Path) -> tuple[Any, dict] 
         return missing
     records = [run_record(spec.dataset, spec.method, record) for spec, record in found]
     statistic = primary_comparison(records, method, reference)
-    # a sensitivity check, not the statistic: the pairs whose two runs trained on one CPU, per CPU
-    cpus: dict[tuple, set] = {}
+    # sensitivity checks, not the statistic (no reading): the pairs of one teacher seed, and the
+    # pairs whose two runs trained on one CPU, where they are at least 3 (no t(1) intervals)
+    def part(keep) -> dict:
+        out = primary_comparison([r for r in records if keep(r)], method, reference)
+        return {k: out[k] for k in ("pairs", "diff", "diff_sd", "ci_low", "ci_high", "half_width")}
+
+    cpus: dict[tuple, set] = {}  # (teacher seed, seed) -> the CPUs its two runs trained on
     for r in records:
         cpus.setdefault((r["teacher_seed"], r["seed"]), set()).add(r["cpu_model"])
-    statistic["per_cpu"] = {
-        cpu: primary_comparison([r for r in records if cpus[r["teacher_seed"], r["seed"]] == {cpu}], method, reference)
-        for cpu, pairs in statistic["machines"].items() if cpu != "mixed" and pairs >= 2}
+    statistic["per_teacher"] = {t: part(lambda r, t=t: r["teacher_seed"] == t) for t in statistic["teacher_seeds"]
+                                if sum(pair[0] == t for pair in cpus) >= 3}
+    statistic["per_cpu"] = {cpu: part(lambda r, cpu=cpu: cpus[r["teacher_seed"], r["seed"]] == {cpu})
+                            for cpu, pairs in statistic["machines"].items() if cpu != "mixed" and pairs >= 3}
     table = primary_table(statistic, primary["dataset"], method, reference)
     out = Outputs(out_dir)
     out.table(table, "primary", PRIMARY_CAPTION)
@@ -1067,7 +1074,7 @@ def main(argv=None) -> int:
         out_dir = args.out_dir or ("figures" if args.profile == "cpu" else f"build/{args.profile}/figures")
         try:
             report = write_primary_report(args.profile, out_dir)
-        except (PilotNotSettled, ValueError) as exc:
+        except PilotNotSettled as exc:
             print(f"[plan] {exc}", file=sys.stderr)
             return 2
         if isinstance(report, list):
@@ -1076,9 +1083,11 @@ def main(argv=None) -> int:
             return 1
         table, statistic = report
         print(table.T.to_string(header=False))
-        for cpu, part in statistic["per_cpu"].items():
-            print(f"pairs on {cpu} alone ({part['pairs']}): Δ {part['diff']:+.2f} ± {part['diff_sd']:.2f}, 95% CI "
-                  f"[{part['ci_low']:+.2f}, {part['ci_high']:+.2f}]")
+        parts = {**{f"teacher seed {t}": p for t, p in statistic["per_teacher"].items()},
+                 **{f"{cpu}": p for cpu, p in statistic["per_cpu"].items()}}
+        for name, part in parts.items():
+            print(f"sensitivity, the pairs of {name} alone ({part['pairs']}): Δ {part['diff']:+.2f} ± "
+                  f"{part['diff_sd']:.2f}, 95% CI [{part['ci_low']:+.2f}, {part['ci_high']:+.2f}]")
         print(f"written: {out_dir}/tables/primary.md, {out_dir}/results/primary.json")
         return 0
     if args.prune_store:
