@@ -1084,7 +1084,7 @@ def main(argv=None) -> int:
         table, statistic = report
         print(table.T.to_string(header=False))
         parts = {**{f"teacher seed {t}": p for t, p in statistic["per_teacher"].items()},
-                 **{f"{cpu}": p for cpu, p in statistic["per_cpu"].items()}}
+                 **statistic["per_cpu"]}
         for name, part in parts.items():
             print(f"sensitivity, the pairs of {name} alone ({part['pairs']}): Δ {part['diff']:+.2f} ± "
                   f"{part['diff_sd']:.2f}, 95% CI [{part['ci_low']:+.2f}, {part['ci_high']:+.2f}]")
