@@ -44,8 +44,8 @@ from tmkd_core.config import METHODS, dataset_config, method_config, plan_value,
 from tmkd_core.experiment import Pipeline
 from tmkd_core.explorer import draw_step_trace, step_trace_tables
 from tmkd_core.plan import DECISION_MARGIN, KD_FLOOR, main_runs, pilot_runs, pilot_summary, primary_seeds
-from tmkd_core.report import (PRIMARY_CAPTION, Outputs, enter_project_root, group_runs, method_table,
-                              primary_comparison, primary_table, run_record)
+from tmkd_core.report import (PRIMARY_CAPTION, Outputs, enter_project_root, gain_decomposition, group_runs,
+                              method_table, primary_comparison, primary_table, run_record)
 
 out = Outputs(enter_project_root() / out_dir)
 datasets = profile_plan(profile, "datasets", datasets)
@@ -144,6 +144,21 @@ out.table(shown, "main_results", "Student test accuracy (%), mean ± sd over see
 shown
 
 # %% [markdown]
+# ## Where the gain is won or lost (secondary)
+# TMKD differs from KD in its teacher (multi-view, text-weighted) and in its loss (the
+# feature and vision-language terms). The control "TMKD terms, RGB teacher" and KD from
+# the multi-view teacher with uniform weights change one of the two at a time; each row
+# is a paired difference over the seeds both methods ran (`report.GAIN_STEPS`), on the
+# first dataset.
+
+# %%
+decomposition = gain_decomposition([r for r in records if r["dataset"] == datasets[0]])
+out.table(decomposition.drop(columns="diff"), "gain_decomposition",
+          f"Where TMKD's difference to KD comes from ({datasets[0]}, test accuracy; secondary): paired "
+          "differences, mean ± sd over pairs, 95% t-interval")
+decomposition.drop(columns="diff")
+
+# %% [markdown]
 # ## Training curves
 # Validation accuracy after each epoch, mean over seeds.
 
@@ -181,5 +196,6 @@ print("rows:", len(main), "methods:", list(METHODS))
 
 # %%
 out.results_json("04_distillation", {"datasets": datasets, "table": main.to_dict("records"), "primary": primary,
+                                     "gain_decomposition": decomposition.to_dict("records"),
                                      "pilot_runs": pilot_records},
                  dataset_config(profile, datasets[0]), sorted({r["seed"] for r in records}), runs=records)

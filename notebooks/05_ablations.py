@@ -16,7 +16,8 @@
 #
 # Each group changes one switch of TMKD (docs/method.md §6, `tmkd_core.config.ABLATIONS`)
 # and keeps the rest at the default. Validation and test accuracy, mean ± sd over seeds,
-# and the paired difference to KD from the single-view teacher on the same seeds.
+# the paired difference to KD from the single-view teacher on the same seeds, and to TMKD
+# with its default settings (what the switch itself changes).
 # Settings that change the multi-view teacher (views, prompts, edge operator, high-pass
 # radius) train a teacher of their own.
 
@@ -47,21 +48,29 @@ kd_specs, tmkd_specs = ablation_runs(profile, dataset, seeds, groups)
 kd = [run_record(dataset, "KD", Pipeline(s.config(profile)).run_student()) for s in kd_specs]
 by_setting = group_runs([run_record(dataset, "TMKD", Pipeline(s.config(profile)).run_student(), s.setting)
                          for s in tmkd_specs], by="setting")
+def paired_to(reference, results):
+    """`paired_difference` of test accuracy to `reference`'s run of the same teacher and student seed."""
+    by_pair = {(r["teacher_seed"], r["seed"]): r["test_acc"] for r in reference}
+    d = paired_difference([r["test_acc"] for r in results], [by_pair[r["teacher_seed"], r["seed"]] for r in results])
+    return f"{100 * d['diff']:+.2f}", f"[{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]"
+
+
 rows, records = [], list(kd)
 for group in groups:
+    default = next(by_setting[f"{group}={label}"] for label, overrides in ABLATIONS[group].items()
+                   if method_config(base, "TMKD", overrides) == method_config(base, "TMKD"))
     for label, overrides in ABLATIONS[group].items():
         results = by_setting[f"{group}={label}"]
         records += results
         val_m, val_sd = mean_std(r["val_acc"] for r in results)
         test_m, test_sd = mean_std(r["test_acc"] for r in results)
-        kd_by_pair = {(r["teacher_seed"], r["seed"]): r["test_acc"] for r in kd}  # same teacher and student seed
-        d = paired_difference([r["test_acc"] for r in results], [kd_by_pair[r["teacher_seed"], r["seed"]]
-                                                                 for r in results])
-        is_default = method_config(base, "TMKD", overrides) == method_config(base, "TMKD")
+        vs_kd, ci_kd = paired_to(kd, results)
+        is_default = results is default
+        vs_tmkd, ci_tmkd = ("", "") if is_default else paired_to(default, results)  # what this switch changes
         rows.append({"group": group, "setting": label + (" (default)" if is_default else ""),
                      "val (%)": f"{100 * val_m:.2f} ± {100 * val_sd:.2f}",
                      "test (%)": f"{100 * test_m:.2f} ± {100 * test_sd:.2f}",
-                     "Δ test vs KD": f"{100 * d['diff']:+.2f}", "95% CI": f"[{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]",
+                     "Δ test vs KD": vs_kd, "95% CI vs KD": ci_kd, "Δ test vs TMKD": vs_tmkd, "95% CI vs TMKD": ci_tmkd,
                      "val_mean": 100 * val_m, "val_sd": 100 * val_sd, "test_mean": 100 * test_m, "test_sd": 100 * test_sd})
 ablations = pd.DataFrame(rows)
 kd_test = mean_std(r["test_acc"] for r in kd)

@@ -10,7 +10,7 @@ import torch
 from tmkd_core import distillers
 from tmkd_core.config import ExperimentConfig, method_config, neutral_paths, with_overrides
 from tmkd_core.experiment import STAGES, Pipeline, TeacherNotTrained
-from tmkd_core.report import group_runs, method_table, run_record
+from tmkd_core.report import gain_decomposition, group_runs, method_table, run_record
 from tmkd_core.settings import leaf_paths, resolve_choices
 from tmkd_core.utils import DamagedArtifact, build_once
 
@@ -313,6 +313,30 @@ def test_tables_recompute_from_run_records():
     resumed = dict(older, cpu_model="B", history=[{"epoch": 1}, {"epoch": 2, "cpu_model": "B"}])
     assert run_record("cifar10", "KD", resumed)["cpu_model"] == "mixed"
     assert run_record("cifar10", "KD", dict(resumed, history=[{"cpu_model": "B"}] * 2))["cpu_model"] == "B"
+
+
+def test_the_gain_decomposition_pairs_each_step_and_its_middle_steps_add_up():
+    def rec(method, teacher_seed, seed, acc, setting=""):
+        return {"method": method, "setting": setting, "teacher_seed": teacher_seed, "seed": seed, "test_acc": acc}
+
+    pairs = [(0, 100), (1, 101), (0, 102)]
+    kd = [0.80, 0.81, 0.79]
+    control = [0.805, 0.80, 0.795]  # TMKD's terms on the RGB teacher
+    tmkd = [0.79, 0.80, 0.78]
+    records = [rec(m, t, s, a[i]) for m, a in (("KD", kd), ("TMKD terms, RGB teacher", control), ("TMKD", tmkd))
+               for i, (t, s) in enumerate(pairs)]
+    records += [rec("TMKD", 1, 103, 0.9), rec("TMKD", 0, 100, 0.1, setting="weights=uniform")]  # no KD pair; an ablation
+    table = gain_decomposition(records).set_index("difference")
+    # KD from the multi-view teacher did not run: its step is left out, not an error
+    assert list(table.index) == ["TMKD terms, RGB teacher − KD", "TMKD − TMKD terms, RGB teacher", "TMKD − KD"]
+    assert table["pairs"].tolist() == [3, 3, 3]  # TMKD seed 103 has no KD or control run to pair with
+    steps = table["diff"]
+    assert steps.iloc[0] == pytest.approx(100 * (0.005 - 0.01 + 0.005) / 3)
+    assert steps.iloc[0] + steps.iloc[1] == pytest.approx(steps.iloc[2])
+    assert table.loc["TMKD − KD", "Δ (points)"] == "-1.00 ± 0.00" and table.loc["TMKD − KD", "95% CI"] == "[-1.00, -1.00]"
+    # fewer than 3 pairs: no t(1) interval; a setting is its own method
+    two = gain_decomposition(records, steps=[("weights", "TMKD [weights=uniform]", "TMKD")])
+    assert two["pairs"].tolist() == [1] and two["95% CI"].tolist() == [""]
 
 
 def test_a_record_of_other_settings_under_a_run_key_is_refused(tiny):

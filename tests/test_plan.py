@@ -11,10 +11,11 @@ import torch
 from tmkd_core.config import (ABLATIONS, METHODS, PROFILE_METHODS, PROFILE_PLANS, PROFILES, method_config,
                               with_overrides)
 from tmkd_core.experiment import Pipeline
-from tmkd_core.plan import (PilotNotSettled, Progress, RunSpec, Task, ablation_runs, in_plan_order, keep_artefact,
-                            keep_partial, launch_threads, main_runs, needed, pilot_runs, pilot_settled, plan_tasks,
-                            plan_wall_time, primary_seeds, ready_tasks, restore_artefacts, run_plan, stale_partials,
-                            stored_copy, stored_partial, teacher_configs, widen_pairs)
+from tmkd_core.plan import (PilotNotSettled, Progress, RunSpec, Task, ablation_runs, finish_seconds, in_plan_order,
+                            keep_artefact, keep_partial, launch_threads, main_runs, needed, next_task, pilot_runs,
+                            pilot_settled, plan_tasks, plan_wall_time, primary_seeds, ready_tasks, restore_artefacts,
+                            run_plan, stale_partials, stored_copy, stored_partial, teacher_configs, whole_plan,
+                            widen_pairs, work_behind)
 from tmkd_core.report import primary_comparison, seeds_needed
 
 
@@ -268,6 +269,49 @@ def test_caches_that_no_task_left_to_run_reads_are_not_built(cifar_cfg):
     ce = Task("student", cifar_cfg, "CE", "student:ce", missing / "ce")
     assert ready_tasks([cache, student, ce], {"rgb_teacher:t"}) == [cache, ce]
     assert ready_tasks([student, ce], {"rgb_teacher:t", "teacher_cache:c"}) == [student, ce]
+
+
+def test_a_free_worker_takes_the_primary_tasks_then_the_longest_chain_and_the_estimate_schedules_them(cifar_cfg):
+    missing = Path("/nonexistent")
+
+    def task(key, needs=(), primary=False):
+        return Task(key.split(":")[0], cifar_cfg, key, key, missing / key, list(needs), primary=primary)
+
+    # plan order: four CE runs (10 s each), then a teacher (20 s) -> its cache (5 s) -> two KD runs (10 s each)
+    ce = [task(f"student:ce{i}") for i in range(4)]
+    teacher = task("rgb_teacher:t")
+    cache = task("teacher_cache:c", [teacher.key])
+    kd = [task(f"student:kd{i}", [cache.key]) for i in range(2)]
+    pending = ce + [teacher, cache] + kd
+    seconds = {t.key: 20.0 if t is teacher else 5.0 if t is cache else 10.0 for t in pending}
+    behind = work_behind(pending, seconds)
+    assert behind[teacher.key] == 15.0 and behind[cache.key] == 10.0 and behind["student:ce0"] == 0.0
+    assert next_task(ready_tasks(pending, set()), behind) is teacher  # before the CE runs listed first
+    assert next_task(ce[1:], behind) is ce[1]  # equal chains: plan order
+    primary = task("student:p", primary=True)
+    assert next_task([teacher, primary], behind) is primary  # the primary comparison first, whatever waits
+    # two workers: teacher | ce0, ce1 (0-20); cache | ce2 (20-30); ce3, kd0, kd1 -> 45 s. Taken in plan
+    # order the teacher would start at 20 and its chain end at 55; 85 s of work spread evenly is 42.5.
+    assert finish_seconds(pending, {}, 2, seconds) == 45.0
+    assert finish_seconds(pending, {}, 1, seconds) == 85.0
+    # the teacher already running with 5 s left: ce0 | teacher, cache (0-10); ce1, ce2; ce3, kd0; kd1 -> 40 s
+    assert finish_seconds([t for t in pending if t is not teacher], {teacher.key: 5.0}, 2, seconds) == 40.0
+    progress = Progress(rate=1.0, jobs=2)
+    for t in pending:
+        t.cost_flop = seconds[t.key]
+    assert progress.left(pending, {}) == pytest.approx(45.0)
+
+
+def test_the_primary_comparisons_runs_teachers_and_caches_are_marked_to_go_first(monkeypatch):
+    monkeypatch.setattr("tmkd_core.plan.check_pilot_decisions", lambda profile: None)  # no pilot run here
+    tasks = whole_plan("cpu")
+    primary = PROFILE_PLANS["cpu"]["primary"]
+    first = [t for t in tasks if t.primary]
+    assert {t.stage for t in first} == {"rgb_teacher", "teacher_cache", "multiview_teacher", "student"}
+    assert all(t.cfg.data.name == primary["dataset"] for t in first)
+    students = [t for t in first if t.stage == "student"]
+    assert len(students) == 2 * len(primary["seeds"]) and {t.cfg.seed for t in students} == set(primary["seeds"])
+    assert not any(t.primary for t in tasks if t.cfg.data.name != primary["dataset"] or "[" in t.title)
 
 
 def test_primary_comparison_and_the_seed_rule():

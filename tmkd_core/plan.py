@@ -9,7 +9,9 @@ The runs are enumerated here once (`pilot_runs`, `main_runs`, `ablation_runs`,
 `teacher_configs`) from `config.PROFILE_PLANS`; the notebooks read the same lists, so that
 after the plan has run they find every artefact and train nothing. The primary comparison's
 pairs come first; whenever they have all finished, docs/protocol.md's widening rule
-(`primary_seeds`) may add pairs, which the plan runs next. A task is one stage of
+(`primary_seeds`) may add pairs, which the plan runs next. After them, a free worker takes
+the task with the most work waiting behind it (`next_task`: a teacher whose cache and runs
+would otherwise finish last), then the rest in plan order. A task is one stage of
 one configuration (`Pipeline.BUILT_STAGES`); it is done when its artefact exists, so an
 interrupted plan started again skips what finished and resumes the rest from their
 checkpoints. Each worker runs with `threads` = the machine's threads // jobs: on 2 cores,
@@ -31,11 +33,13 @@ Time left is estimated from floating-point operations (`forward_flops`, counted 
 architecture) at a rate measured on this machine when the plan starts, then corrected by
 the ratio of measured to estimated time of the tasks that finish, and from the start by
 the training times that finished teachers and runs record (`train_time_s`): a student's
-data pipeline and loss make it several times slower than its operations alone.
+data pipeline and loss make it several times slower than its operations alone. The time
+left is those estimates scheduled on the workers as the plan runs them (`finish_seconds`).
 """
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
 import math
 import multiprocessing as mp
@@ -417,6 +421,7 @@ class Task:
     needs: list[str] = field(default_factory=list)  # keys of the tasks it builds on
     cost_flop: float = 0.0
     partial: Path | None = None  # its resumable checkpoint while it trains (Pipeline.partial_checkpoint)
+    primary: bool = False  # the primary comparison needs it: it starts before the rest
 
     def done(self) -> bool:
         return self.artefact.exists()
@@ -442,18 +447,20 @@ def run_title(spec: RunSpec) -> str:
     return f"{spec.method}{setting} seed {spec.seed} ({spec.dataset}, teacher seed {spec.teacher_seed})"
 
 
+def is_primary(profile: str, spec: RunSpec) -> bool:
+    """Whether the run is one of the primary comparison's (its seeds hold every final seed
+    of its methods, widened pairs included)."""
+    primary = plan_value(profile, "primary")
+    return bool(primary) and spec.dataset == primary["dataset"] and spec.method in primary["methods"] and \
+        not spec.overrides and spec.seed >= min(primary["seeds"])
+
+
 def in_plan_order(profile: str, specs: list[RunSpec]) -> list[RunSpec]:
     """The primary comparison's runs first, in seed order, a pair's two runs side by side;
     then the runs of one dataset and teacher seed together, so that the teacher-output
     caches (rebuilt on a fresh machine, not stored) are built one teacher at a time."""
     order = {name: i for i, name in enumerate(profile_plan(profile, "datasets"))}
-    primary = plan_value(profile, "primary")
-
-    def is_primary(r: RunSpec) -> bool:  # the primary seeds hold every final seed of these methods
-        return bool(primary) and r.dataset == primary["dataset"] and r.method in primary["methods"] and \
-            not r.overrides and r.seed >= min(primary["seeds"])
-
-    return sorted(specs, key=lambda r: (0, r.seed, 0) if is_primary(r)
+    return sorted(specs, key=lambda r: (0, r.seed, 0) if is_primary(profile, r)
                   else (1, order.get(r.dataset, len(order)), r.teacher_seed))
 
 
@@ -477,16 +484,16 @@ def plan_tasks(profile: str, parts: Iterable[str] = ("pilot", "main", "ablations
     specs = in_plan_order(profile, specs)
     tasks: dict[str, Task] = {}
 
-    def add(pipe: Pipeline, stage: str, title: str | None = None) -> str:
+    def add(pipe: Pipeline, stage: str, title: str | None = None, primary: bool = False) -> str:
         key = f"{stage}:{pipe.key(stage)}"
         if key not in tasks:
-            needs = [add(pipe, s) for s in pipe.after(stage) if s in Pipeline.BUILT_STAGES]
+            needs = [add(pipe, s, primary=primary) for s in pipe.after(stage) if s in Pipeline.BUILT_STAGES]
             tasks[key] = Task(stage, pipe.cfg, title or _title(stage, pipe.cfg), key, pipe.artefact(stage), needs,
-                              stage_flop(pipe, stage) if costs else 0.0, pipe.partial_checkpoint(stage))
+                              stage_flop(pipe, stage) if costs else 0.0, pipe.partial_checkpoint(stage), primary)
         return key
 
     for spec in specs:
-        add(Pipeline(spec.config(profile)), "student", run_title(spec))
+        add(Pipeline(spec.config(profile)), "student", run_title(spec), is_primary(profile, spec))
     for cfg in configs:  # teachers only: those no run reads (notebook 02's control) come last
         pipe = Pipeline(cfg)
         add(pipe, "multiview_teacher" if pipe.uses("multiview_teacher") else "rgb_teacher")
@@ -738,6 +745,59 @@ def ready_tasks(pending: list[Task], done_keys: set[str]) -> list[Task]:
     return [t for t in pending if all(n in done_keys for n in t.needs)]
 
 
+def work_behind(tasks: list[Task], seconds: dict[str, float]) -> dict[str, float]:
+    """For each task, the longest chain of work that waits for it: b(t) = max over the
+    tasks d that need t of (seconds(d) + b(d)), 0 for a task nothing needs (a student run)."""
+    after: dict[str, list[Task]] = {}
+    for task in tasks:
+        for need in task.needs:
+            after.setdefault(need, []).append(task)
+    behind: dict[str, float] = {}
+
+    def chain(task: Task) -> float:
+        if task.key not in behind:
+            behind[task.key] = max((seconds[d.key] + chain(d) for d in after.get(task.key, ())), default=0.0)
+        return behind[task.key]
+
+    for task in tasks:
+        chain(task)
+    return behind
+
+
+def next_task(startable: list[Task], behind: dict[str, float]) -> Task:
+    """The task a free worker starts: the primary comparison's first, then the one with the
+    most work waiting behind it (a CIFAR-100 teacher before a CIFAR-10 run, so that its
+    chain does not leave a worker idle at the end), then plan order."""
+    return min(startable, key=lambda t: (not t.primary, -behind.get(t.key, 0.0)))  # min keeps the first of ties
+
+
+def finish_seconds(pending: list[Task], running_left: dict[str, float], jobs: int,
+                   seconds: dict[str, float]) -> float:
+    """Seconds until the last task ends when `jobs` workers take the `pending` tasks as
+    `run_plan` does (`next_task` whenever a worker is free), after the running tasks'
+    `running_left` seconds: list scheduling on the estimates. A need outside both counts
+    as done."""
+    behind = work_behind(pending, seconds)
+    waiting = list(pending)
+    unfinished = {t.key for t in pending} | set(running_left)
+    ends = [(left, key) for key, left in running_left.items()]
+    heapq.heapify(ends)
+    now = 0.0
+    while waiting or ends:
+        while len(ends) < jobs:
+            startable = [t for t in waiting if unfinished.isdisjoint(t.needs)]
+            if not startable:
+                break
+            task = next_task(startable, behind)
+            waiting.remove(task)
+            heapq.heappush(ends, (now + seconds[task.key], task.key))
+        if not ends:  # a need that never finishes: run_plan says so when it gets there
+            break
+        now, key = heapq.heappop(ends)
+        unfinished.discard(key)
+    return now
+
+
 def needed(tasks: list[Task], done=Task.done) -> list[Task]:
     """The tasks to run: every one not `done`, less the teacher-output caches that no task
     left to run reads (after a restore, their students are finished)."""
@@ -853,12 +913,12 @@ class Progress:
         return self
 
     def left(self, pending: list[Task], running: dict[str, tuple[Task, float]]) -> float:
-        """Seconds of wall time left: the work left spread over the workers, and never less
-        than the longest task still to run."""
+        """Seconds of wall time left: the pending tasks scheduled on the workers as the plan
+        will run them (`finish_seconds`), so a long chain of teacher, cache and runs that
+        leaves a worker idle counts, not only the work spread evenly."""
         now = time.perf_counter()
-        work = [self.estimate(t) for t in pending] + [max(self.estimate(t) - (now - t0), 0.0)
-                                                      for t, t0 in running.values()]
-        return max(sum(work) / self.jobs, max(work, default=0.0))
+        running_left = {t.key: max(self.estimate(t) - (now - t0), 0.0) for t, t0 in running.values()}
+        return finish_seconds(pending, running_left, self.jobs, {t.key: self.estimate(t) for t in pending})
 
 
 def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s: float = 60.0,
@@ -948,7 +1008,7 @@ def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s
                                            threads)
                 if not startable or n_threads < 1:
                     break
-                ready = startable[0]
+                ready = next_task(startable, work_behind(pending, {t.key: progress.estimate(t) for t in pending}))
                 pending.remove(ready)
                 log = log_dir / f"{ready.key.replace(':', '_')}.log"
                 cfg = {**config_to_dict(ready.cfg), "progress": False}

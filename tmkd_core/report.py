@@ -190,6 +190,40 @@ def primary_table(primary: dict[str, Any], dataset: str, method: str = "TMKD", r
         "reading": primary["verdict"]}])
 
 
+# Where TMKD's gain over KD is won or lost (docs/protocol.md, "If TMKD does not beat KD"): each
+# step changes one thing; on the same pairs, the second and third add up to the fourth, TMKD − KD.
+GAIN_STEPS = (
+    ("the multi-view teacher (uniform weights), KD's loss", "KD (multi-view, uniform)", "KD"),
+    ("TMKD's feature and VLC terms, RGB teacher", "TMKD terms, RGB teacher", "KD"),
+    ("the multi-view teacher (text weights), TMKD's terms", "TMKD", "TMKD terms, RGB teacher"),
+    ("all of TMKD", "TMKD", "KD"),
+)
+
+
+def gain_decomposition(records: Sequence[dict], steps=GAIN_STEPS, metric: str = "test_acc") -> pd.DataFrame:
+    """One row per step (label, method, reference) whose two methods both ran: the paired
+    difference d_i = acc(method, pair i) − acc(reference, pair i) over the (teacher seed,
+    seed) pairs both ran, its mean ± sd and 95% t-interval (none under 3 pairs: a t(1)
+    interval says nothing). Records of a `setting` are named "method [setting]"."""
+    acc: dict[str, dict[tuple, float]] = {}
+    for r in records:
+        name = f"{r['method']} [{r['setting']}]" if r.get("setting") else r["method"]
+        acc.setdefault(name, {})[r["teacher_seed"], r["seed"]] = r[metric]
+    rows = []
+    for label, method, reference in steps:
+        if method not in acc or reference not in acc:
+            continue
+        pairs = sorted(acc[method].keys() & acc[reference].keys())
+        if not pairs:
+            continue
+        d = paired_difference([acc[method][p] for p in pairs], [acc[reference][p] for p in pairs])
+        ci = f"[{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]" if len(pairs) >= 3 else ""
+        rows.append({"step": label, "difference": f"{method} − {reference}", "pairs": len(pairs),
+                     "Δ (points)": f"{100 * d['diff']:+.2f} ± {100 * d['diff_sd']:.2f}", "95% CI": ci,
+                     "diff": 100 * d["diff"]})
+    return pd.DataFrame(rows, columns=["step", "difference", "pairs", "Δ (points)", "95% CI", "diff"])
+
+
 def group_runs(records: Iterable[dict], by: str = "method") -> dict[str, list[dict]]:
     """Records grouped by one field, groups in order of first appearance, seeds sorted."""
     groups: dict[str, list[dict]] = {}

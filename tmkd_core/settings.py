@@ -10,6 +10,7 @@ once, naming the setting and what would have been valid, before anything trains.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import math
 import types
@@ -109,11 +110,18 @@ def _check_rule(name: str, value: Any, meta: dict) -> None:
                 raise ConfigError(f"{name}: must be {word} {bound}, got {value}")
 
 
+@functools.lru_cache(maxsize=None)
+def type_hints(cls) -> dict[str, Any]:
+    """`typing.get_type_hints` once per class (read only): resolving the string annotations
+    each time a section is built was most of the time a plan took to enumerate its tasks."""
+    return typing.get_type_hints(cls)
+
+
 class Section:
     """Base of every configuration section: validates and normalises its fields on creation."""
 
     def __post_init__(self):
-        hints = typing.get_type_hints(type(self))
+        hints = type_hints(type(self))
         for f in fields(self):
             name = f"{type(self).__name__}.{f.name}"
             value = _coerce(name, getattr(self, f.name), hints[f.name])
@@ -127,7 +135,7 @@ class Section:
 
 def leaf_paths(section_type, prefix: str = "") -> list[tuple[str, dataclasses.Field]]:
     """Every (dotted path, field) of a section tree that holds a value, not a section."""
-    hints = typing.get_type_hints(section_type)
+    hints = type_hints(section_type)
     out = []
     for f in fields(section_type):
         tp = hints[f.name]
@@ -144,5 +152,5 @@ def default_of(f: dataclasses.Field) -> Any:
 
 def section_type(section_type_, name: str):
     """The dataclass type of the sub-section `name` of `section_type_`, or None for a value."""
-    tp = typing.get_type_hints(section_type_).get(name)
+    tp = type_hints(section_type_).get(name)
     return tp if tp is not None and dataclasses.is_dataclass(tp) else None
