@@ -152,6 +152,23 @@ def test_run_plan_runs_what_is_not_done_on_workers_and_stops_on_a_failure(cifar_
     assert any("FAILED: CE seed 903" in s and "exceeds the 100 training images" in s for s in said)
 
 
+def test_a_second_plan_on_the_same_log_directory_is_refused_naming_the_first(cifar_cfg, tmp_path):
+    import fcntl
+
+    task, said = _tiny(cifar_cfg, 908), []
+    task.artefact.parent.mkdir(parents=True, exist_ok=True)
+    task.artefact.write_text("{}")  # done: a plan that gets the lock has nothing to run
+    with open(tmp_path / "plan.lock", "w") as other:  # what a running plan holds
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        other.write("4242\n")
+        other.flush()
+        assert run_plan([task], jobs=1, log_dir=tmp_path, say=said.append) == 1
+        assert "another plan (process 4242)" in said[0] and "kill -TERM 4242" in said[0]
+    said.clear()  # the first plan gone (its lock goes with it): the next one runs
+    assert run_plan([task], jobs=1, log_dir=tmp_path, say=said.append) == 0 and "all 1 tasks done" in said[-1]
+    task.artefact.unlink()
+
+
 def test_an_unfinished_tasks_last_epoch_is_kept_in_the_store_until_it_finishes(cifar_cfg, tmp_path):
     task, store, said = _tiny(cifar_cfg, 907), tmp_path / "store", []
 

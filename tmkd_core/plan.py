@@ -39,6 +39,7 @@ left is those estimates scheduled on the workers as the plan runs them (`finish_
 from __future__ import annotations
 
 import argparse
+import fcntl
 import heapq
 import json
 import math
@@ -65,6 +66,10 @@ from .utils import atomic_copy
 
 class PilotNotSettled(RuntimeError):
     """Final runs were asked for before the pilot's decisions were applied."""
+
+
+class PlanRunning(RuntimeError):
+    """Another plan holds the log directory (`hold_plan_lock`)."""
 
 
 @dataclass(frozen=True)
@@ -921,12 +926,48 @@ class Progress:
         return finish_seconds(pending, running_left, self.jobs, {t.key: self.estimate(t) for t in pending})
 
 
+def hold_plan_lock(log_dir: Path):
+    """The open lock file of the one plan allowed per log directory (by default the data
+    root's `logs/plan/`): a second plan beside a running one would train the same tasks
+    into the same files. The lock (flock) goes with the process, so a killed plan leaves
+    none behind. Raises PlanRunning, naming the other plan's process id."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(log_dir / "plan.lock", "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        owner = lock.read().strip() or "unknown"
+        lock.close()
+        raise PlanRunning(f"another plan (process {owner}) is running with the log directory {log_dir}: wait for it, "
+                          f"or stop it with `kill -TERM {owner}` (it resumes where it stopped)") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
 def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s: float = 60.0,
              store: Path | None = None, more: Callable[[], list[Task]] | None = None) -> int:
-    """Run the tasks not done yet on `jobs` worker processes; 0 when all finished. With a
-    `store`, stored artefacts are restored first and each finished one is kept there. After
-    each finished run, `more()` may return tasks to add (the widening rule's pairs): those
-    not in the plan yet go first."""
+    """Run the tasks not done yet on `jobs` worker processes; 0 when all finished, 1 when a
+    task failed or another plan holds `log_dir` (`hold_plan_lock`). With a `store`, stored
+    artefacts are restored first and each finished one is kept there. After each finished
+    run, `more()` may return tasks to add (the widening rule's pairs): those not in the plan
+    yet go first."""
+    try:
+        lock = hold_plan_lock(log_dir)
+    except PlanRunning as exc:
+        say(f"[plan] {exc}")
+        return 1
+    try:
+        return _run_holding_the_lock(tasks, jobs, log_dir, say, heartbeat_s, store, more)
+    finally:
+        lock.close()
+
+
+def _run_holding_the_lock(tasks: list[Task], jobs: int, log_dir: Path, say, heartbeat_s: float,
+                          store: Path | None, more: Callable[[], list[Task]] | None) -> int:
     machine_threads = torch.get_num_threads()
     if jobs > machine_threads:
         say(f"[plan] {jobs} workers asked for, {machine_threads} thread(s) here: running {machine_threads} at a time")
@@ -951,7 +992,6 @@ def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s
     progress.read_records(tasks)
     say(f"[plan] {total} tasks, {skipped} done or not needed; {len(pending)} to run on {jobs} workers x {threads} "
         f"thread(s); measured {rate / 1e9:.1f} GFLOP/s per worker; estimated {hms(progress.left(pending, {}))}")
-    log_dir.mkdir(parents=True, exist_ok=True)
     ctx = mp.get_context("spawn")
     running: dict[str, tuple[Task, float]] = {}
     procs: dict[str, Any] = {}
@@ -972,7 +1012,8 @@ def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s
     def stop(signum, frame):  # a scheduler's SIGTERM stops the workers too, as Ctrl-C does
         raise KeyboardInterrupt
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    # SIGINT too: a plan started in the background (`nohup ... &`) inherits SIGINT ignored
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         while pending or running:
             for key, proc in list(procs.items()):
