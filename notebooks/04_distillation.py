@@ -148,8 +148,9 @@ shown
 # TMKD differs from KD in its teacher (multi-view, text-weighted) and in its loss (the
 # feature and vision-language terms). The control "TMKD terms, RGB teacher" and KD from
 # the multi-view teacher with uniform weights change one of the two at a time; each row
-# is a paired difference over the seeds both methods ran (`report.GAIN_STEPS`), on the
-# first dataset.
+# is a paired difference (`report.GAIN_STEPS`) on the first dataset, every row on the
+# pairs all these methods ran (the control's seeds, not the primary comparison's 14), so
+# that the second and third rows add up to the last.
 
 # %%
 decomposition = gain_decomposition([r for r in records if r["dataset"] == datasets[0]])

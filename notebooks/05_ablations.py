@@ -57,8 +57,8 @@ def paired_to(reference, results):
 
 rows, records = [], list(kd)
 for group in groups:
-    default = next(by_setting[f"{group}={label}"] for label, overrides in ABLATIONS[group].items()
-                   if method_config(base, "TMKD", overrides) == method_config(base, "TMKD"))
+    default = next((by_setting[f"{group}={label}"] for label, overrides in ABLATIONS[group].items()
+                    if method_config(base, "TMKD", overrides) == method_config(base, "TMKD")), None)
     for label, overrides in ABLATIONS[group].items():
         results = by_setting[f"{group}={label}"]
         records += results
@@ -66,7 +66,8 @@ for group in groups:
         test_m, test_sd = mean_std(r["test_acc"] for r in results)
         vs_kd, ci_kd = paired_to(kd, results)
         is_default = results is default
-        vs_tmkd, ci_tmkd = ("", "") if is_default else paired_to(default, results)  # what this switch changes
+        # what this switch changes (nothing to compare with where no setting is the profile's own)
+        vs_tmkd, ci_tmkd = ("", "") if is_default or default is None else paired_to(default, results)
         rows.append({"group": group, "setting": label + (" (default)" if is_default else ""),
                      "val (%)": f"{100 * val_m:.2f} ± {100 * val_sd:.2f}",
                      "test (%)": f"{100 * test_m:.2f} ± {100 * test_sd:.2f}",

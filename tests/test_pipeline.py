@@ -325,11 +325,12 @@ def test_the_gain_decomposition_pairs_each_step_and_its_middle_steps_add_up():
     tmkd = [0.79, 0.80, 0.78]
     records = [rec(m, t, s, a[i]) for m, a in (("KD", kd), ("TMKD terms, RGB teacher", control), ("TMKD", tmkd))
                for i, (t, s) in enumerate(pairs)]
-    records += [rec("TMKD", 1, 103, 0.9), rec("TMKD", 0, 100, 0.1, setting="weights=uniform")]  # no KD pair; an ablation
+    # a primary pair (KD and TMKD only, as seeds 104-113 are) and an ablation's run
+    records += [rec("KD", 1, 103, 0.70), rec("TMKD", 1, 103, 0.90), rec("TMKD", 0, 100, 0.1, setting="weights=uniform")]
     table = gain_decomposition(records).set_index("difference")
     # KD from the multi-view teacher did not run: its step is left out, not an error
     assert list(table.index) == ["TMKD terms, RGB teacher − KD", "TMKD − TMKD terms, RGB teacher", "TMKD − KD"]
-    assert table["pairs"].tolist() == [3, 3, 3]  # TMKD seed 103 has no KD or control run to pair with
+    assert table["pairs"].tolist() == [3, 3, 3]  # every row on the control's pairs: pair 103 is left out
     steps = table["diff"]
     assert steps.iloc[0] == pytest.approx(100 * (0.005 - 0.01 + 0.005) / 3)
     assert steps.iloc[0] + steps.iloc[1] == pytest.approx(steps.iloc[2])

@@ -11,11 +11,11 @@ import torch
 from tmkd_core.config import (ABLATIONS, METHODS, PROFILE_METHODS, PROFILE_PLANS, PROFILES, method_config,
                               with_overrides)
 from tmkd_core.experiment import Pipeline
-from tmkd_core.plan import (PilotNotSettled, Progress, RunSpec, Task, ablation_runs, finish_seconds, in_plan_order,
-                            keep_artefact, keep_partial, launch_threads, main_runs, needed, next_task, pilot_runs,
-                            pilot_settled, plan_tasks, plan_wall_time, primary_seeds, ready_tasks, restore_artefacts,
-                            run_plan, stale_partials, stored_copy, stored_partial, teacher_configs, whole_plan,
-                            widen_pairs, work_behind)
+from tmkd_core.plan import (PLAN_RUNNING, PilotNotSettled, Progress, RunSpec, Task, ablation_runs, finish_seconds,
+                            in_plan_order, keep_artefact, keep_partial, launch_threads, main_runs, needed, next_task,
+                            pilot_runs, pilot_settled, plan_lock_path, plan_tasks, plan_wall_time, primary_seeds,
+                            ready_tasks, restore_artefacts, run_plan, stale_partials, stored_copy, stored_partial,
+                            teacher_configs, whole_plan, widen_pairs, work_behind)
 from tmkd_core.report import primary_comparison, seeds_needed
 
 
@@ -152,21 +152,37 @@ def test_run_plan_runs_what_is_not_done_on_workers_and_stops_on_a_failure(cifar_
     assert any("FAILED: CE seed 903" in s and "exceeds the 100 training images" in s for s in said)
 
 
-def test_a_second_plan_on_the_same_log_directory_is_refused_naming_the_first(cifar_cfg, tmp_path):
+def test_a_second_plan_of_a_profile_on_a_data_root_is_refused_naming_the_first(cifar_cfg, tmp_path):
     import fcntl
 
     task, said = _tiny(cifar_cfg, 908), []
     task.artefact.parent.mkdir(parents=True, exist_ok=True)
     task.artefact.write_text("{}")  # done: a plan that gets the lock has nothing to run
-    with open(tmp_path / "plan.lock", "w") as other:  # what a running plan holds
+    lock = plan_lock_path([task])
+    assert lock == Path(cifar_cfg.data.root) / "logs" / "plan" / f"{cifar_cfg.profile}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+") as other:  # what a running plan holds, whatever its log directory
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
         other.write("4242\n")
         other.flush()
-        assert run_plan([task], jobs=1, log_dir=tmp_path, say=said.append) == 1
-        assert "another plan (process 4242)" in said[0] and "kill -TERM 4242" in said[0]
+        assert run_plan([task], jobs=1, log_dir=tmp_path / "elsewhere", say=said.append) == PLAN_RUNNING
+        assert "another plan of this profile (process 4242" in said[0] and "kill -TERM 4242" in said[0]
+        other_profile = Task("student", with_overrides(cifar_cfg, {"profile": "quick"}), "quick", "student:q",
+                             task.artefact)
+        assert run_plan([other_profile], jobs=1, log_dir=tmp_path, say=said.append) == 0  # beside it: allowed
     said.clear()  # the first plan gone (its lock goes with it): the next one runs
     assert run_plan([task], jobs=1, log_dir=tmp_path, say=said.append) == 0 and "all 1 tasks done" in said[-1]
     task.artefact.unlink()
+
+
+def test_run_plan_starts_the_task_with_the_longest_chain_behind_it_first(cifar_cfg, tmp_path):
+    said = []
+    first, head = _tiny(cifar_cfg, 910), _tiny(cifar_cfg, 911)
+    tail = _tiny(cifar_cfg, 912)
+    tail.needs = [head.key]  # a run waiting on another stands for a cache waiting on its teacher
+    assert run_plan([first, head, tail], jobs=1, log_dir=tmp_path, say=said.append) == 0
+    started = [s.split("started ")[1].split(" on ")[0] for s in said if "] started " in s]
+    assert started == ["CE seed 911", "CE seed 910", "CE seed 912"]  # plan order would start 910
 
 
 def test_an_unfinished_tasks_last_epoch_is_kept_in_the_store_until_it_finishes(cifar_cfg, tmp_path):

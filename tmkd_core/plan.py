@@ -10,8 +10,8 @@ The runs are enumerated here once (`pilot_runs`, `main_runs`, `ablation_runs`,
 after the plan has run they find every artefact and train nothing. The primary comparison's
 pairs come first; whenever they have all finished, docs/protocol.md's widening rule
 (`primary_seeds`) may add pairs, which the plan runs next. After them, a free worker takes
-the task with the most work waiting behind it (`next_task`: a teacher whose cache and runs
-would otherwise finish last), then the rest in plan order. A task is one stage of
+the task with the longest chain of work waiting on it (`next_task`: a teacher whose cache
+and runs would otherwise finish last), then the rest in plan order. A task is one stage of
 one configuration (`Pipeline.BUILT_STAGES`); it is done when its artefact exists, so an
 interrupted plan started again skips what finished and resumes the rest from their
 checkpoints. Each worker runs with `threads` = the machine's threads // jobs: on 2 cores,
@@ -69,7 +69,10 @@ class PilotNotSettled(RuntimeError):
 
 
 class PlanRunning(RuntimeError):
-    """Another plan holds the log directory (`hold_plan_lock`)."""
+    """Another plan of the profile runs on the data root (`hold_plan_lock`)."""
+
+
+PLAN_RUNNING = 4  # run_plan's and the command's exit status when another plan holds the lock
 
 
 @dataclass(frozen=True)
@@ -462,8 +465,8 @@ def is_primary(profile: str, spec: RunSpec) -> bool:
 
 def in_plan_order(profile: str, specs: list[RunSpec]) -> list[RunSpec]:
     """The primary comparison's runs first, in seed order, a pair's two runs side by side;
-    then the runs of one dataset and teacher seed together, so that the teacher-output
-    caches (rebuilt on a fresh machine, not stored) are built one teacher at a time."""
+    then the runs of one dataset and teacher seed together. A free worker still takes a
+    teacher or cache that runs wait on before a run (`next_task`)."""
     order = {name: i for i, name in enumerate(profile_plan(profile, "datasets"))}
     return sorted(specs, key=lambda r: (0, r.seed, 0) if is_primary(profile, r)
                   else (1, order.get(r.dataset, len(order)), r.teacher_seed))
@@ -491,10 +494,11 @@ def plan_tasks(profile: str, parts: Iterable[str] = ("pilot", "main", "ablations
 
     def add(pipe: Pipeline, stage: str, title: str | None = None, primary: bool = False) -> str:
         key = f"{stage}:{pipe.key(stage)}"
+        needs = [add(pipe, s, primary=primary) for s in pipe.after(stage) if s in Pipeline.BUILT_STAGES]
         if key not in tasks:
-            needs = [add(pipe, s, primary=primary) for s in pipe.after(stage) if s in Pipeline.BUILT_STAGES]
             tasks[key] = Task(stage, pipe.cfg, title or _title(stage, pipe.cfg), key, pipe.artefact(stage), needs,
                               stage_flop(pipe, stage) if costs else 0.0, pipe.partial_checkpoint(stage), primary)
+        tasks[key].primary |= primary  # a teacher a secondary run listed first is the primary's too
         return key
 
     for spec in specs:
@@ -751,8 +755,9 @@ def ready_tasks(pending: list[Task], done_keys: set[str]) -> list[Task]:
 
 
 def work_behind(tasks: list[Task], seconds: dict[str, float]) -> dict[str, float]:
-    """For each task, the longest chain of work that waits for it: b(t) = max over the
-    tasks d that need t of (seconds(d) + b(d)), 0 for a task nothing needs (a student run)."""
+    """For each task, the longest chain of work that waits on it: b(t) = max over the
+    tasks d that need t of (seconds(d) + b(d)), 0 for a task nothing needs (a student run).
+    A chain, not the sum: what waits on a teacher in parallel does not lengthen it."""
     after: dict[str, list[Task]] = {}
     for task in tasks:
         for need in task.needs:
@@ -771,17 +776,18 @@ def work_behind(tasks: list[Task], seconds: dict[str, float]) -> dict[str, float
 
 def next_task(startable: list[Task], behind: dict[str, float]) -> Task:
     """The task a free worker starts: the primary comparison's first, then the one with the
-    most work waiting behind it (a CIFAR-100 teacher before a CIFAR-10 run, so that its
-    chain does not leave a worker idle at the end), then plan order."""
+    longest chain of work waiting on it (`work_behind`: a CIFAR-100 teacher before a
+    CIFAR-10 run, so that its chain does not end alone with a worker idle), then plan order."""
     return min(startable, key=lambda t: (not t.primary, -behind.get(t.key, 0.0)))  # min keeps the first of ties
 
 
 def finish_seconds(pending: list[Task], running_left: dict[str, float], jobs: int,
                    seconds: dict[str, float]) -> float:
     """Seconds until the last task ends when `jobs` workers take the `pending` tasks as
-    `run_plan` does (`next_task` whenever a worker is free), after the running tasks'
-    `running_left` seconds: list scheduling on the estimates. A need outside both counts
-    as done."""
+    `run_plan` does (`next_task` whenever a worker is free, after every task ending at that
+    moment), after the running tasks' `running_left` seconds: list scheduling on the
+    estimates, each task at one worker's speed (a task the plan runs alone on every thread
+    is a little faster). A need outside both counts as done."""
     behind = work_behind(pending, seconds)
     waiting = list(pending)
     unfinished = {t.key for t in pending} | set(running_left)
@@ -800,6 +806,8 @@ def finish_seconds(pending: list[Task], running_left: dict[str, float], jobs: in
             break
         now, key = heapq.heappop(ends)
         unfinished.discard(key)
+        while ends and ends[0][0] == now:  # every task ending now, before a worker picks
+            unfinished.discard(heapq.heappop(ends)[1])
     return now
 
 
@@ -926,21 +934,32 @@ class Progress:
         return finish_seconds(pending, running_left, self.jobs, {t.key: self.estimate(t) for t in pending})
 
 
-def hold_plan_lock(log_dir: Path):
-    """The open lock file of the one plan allowed per log directory (by default the data
-    root's `logs/plan/`): a second plan beside a running one would train the same tasks
-    into the same files. The lock (flock) goes with the process, so a killed plan leaves
-    none behind. Raises PlanRunning, naming the other plan's process id."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    lock = open(log_dir / "plan.lock", "a+")
+def plan_lock_path(tasks: list[Task]) -> Path | None:
+    """Where a plan of these tasks holds its lock: one per data root and profile
+    (`<data root>/logs/plan/<profile>.lock`), whatever `--log-dir` says; None for no task."""
+    if not tasks:
+        return None
+    cfg = tasks[0].cfg
+    return Path(cfg.data.root) / "logs" / "plan" / f"{cfg.profile}.lock"
+
+
+def hold_plan_lock(path: Path):
+    """The open lock file of the one plan allowed per data root and profile
+    (`plan_lock_path`): a second plan beside a running one would train the same tasks into
+    the same files (plans of other profiles may run beside it). The lock (flock) goes with
+    the plan's process; a plan killed with SIGKILL leaves its workers training, which
+    `pkill -f multiprocessing.spawn` stops. Raises PlanRunning, naming the other plan's process id."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(path, "a+")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         lock.seek(0)
         owner = lock.read().strip() or "unknown"
         lock.close()
-        raise PlanRunning(f"another plan (process {owner}) is running with the log directory {log_dir}: wait for it, "
-                          f"or stop it with `kill -TERM {owner}` (it resumes where it stopped)") from None
+        raise PlanRunning(f"another plan of this profile (process {owner}, lock {path}) is running on this data "
+                          f"root: wait for it, or stop it with `kill -TERM {owner}` (it resumes where it stopped)"
+                          ) from None
     lock.seek(0)
     lock.truncate()
     lock.write(f"{os.getpid()}\n")
@@ -951,19 +970,21 @@ def hold_plan_lock(log_dir: Path):
 def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s: float = 60.0,
              store: Path | None = None, more: Callable[[], list[Task]] | None = None) -> int:
     """Run the tasks not done yet on `jobs` worker processes; 0 when all finished, 1 when a
-    task failed or another plan holds `log_dir` (`hold_plan_lock`). With a `store`, stored
-    artefacts are restored first and each finished one is kept there. After each finished
-    run, `more()` may return tasks to add (the widening rule's pairs): those not in the plan
-    yet go first."""
+    task failed, PLAN_RUNNING when another plan holds this one's lock (`hold_plan_lock`).
+    With a `store`, stored artefacts are restored first and each finished one is kept
+    there. After each finished run, `more()` may return tasks to add (the widening rule's
+    pairs): those not in the plan yet go first."""
+    path = plan_lock_path(tasks)
     try:
-        lock = hold_plan_lock(log_dir)
+        lock = hold_plan_lock(path) if path is not None else None
     except PlanRunning as exc:
         say(f"[plan] {exc}")
-        return 1
+        return PLAN_RUNNING
     try:
         return _run_holding_the_lock(tasks, jobs, log_dir, say, heartbeat_s, store, more)
     finally:
-        lock.close()
+        if lock is not None:
+            lock.close()
 
 
 def _run_holding_the_lock(tasks: list[Task], jobs: int, log_dir: Path, say, heartbeat_s: float,
@@ -1119,7 +1140,8 @@ def main(argv=None) -> int:
         prog="python -m tmkd_core.plan", description=__doc__.split("\n\n")[0],
         epilog="Without --dry-run, --pilot-report or --primary-report it trains (the cpu profile: hours). Exit "
                "status: 0 all done, 1 a task failed or a report is incomplete, 2 refused (the pilot has not settled), "
-               "3 the pilot finished and waits to be settled, 130 interrupted.")
+               "3 the pilot finished and waits to be settled, 4 another plan of the profile is running on this data "
+               "root, 130 interrupted.")
     parser.add_argument("--profile", default="cpu", choices=list(PROFILE_PLANS),
                         help="the profile whose plan runs (default: cpu, the evidence of docs/protocol.md)")
     parser.add_argument("--jobs", type=int, default=int(os.environ.get("TMKD_JOBS", "2")),

@@ -202,20 +202,19 @@ GAIN_STEPS = (
 
 def gain_decomposition(records: Sequence[dict], steps=GAIN_STEPS, metric: str = "test_acc") -> pd.DataFrame:
     """One row per step (label, method, reference) whose two methods both ran: the paired
-    difference d_i = acc(method, pair i) − acc(reference, pair i) over the (teacher seed,
-    seed) pairs both ran, its mean ± sd and 95% t-interval (none under 3 pairs: a t(1)
-    interval says nothing). Records of a `setting` are named "method [setting]"."""
+    difference d_i = acc(method, pair i) − acc(reference, pair i), its mean ± sd and 95%
+    t-interval (none under 3 pairs: a t(1) interval says nothing). Every row reads the same
+    pairs (teacher seed, seed): those on which every method of these rows ran, so that the
+    rows add up as the steps do (KD and TMKD ran more pairs, for the primary comparison,
+    than the control). Records of a `setting` are named "method [setting]"."""
     acc: dict[str, dict[tuple, float]] = {}
     for r in records:
         name = f"{r['method']} [{r['setting']}]" if r.get("setting") else r["method"]
         acc.setdefault(name, {})[r["teacher_seed"], r["seed"]] = r[metric]
+    steps = [s for s in steps if s[1] in acc and s[2] in acc]
+    pairs = sorted(set.intersection(*(set(acc[m]) for _, *ms in steps for m in ms))) if steps else []
     rows = []
-    for label, method, reference in steps:
-        if method not in acc or reference not in acc:
-            continue
-        pairs = sorted(acc[method].keys() & acc[reference].keys())
-        if not pairs:
-            continue
+    for label, method, reference in steps if pairs else ():
         d = paired_difference([acc[method][p] for p in pairs], [acc[reference][p] for p in pairs])
         ci = f"[{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]" if len(pairs) >= 3 else ""
         rows.append({"step": label, "difference": f"{method} − {reference}", "pairs": len(pairs),

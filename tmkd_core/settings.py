@@ -111,10 +111,10 @@ def _check_rule(name: str, value: Any, meta: dict) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def type_hints(cls) -> dict[str, Any]:
-    """`typing.get_type_hints` once per class (read only): resolving the string annotations
+def type_hints(cls) -> typing.Mapping[str, Any]:
+    """`typing.get_type_hints` once per class, read only: resolving the string annotations
     each time a section is built was most of the time a plan took to enumerate its tasks."""
-    return typing.get_type_hints(cls)
+    return types.MappingProxyType(typing.get_type_hints(cls))
 
 
 class Section:
