@@ -163,6 +163,7 @@ def test_a_second_plan_of_a_profile_on_a_data_root_is_refused_naming_the_first(c
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a+") as other:  # what a running plan holds, whatever its log directory
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        other.truncate(0)  # an earlier plan's process id gives way, as in hold_plan_lock
         other.write("4242\n")
         other.flush()
         assert run_plan([task], jobs=1, log_dir=tmp_path / "elsewhere", say=said.append) == PLAN_RUNNING
@@ -180,9 +181,11 @@ def test_run_plan_starts_the_task_with_the_longest_chain_behind_it_first(cifar_c
     first, head = _tiny(cifar_cfg, 910), _tiny(cifar_cfg, 911)
     tail = _tiny(cifar_cfg, 912)
     tail.needs = [head.key]  # a run waiting on another stands for a cache waiting on its teacher
-    assert run_plan([first, head, tail], jobs=1, log_dir=tmp_path, say=said.append) == 0
+    log_dir = tmp_path / "logs"  # a --log-dir not made yet
+    assert run_plan([first, head, tail], jobs=1, log_dir=log_dir, say=said.append) == 0
     started = [s.split("started ")[1].split(" on ")[0] for s in said if "] started " in s]
     assert started == ["CE seed 911", "CE seed 910", "CE seed 912"]  # plan order would start 910
+    assert len(list(log_dir.glob("student_*.log"))) == 3
 
 
 def test_an_unfinished_tasks_last_epoch_is_kept_in_the_store_until_it_finishes(cifar_cfg, tmp_path):

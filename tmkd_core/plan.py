@@ -1013,6 +1013,7 @@ def _run_holding_the_lock(tasks: list[Task], jobs: int, log_dir: Path, say, hear
     progress.read_records(tasks)
     say(f"[plan] {total} tasks, {skipped} done or not needed; {len(pending)} to run on {jobs} workers x {threads} "
         f"thread(s); measured {rate / 1e9:.1f} GFLOP/s per worker; estimated {hms(progress.left(pending, {}))}")
+    log_dir.mkdir(parents=True, exist_ok=True)
     ctx = mp.get_context("spawn")
     running: dict[str, tuple[Task, float]] = {}
     procs: dict[str, Any] = {}
