@@ -53,7 +53,8 @@ def test_a_killed_two_process_run_resumes_and_records_once(tmp_path):
     cmd, env = torchrun("-m", "tmkd_core", "student", "--profile", "smoke", "--method", "CE", *TINY, *args)
     log = open(tmp_path / "killed_job.log", "w")
     started = time.time()
-    job = subprocess.Popen(cmd + ["--force"], env=env, cwd=ROOT, stdout=log, stderr=log,  # --force: trains even
+    slow = {**env, "PYTHONPATH": f"{HELPERS / 'slow_epochs'}{os.pathsep}{env['PYTHONPATH']}"}  # a pause per epoch
+    job = subprocess.Popen(cmd + ["--force"], env=slow, cwd=ROOT, stdout=log, stderr=log,  # --force: trains even
                            start_new_session=True)                                      # where a test did before
     found = None
     while time.time() < started + 240 and found is None and job.poll() is None:  # its first epoch's checkpoint
