@@ -48,6 +48,8 @@ kd_specs, tmkd_specs = ablation_runs(profile, dataset, seeds, groups)
 kd = [run_record(dataset, "KD", Pipeline(s.config(profile)).run_student()) for s in kd_specs]
 by_setting = group_runs([run_record(dataset, "TMKD", Pipeline(s.config(profile)).run_student(), s.setting)
                          for s in tmkd_specs], by="setting")
+
+
 def paired_to(reference, results):
     """`paired_difference` of test accuracy to `reference`'s run of the same teacher and student seed."""
     by_pair = {(r["teacher_seed"], r["seed"]): r["test_acc"] for r in reference}
