@@ -35,7 +35,7 @@ import pandas as pd
 from tmkd_core.config import ABLATIONS, dataset_config, method_config, plan_value, profile_plan
 from tmkd_core.experiment import Pipeline
 from tmkd_core.plan import ablation_runs
-from tmkd_core.report import Outputs, enter_project_root, group_runs, mean_std, paired_difference, run_record
+from tmkd_core.report import Outputs, enter_project_root, fmt_diff, group_runs, mean_std, paired_to, run_record
 
 out = Outputs(enter_project_root() / out_dir)
 dataset = dataset or profile_plan(profile, "datasets")[0]
@@ -48,15 +48,6 @@ kd_specs, tmkd_specs = ablation_runs(profile, dataset, seeds, groups)
 kd = [run_record(dataset, "KD", Pipeline(s.config(profile)).run_student()) for s in kd_specs]
 by_setting = group_runs([run_record(dataset, "TMKD", Pipeline(s.config(profile)).run_student(), s.setting)
                          for s in tmkd_specs], by="setting")
-
-
-def paired_to(reference, results):
-    """`paired_difference` of test accuracy to `reference`'s run of the same teacher and student seed."""
-    by_pair = {(r["teacher_seed"], r["seed"]): r["test_acc"] for r in reference}
-    d = paired_difference([r["test_acc"] for r in results], [by_pair[r["teacher_seed"], r["seed"]] for r in results])
-    return f"{100 * d['diff']:+.2f}", f"[{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]"
-
-
 rows, records = [], list(kd)
 for group in groups:
     default = next((by_setting[f"{group}={label}"] for label, overrides in ABLATIONS[group].items()
@@ -66,14 +57,15 @@ for group in groups:
         records += results
         val_m, val_sd = mean_std(r["val_acc"] for r in results)
         test_m, test_sd = mean_std(r["test_acc"] for r in results)
-        vs_kd, ci_kd = paired_to(kd, results)
+        vs_kd, ci_kd = fmt_diff(paired_to(results, kd))
         is_default = results is default
         # what this switch changes (nothing to compare with where no setting is the profile's own)
-        vs_tmkd, ci_tmkd = ("", "") if is_default or default is None else paired_to(default, results)
+        vs_tmkd, ci_tmkd = ("", "") if is_default or default is None else fmt_diff(paired_to(results, default))
         rows.append({"group": group, "setting": label + (" (default)" if is_default else ""),
                      "val (%)": f"{100 * val_m:.2f} ± {100 * val_sd:.2f}",
                      "test (%)": f"{100 * test_m:.2f} ± {100 * test_sd:.2f}",
-                     "Δ test vs KD": vs_kd, "95% CI vs KD": ci_kd, "Δ test vs TMKD": vs_tmkd, "95% CI vs TMKD": ci_tmkd,
+                     "Δ test vs KD": vs_kd, "95% CI vs KD": ci_kd,
+                     "Δ test vs TMKD": vs_tmkd, "95% CI vs TMKD": ci_tmkd,
                      "val_mean": 100 * val_m, "val_sd": 100 * val_sd, "test_mean": 100 * test_m, "test_sd": 100 * test_sd})
 ablations = pd.DataFrame(rows)
 kd_test = mean_std(r["test_acc"] for r in kd)

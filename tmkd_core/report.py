@@ -216,7 +216,7 @@ def gain_decomposition(records: Sequence[dict], steps=GAIN_STEPS, metric: str = 
     rows = []
     for label, method, reference in steps if pairs else ():
         d = paired_difference([acc[method][p] for p in pairs], [acc[reference][p] for p in pairs])
-        ci = f"[{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]" if len(pairs) >= 3 else ""
+        ci = fmt_diff(d)[1] if len(pairs) >= 3 else ""
         rows.append({"step": label, "difference": f"{method} − {reference}", "pairs": len(pairs),
                      "Δ (points)": f"{100 * d['diff']:+.2f} ± {100 * d['diff_sd']:.2f}", "95% CI": ci,
                      "diff": 100 * d["diff"]})
@@ -231,29 +231,40 @@ def group_runs(records: Iterable[dict], by: str = "method") -> dict[str, list[di
     return {k: sorted(v, key=lambda r: r["seed"]) for k, v in groups.items()}
 
 
+def run_pair(r: dict) -> tuple[int, int]:
+    """(teacher seed, seed) of a run: records carry teacher_seed; a full result holds it in its config."""
+    return r.get("teacher_seed", r.get("config", {}).get("teacher", {}).get("seed", 0)), r["seed"]
+
+
+def paired_to(results: Sequence[dict], reference: Sequence[dict], metric: str = "test_acc",
+              names: tuple[str, str] = ("runs", "reference")) -> dict[str, float]:
+    """`paired_difference` of each run in `results` to the `reference` run of the same
+    (teacher seed, seed); ValueError naming the pairs that have no reference run."""
+    ref = {run_pair(r): r[metric] for r in reference}
+    missing = [run_pair(r) for r in results if run_pair(r) not in ref]
+    if missing:
+        raise ValueError(f"{names[0]}: (teacher seed, seed) {missing} have no {names[1]} run to pair with")
+    return paired_difference([r[metric] for r in results], [ref[run_pair(r)] for r in results])
+
+
+def fmt_diff(d: dict[str, float]) -> tuple[str, str]:
+    """A paired difference (fractions) as points: ("+0.50", "[-0.10, +1.10]")."""
+    return f"{100 * d['diff']:+.2f}", f"[{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]"
+
+
 def method_table(runs: dict[str, list[dict]], reference: str = "KD", metric: str = "test_acc") -> pd.DataFrame:
     """One row per method: accuracy mean ± sd over seeds and the paired difference to `reference`.
 
     `runs[method]` lists that method's runs (records or results), one per seed; the
     difference pairs runs of the same (teacher seed, seed) and needs the reference on each.
     """
-    def pair(r):  # records carry teacher_seed; a full result holds it in its config
-        return r.get("teacher_seed", r.get("config", {}).get("teacher", {}).get("seed", 0)), r["seed"]
-
-    ref = {pair(r): r[metric] for r in runs[reference]} if reference in runs else None
     rows = []
     for method, results in runs.items():
-        acc = [r[metric] for r in results]
-        m, sd = mean_std(acc)
-        row = {"method": method, "seeds": len(acc), f"{metric} (%)": fmt_pm(m, sd), "mean": 100 * m, "sd": 100 * sd}
-        if ref is not None and method != reference:
-            missing = [pair(r) for r in results if pair(r) not in ref]
-            if missing:
-                raise ValueError(f"{method}: (teacher seed, seed) {missing} have no {reference} run to pair with")
-            d = paired_difference(acc, [ref[pair(r)] for r in results])
-            row.update({f"Δ vs {reference}": f"{100 * d['diff']:+.2f}",
-                        "95% CI": f"[{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]"})
-        else:
-            row.update({f"Δ vs {reference}": "", "95% CI": ""})
+        m, sd = mean_std(r[metric] for r in results)
+        row = {"method": method, "seeds": len(results), f"{metric} (%)": fmt_pm(m, sd), "mean": 100 * m,
+               "sd": 100 * sd, f"Δ vs {reference}": "", "95% CI": ""}
+        if reference in runs and method != reference:
+            d = paired_to(results, runs[reference], metric, (method, reference))
+            row[f"Δ vs {reference}"], row["95% CI"] = fmt_diff(d)
         rows.append(row)
     return pd.DataFrame(rows)
