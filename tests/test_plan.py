@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tmkd_core.config import (ABLATIONS, METHODS, PROFILE_METHODS, PROFILE_PLANS, PROFILES, method_config,
-                              with_overrides)
+                              profile_plan, with_overrides)
 from tmkd_core.experiment import Pipeline
 from tmkd_core.plan import (PLAN_RUNNING, PilotNotSettled, Progress, RunSpec, Task, ablation_runs, finish_seconds,
                             in_plan_order, keep_artefact, keep_partial, launch_threads, main_runs, needed, next_task,
@@ -98,6 +98,11 @@ def test_plan_tasks_are_each_stage_once_in_dependency_order(cifar_cfg, monkeypat
     tmkd = next(t for t in students if t.title.startswith("TMKD seed 0"))
     assert {k.split(":")[0] for k in tmkd.needs} == {"multiview_teacher", "teacher_cache"}
     assert all(t.cost_flop > 0 for t in tasks)
+    # notebook 03's weights with generic prompts: the teacher it would otherwise train unannounced
+    first = plan.dataset_config("smoke", profile_plan("smoke", "datasets")[0])
+    generic = Pipeline(first).with_overrides({"text.prompts": "generic"})
+    assert [t.key for t in tasks if "generic prompts" in t.title] == \
+        [f"multiview_teacher:{generic.key('multiview_teacher')}"]
 
 
 def _tiny(cifar_cfg, seed, **extra):

@@ -442,7 +442,8 @@ def _title(stage: str, cfg: ExperimentConfig) -> str:
     if stage == "multiview_teacher":
         kind = "RGB fine-tuned control" if list(cfg.views.views) == ["rgb"] else "multi-view teacher"
         modes = f", {cfg.views.edge_mode}/{cfg.views.hf_mode}" if len(cfg.views.views) > 1 else ""
-        return f"{kind} ({t}, views {'/'.join(cfg.views.views)}{modes})"
+        prompts = f", {cfg.text.prompts} prompts" if cfg.text.prompts != "prior_aware" else ""
+        return f"{kind} ({t}, views {'/'.join(cfg.views.views)}{modes}{prompts})"
     if stage == "teacher_cache":
         teacher = "RGB" if cfg.student.teacher != "multi" else f"multi-view ({cfg.views.edge_mode}/{cfg.views.hf_mode})"
         replicas = cfg.student.cache_replicas or cfg.student.optim.epochs
@@ -485,6 +486,11 @@ def plan_tasks(profile: str, parts: Iterable[str] = ("pilot", "main", "ablations
             configs += [cfg, method_config(cfg, "TMKD")]
             if len(cfg.views.views) > 1:
                 configs.append(method_config(cfg, "TMKD", {"views.views": ["rgb"]}))
+        # notebook 03 sets the first dataset's weights beside those of generic prompts, whose text
+        # heads its multi-view teacher trains anew
+        first = dataset_config(profile, profile_plan(profile, "datasets")[0])
+        if len(first.views.views) > 1:
+            configs.append(method_config(first, "TMKD", {"text.prompts": "generic"}))
     specs = (pilot_runs(profile) if "pilot" in parts else []) + (main_runs(profile) if "main" in parts else [])
     if "ablations" in parts:
         kd, tmkd = ablation_runs(profile)
@@ -503,7 +509,7 @@ def plan_tasks(profile: str, parts: Iterable[str] = ("pilot", "main", "ablations
 
     for spec in specs:
         add(Pipeline(spec.config(profile)), "student", run_title(spec), is_primary(profile, spec))
-    for cfg in configs:  # teachers only: those no run reads (notebook 02's control) come last
+    for cfg in configs:  # teachers no run reads come last: notebook 02's control, notebook 03's generic prompts
         pipe = Pipeline(cfg)
         add(pipe, "multiview_teacher" if pipe.uses("multiview_teacher") else "rgb_teacher")
     # each dependency just before the first task that needs it: plan order is the order of need
