@@ -1,6 +1,8 @@
 """The pipeline: stage keys, teacher outputs at the student's replica, resume, locks, damaged files."""
 import json
 import multiprocessing as mp
+import os
+import stat
 import time
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from tmkd_core.config import ExperimentConfig, method_config, neutral_paths, wit
 from tmkd_core.experiment import STAGES, Pipeline, TeacherNotTrained
 from tmkd_core.report import gain_decomposition, group_runs, method_table, run_record
 from tmkd_core.settings import leaf_paths, resolve_choices
-from tmkd_core.utils import DamagedArtifact, build_once
+from tmkd_core.utils import DamagedArtifact, atomic_copy, atomic_save, build_once, write_json
 
 
 @pytest.fixture(scope="module")
@@ -189,6 +191,16 @@ def test_two_processes_build_one_artefact_once(tmp_path):
         results = pool.starmap(_build_slowly, [(path, log), (path, log)])
     assert results == [{"value": 42}, {"value": 42}]
     assert log.read_text() == "built\n"
+
+
+def test_atomic_writes_give_the_permissions_open_would_and_leave_no_temporary(tmp_path):
+    umask = os.umask(0o022)
+    os.umask(umask)
+    written = [write_json({"a": 1}, tmp_path / "record.json"), atomic_save({"w": torch.zeros(2)}, tmp_path / "c.pt")]
+    written.append(atomic_copy(written[0], tmp_path / "copy.json"))
+    for path in written:  # mkstemp alone would leave them 0600: unreadable to a group sharing data/
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path.name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt", "copy.json", "record.json"]
 
 
 def _run_in_process(cfg):

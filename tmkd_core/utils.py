@@ -31,14 +31,20 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: mkstemp creates files 0600, the rename should give what open() would
+
+
 def _atomic_write(path: str | Path, write: Callable[[str], Any]) -> Path:
-    """`write(tmp)` to a temporary file in the same folder, then rename: never a torn file."""
+    """`write(tmp)` to a temporary file in the same folder, then rename: never a torn file.
+    The file gets the permissions a plain `open(path, "w")` would give it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -57,13 +63,7 @@ def atomic_copy(src: str | Path, path: str | Path) -> Path:
 
 
 def atomic_write_text(text: str, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
+    return _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def write_json(obj: Any, path: str | Path) -> Path:
