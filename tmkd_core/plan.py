@@ -486,8 +486,8 @@ def plan_tasks(profile: str, parts: Iterable[str] = ("pilot", "main", "ablations
             configs += [cfg, method_config(cfg, "TMKD")]
             if len(cfg.views.views) > 1:
                 configs.append(method_config(cfg, "TMKD", {"views.views": ["rgb"]}))
-        # notebook 03 sets the first dataset's weights beside those of generic prompts, whose text
-        # heads its multi-view teacher trains anew
+        # notebook 03 compares the first dataset's weights with those of generic prompts, whose
+        # text heads need a multi-view teacher of their own
         first = dataset_config(profile, profile_plan(profile, "datasets")[0])
         if len(first.views.views) > 1:
             configs.append(method_config(first, "TMKD", {"text.prompts": "generic"}))

@@ -63,7 +63,7 @@ def atomic_copy(src: str | Path, path: str | Path) -> Path:
 
 
 def atomic_write_text(text: str, path: str | Path) -> Path:
-    return _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return _atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def write_json(obj: Any, path: str | Path) -> Path:
