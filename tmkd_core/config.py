@@ -18,7 +18,7 @@ from .priors import ViewConfig
 from .settings import ConfigError, Section, default_of, leaf_paths, resolve_choices, section_type, setting
 
 __all__ = ["ConfigError", "DataConfig", "ViewConfig", "OptimConfig", "TeacherConfig", "TextConfig", "FusionConfig",
-           "StudentConfig", "ExperimentConfig", "make_config", "with_overrides", "switches", "config_hash"]
+           "StudentConfig", "ExperimentConfig", "TEACHER_VARIANTS", "make_config", "with_overrides", "switches", "config_hash"]
 
 
 @dataclass
@@ -434,7 +434,21 @@ PROFILE_PLANS: dict[str, dict[str, Any]] = {
                                           "0.1 CE + 0.9 KD": {"student.ce_weight": 0.1, "student.alpha": 0.9}}}},
             "per_dataset": {"cifar100": {"teacher_seeds": [0], "seeds": [100, 101, 102],
                                          "methods": ["CE", "KD", "TMKD"]}},
-            "ablation_seeds": [100, 101, 102], "ablation_groups": ["weights", "terms", "score"]},
+            "ablation_seeds": [100, 101, 102], "ablation_groups": ["weights", "terms", "score"],
+            # docs/protocol.md, "Amendment: powerful teachers" (tmkd_core.teacher_study): every variant
+            # of TEACHER_VARIANTS at each teacher seed; `candidates` are the multi-view variants the
+            # confirmatory comparison chooses from on validation, `reference` the compute-matched RGB one
+            "teacher_study": {"teacher_seeds": {"cifar100": [0, 1, 2], "cifar10": [0, 1]},
+                              "variants": ["rgb", "rgb_ft1", "mv_ft1", "mv_ft10", "mv_scratch20", "rgb_ft30",
+                                           "rgb_ens2"],
+                              "reference": "rgb_ft30", "candidates": ["mv_ft10", "mv_scratch20"]},
+            # KD from the compute-matched RGB teacher vs TMKD from the chosen multi-view teacher, the
+            # teacher seed as the unit: student seeds seed_base + 10 t + i under teacher seed t.
+            # `tmkd_variant` stays None until the teacher study's validation choice is committed: the
+            # plan runs KD's side only until then. The widening rule adds teachers up to max_teachers.
+            "confirmatory": {"dataset": "cifar100", "kd_variant": "rgb_ft30", "tmkd_variant": None,
+                             "teacher_seeds": [0, 1, 2, 3], "students_per_teacher": 3, "seed_base": 200,
+                             "max_teachers": 8}},
     "paper": {"datasets": ["cifar100"], "teacher_seeds": [0], "seeds": [0, 1, 2], "ablation_seeds": [0, 1, 2]},
 }
 
@@ -461,6 +475,35 @@ def profile_plan(profile: str, key: str, value=None) -> list:
     if found is None:
         raise KeyError(f"the {profile!r} plan has no {key!r}; it has: {', '.join(PROFILE_PLANS[profile])}")
     return list(found)
+
+
+# Teacher recipes of the teacher study (docs/protocol.md, "Amendment: powerful teachers"), as
+# overrides of a dataset's configuration. `stage`: the teacher stage the recipe trains (a
+# multi-view teacher with views ["rgb"] is the RGB teacher fine-tuned on RGB alone, with the
+# same loss and recipe as the multi-view fine-tuning); `ensemble`: the teacher-seed offsets of
+# the RGB teachers whose softmax outputs are averaged. Compute is derived from the settings
+# (tmkd_core.teacher_study.TeacherVariant.compute).
+_FINETUNE_ON_RGB = {"views.views": ["rgb"]}
+TEACHER_VARIANTS: dict[str, dict[str, Any]] = {
+    "rgb": {"kind": "rgb", "stage": "rgb_teacher", "overrides": {},
+            "why": "the RGB teacher: KD's teacher in the primary comparison"},
+    "rgb_ft1": {"kind": "rgb", "stage": "multiview_teacher", "overrides": _FINETUNE_ON_RGB,
+                "why": "the control for mv_ft1's extra epoch: the same fine-tuning on RGB alone"},
+    "mv_ft1": {"kind": "multiview", "stage": "multiview_teacher", "overrides": {},
+               "why": "the multi-view teacher of the primary comparison: one epoch of fine-tuning"},
+    "mv_ft10": {"kind": "multiview", "stage": "multiview_teacher",
+                "overrides": {"teacher.multiview_optim.epochs": 10},
+                "why": "fine-tuned from the RGB teacher long enough for the views to settle, lr decaying"},
+    "mv_scratch20": {"kind": "multiview", "stage": "multiview_teacher",
+                     "overrides": {"teacher.teacher_init": "scratch", "teacher.multiview_optim.epochs": 20,
+                                   "teacher.multiview_optim.lr": 0.1},
+                     "why": "every view learned from the start, the RGB teacher's recipe at equal compute"},
+    "rgb_ft30": {"kind": "rgb", "stage": "multiview_teacher",
+                 "overrides": {**_FINETUNE_ON_RGB, "teacher.multiview_optim.epochs": 30},
+                 "why": "the compute-matched RGB teacher: mv_ft10's fine-tuning on RGB alone, as many view-epochs"},
+    "rgb_ens2": {"kind": "ensemble", "stage": "rgb_teacher", "overrides": {}, "ensemble": [0, 500],
+                 "why": "two RGB teachers averaged: is a multi-view teacher more than an ensemble?"},
+}
 
 
 # Ablations of docs/method.md §6: each group maps a label to overrides of the TMKD

@@ -59,6 +59,7 @@ import torch
 from .config import (ABLATIONS, METHODS, PROFILE_PLANS, ExperimentConfig, config_to_dict, dataset_config,
                      method_config, plan_value, profile_plan)
 from .experiment import Pipeline
+from .teacher_study import Confirmatory, TeacherStudy
 from .utils import atomic_copy
 
 
@@ -171,6 +172,29 @@ def primary_seeds(profile: str) -> list[int]:
             if None not in pair:
                 diffs[seed] = 100 * (pair[0]["test_acc"] - pair[1]["test_acc"])
         wider = widen_pairs(seeds, diffs, len(plan_value(profile, "teacher_seeds", name)))
+        if wider == seeds:
+            return seeds
+        seeds = wider
+
+
+def confirmatory_teacher_seeds(conf: Confirmatory) -> list[int]:
+    """The confirmatory comparison's teacher seeds: the profile's, widened by `widen_pairs`
+    (two teachers at a time, up to `max_teachers`) from the teacher-level mean differences
+    TMKD - KD of the teachers whose runs have all finished (docs/protocol.md, "Amendment:
+    powerful teachers"). Before TMKD's teacher is chosen, the profile's seeds."""
+    seeds = list(conf.teacher_seeds)
+    if not conf.chosen:
+        return seeds
+    means: dict[int, float] = {}
+    while True:  # a widening step reads the teachers it added: they may have finished too
+        for t in set(seeds) - set(means):
+            specs = conf.runs([t])
+            records = [finished_record(spec, conf.profile) for spec in specs]
+            if None not in records:
+                acc = {(spec.method, spec.seed): r["test_acc"] for spec, r in zip(specs, records)}
+                students = conf.student_seeds(t)
+                means[t] = 100 * sum(acc["TMKD", s] - acc["KD", s] for s in students) / len(students)
+        wider = widen_pairs(seeds, means, 2, conf.max_teachers)
         if wider == seeds:
             return seeds
         seeds = wider
@@ -443,9 +467,14 @@ def _title(stage: str, cfg: ExperimentConfig) -> str:
         kind = "RGB fine-tuned control" if list(cfg.views.views) == ["rgb"] else "multi-view teacher"
         modes = f", {cfg.views.edge_mode}/{cfg.views.hf_mode}" if len(cfg.views.views) > 1 else ""
         prompts = f", {cfg.text.prompts} prompts" if cfg.text.prompts != "prior_aware" else ""
-        return f"{kind} ({t}, views {'/'.join(cfg.views.views)}{modes}{prompts})"
+        epochs = cfg.teacher.multiview_optim.epochs
+        how = f", {epochs} epoch{'s' * (epochs > 1)}" + (" from scratch" if cfg.teacher.teacher_init == "scratch" else "")
+        return f"{kind} ({t}, views {'/'.join(cfg.views.views)}{modes}{prompts}{how})"
     if stage == "teacher_cache":
-        teacher = "RGB" if cfg.student.teacher != "multi" else f"multi-view ({cfg.views.edge_mode}/{cfg.views.hf_mode})"
+        epochs = cfg.teacher.multiview_optim.epochs
+        teacher = ("RGB" if cfg.student.teacher != "multi" else f"RGB fine-tuned ({epochs} epochs)"
+                   if list(cfg.views.views) == ["rgb"] else
+                   f"multi-view ({cfg.views.edge_mode}/{cfg.views.hf_mode}, {epochs} epochs)")
         replicas = cfg.student.cache_replicas or cfg.student.optim.epochs
         return f"{teacher} teacher-output cache ({t}, {replicas} replicas)"
     raise KeyError(stage)
@@ -479,8 +508,10 @@ def plan_tasks(profile: str, parts: Iterable[str] = ("pilot", "main", "ablations
     False leaves `cost_flop` 0 and reads no dataset."""
     configs: list[ExperimentConfig] = []
     parts = list(parts)
-    if {"main", "ablations"} & set(parts) and not pilot_settled(profile):
+    if {"main", "ablations", "teachers", "confirmatory"} & set(parts) and not pilot_settled(profile):
         raise _unsettled(profile)
+    study = TeacherStudy.of(profile) if "teachers" in parts else None
+    conf = Confirmatory.of(profile) if "confirmatory" in parts else None
     if "main" in parts:
         for cfg in teacher_configs(profile):  # notebook 02: both teachers and the control
             configs += [cfg, method_config(cfg, "TMKD")]
@@ -495,7 +526,8 @@ def plan_tasks(profile: str, parts: Iterable[str] = ("pilot", "main", "ablations
     if "ablations" in parts:
         kd, tmkd = ablation_runs(profile)
         specs += kd + tmkd
-    specs = in_plan_order(profile, specs)
+    confirmatory = conf.runs(confirmatory_teacher_seeds(conf)) if conf else []
+    specs = in_plan_order(profile, specs + confirmatory)
     tasks: dict[str, Task] = {}
 
     def add(pipe: Pipeline, stage: str, title: str | None = None, primary: bool = False) -> str:
@@ -507,8 +539,14 @@ def plan_tasks(profile: str, parts: Iterable[str] = ("pilot", "main", "ablations
         tasks[key].primary |= primary  # a teacher a secondary run listed first is the primary's too
         return key
 
+    # the confirmatory comparison, and the teachers its choice reads, go first as the primary's do
+    first = set(confirmatory)
     for spec in specs:
-        add(Pipeline(spec.config(profile)), "student", run_title(spec), is_primary(profile, spec))
+        add(Pipeline(spec.config(profile)), "student", run_title(spec), is_primary(profile, spec) or spec in first)
+    for teacher in study.teachers() if study else []:
+        for i, cfg in enumerate(teacher.configs):  # an ensemble's second teacher is titled as an RGB teacher
+            add(Pipeline(cfg), teacher.variant.stage, None if i else teacher.title,
+                primary=conf is not None and teacher.dataset == conf.dataset)
     for cfg in configs:  # teachers no run reads come last: notebook 02's control, notebook 03's generic prompts
         pipe = Pipeline(cfg)
         add(pipe, "multiview_teacher" if pipe.uses("multiview_teacher") else "rgb_teacher")
@@ -1121,25 +1159,33 @@ def _run_holding_the_lock(tasks: list[Task], jobs: int, log_dir: Path, say, hear
 
 
 def widened_pairs(profile: str, parts: list[str]) -> Callable[[], list[Task]] | None:
-    """For `run_plan(more=...)`: the plan's tasks again once the widening rule has added
-    primary pairs since the last call, else none (None: the parts have no primary comparison)."""
-    if "main" not in parts or not plan_value(profile, "primary"):
+    """For `run_plan(more=...)`: the plan's tasks again once a widening rule has added pairs
+    (the primary comparison's) or teachers (the confirmatory comparison's) since the last
+    call, else none (None: the parts have neither comparison)."""
+    rules = []
+    if "main" in parts and plan_value(profile, "primary"):
+        rules.append(("the primary interval's half-width exceeds 0.5 point: {n} pairs now (docs/protocol.md, "
+                      "'Sizing the interval')", lambda: primary_seeds(profile)))
+    conf = Confirmatory.of(profile) if "confirmatory" in parts else None
+    if conf is not None:
+        rules.append(("the confirmatory interval's half-width exceeds 0.5 point: {n} teachers now (docs/protocol.md, "
+                      "'Amendment: powerful teachers')", lambda: confirmatory_teacher_seeds(conf)))
+    if not rules:
         return None
-    seen = primary_seeds(profile)
+    seen = [now() for _, now in rules]
 
     def more() -> list[Task]:
-        nonlocal seen
-        now = primary_seeds(profile)
-        if now == seen:
-            return []
-        print(f"[plan] the primary interval's half-width exceeds 0.5 point: {len(now)} pairs now "
-              f"(docs/protocol.md, 'Sizing the interval')", flush=True)
-        seen = now
-        return plan_tasks(profile, parts)
+        widened = False
+        for i, (message, now) in enumerate(rules):
+            seeds = now()
+            if seeds != seen[i]:
+                print("[plan] " + message.format(n=len(seeds)), flush=True)
+                seen[i], widened = seeds, True
+        return plan_tasks(profile, parts) if widened else []
     return more
 
 
-PARTS = ("pilot", "main", "ablations")
+PARTS = ("pilot", "main", "ablations", "teachers", "confirmatory")
 
 
 def main(argv=None) -> int:
@@ -1155,8 +1201,9 @@ def main(argv=None) -> int:
                         help="worker processes (default 2, or $TMKD_JOBS)")
     parser.add_argument("--parts", nargs="+", default=None, choices=PARTS,
                         help="pilot: the validation pilot; main: the teachers and notebook 04's runs (the primary "
-                             "comparison first); ablations: notebook 05's runs. Default: all, or the pilot alone "
-                             "while it has not settled")
+                             "comparison first); ablations: notebook 05's runs; teachers: the teacher study; "
+                             "confirmatory: the CIFAR-100 confirmatory comparison (KD's side until TMKD's teacher "
+                             "is chosen). Default: all, or the pilot alone while it has not settled")
     parser.add_argument("--pilot-report", action="store_true",
                         help="the pilot's validation table and what the protocol's rules decide from it, "
                              "written to <out-dir>/tables/pilot.md and <out-dir>/results/pilot.json (for cpu: the "
