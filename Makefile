@@ -64,7 +64,7 @@ data: setup
 # nbval runs each notebook, prepared by papermill with the smoke profile, writing under
 # build/smoke/ so that a test never touches the committed figures.
 test: setup $(CHROMIUM) $(foreach n,$(NOTEBOOKS),build/nbval/$(n).ipynb)
-	$(PY) -m pytest tests build/nbval --nbval-lax -p no:cacheprovider --durations=5
+	$(PY) -m pytest tests build/nbval --nbval-lax -p no:cacheprovider -rs --durations=5
 
 build/nbval/%.ipynb: build/ipynb/%.ipynb
 	@mkdir -p $(@D)

@@ -32,12 +32,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from skimage import color, data as skdata, filters
+from skimage import data as skdata
 from skimage.transform import resize
 
 from tmkd_core import priors
-from tmkd_core.analysis import energy_kept, radial_energy
+from tmkd_core.analysis import energy_kept, radial_energy, reference_agreement, view_mode_statistics
 from tmkd_core.config import ViewConfig, dataset_config, profile_plan
+from tmkd_core.data import first_of_each_class
 from tmkd_core.experiment import Pipeline
 from tmkd_core.report import Outputs, enter_project_root
 
@@ -80,39 +81,11 @@ out.figure(fig, "priors_photos")
 
 # %% [markdown]
 # ## Agreement with scikit-image
-# Each torch view against its reference on these photographs (maps scaled to [0, 1]).
+# Each torch view against its reference on these photographs (maps scaled to [0, 1];
+# `analysis.reference_agreement`).
 
 # %%
-gray = np.stack([color.rgb2gray(p.permute(1, 2, 0).numpy()) for p in photos])
-
-
-def scaled(a):
-    return a / a.reshape(len(a), -1).max(1)[:, None, None]
-
-
-def min_max(a):
-    return (a - a.min()) / (a.max() - a.min())
-
-
-checks = {
-    "sobel vs skimage.filters.sobel": (priors.edge_map(photos, "sobel")[:, 0].numpy(),
-                                       scaled(np.stack([filters.sobel(g) for g in gray]))),
-    "scharr vs skimage.filters.scharr": (priors.edge_map(photos, "scharr")[:, 0].numpy(),
-                                         scaled(np.stack([filters.scharr(g) for g in gray]))),
-    "laplacian vs abs(skimage.filters.laplace)": (priors.edge_map(photos, "laplacian")[:, 0].numpy(),
-                                               scaled(np.stack([np.abs(filters.laplace(g)) for g in gray]))),
-    "fft r=0.25 vs butterworth (order 20)": (
-        priors.hf_map(photos, "fft", radius=0.25).numpy(),
-        np.stack([min_max(filters.butterworth(p.permute(1, 2, 0).numpy().astype(float), 0.125, True, 20,
-                                              channel_axis=-1).transpose(2, 0, 1)) for p in photos])),
-    "gaussian s=1 vs x - skimage.filters.gaussian": (
-        priors.hf_map(photos, "gaussian", sigma=1.0).numpy(),
-        np.stack([min_max((p.numpy() - filters.gaussian(p.permute(1, 2, 0).numpy(), sigma=1.0, mode="reflect",
-                                                        channel_axis=-1, preserve_range=True).transpose(2, 0, 1)))
-                  for p in photos])),
-}
-agreement = pd.DataFrame([{"view": k, "max abs diff": float(np.abs(a - b).max()),
-                           "mean abs diff": float(np.abs(a - b).mean())} for k, (a, b) in checks.items()])
+agreement = reference_agreement(photos)
 out.table(agreement.assign(**{c: agreement[c].map("{:.1e}".format) for c in ("max abs diff", "mean abs diff")}),
           "priors_reference_agreement", "Views against scikit-image references")
 agreement
@@ -151,21 +124,13 @@ for name in datasets:
     pipe = Pipeline(dataset_config(profile, name))
     splits = pipe.splits
     x = splits.train.images[:512].float() / 255
-    first_of_class = torch.stack([(splits.train.labels == c).nonzero()[0, 0] for c in range(n_samples)])
+    first_of_class = first_of_each_class(splits.train.labels, n_samples)
     panels = priors.view_panels(splits.train.load(first_of_class).float() / 255, pipe.cfg.views)
     samples[name] = (panels, [splits.class_names[c] for c in range(n_samples)])
     for r in radii:
         energy_rows.append({"dataset": name, "radius": r, "energy kept (%)": 100 * energy_kept(x, r)})
     spectra_rows[name] = {v: radial_energy(priors.view(x, v, cfg)).numpy() for v in cfg.views}
-    for mode in ("enhance", "detail"):
-        modes = ViewConfig(edge_mode=mode, hf_mode=mode)
-        for v in ("edge", "hf"):
-            xv = priors.view(x, v, modes)
-            mode_rows.append({"dataset": name, "view": v, "mode": mode,
-                              "brightness shift": float(xv.mean() - x.mean()),
-                              "pixels clipped (%)": 100 * float(((xv <= 0) | (xv >= 1)).float().mean()),
-                              "correlation with RGB": float(torch.corrcoef(torch.stack([xv.flatten(),
-                                                                                        x.flatten()]))[0, 1])})
+    mode_rows += [{"dataset": name, **row} for row in view_mode_statistics(x)]  # enhance, detail
 
 n_rows = sum(len(panels) for panels, _ in samples.values())
 fig, axes = plt.subplots(n_rows, n_samples, figsize=(1.6 * n_samples, 1.75 * n_rows), layout="constrained",
@@ -219,7 +184,9 @@ energy
 
 # %% tags=["nbval-check"]
 # NBVAL_CHECK_OUTPUT
-print("views:", tuple(views.shape), "max |diff| to skimage < 1e-3:", bool(agreement["max abs diff"][:3].max() < 1e-3))
+edges_agree = bool(agreement["max abs diff"][:3].max() < 1e-3)
+print("views:", tuple(views.shape), "max |diff| to skimage < 1e-3:", edges_agree)
+assert edges_agree, f"edge maps differ from scikit-image:\n{agreement[:3].to_string()}"
 
 # %%
 out.results_json("01_priors", {"reference_agreement": agreement.to_dict("records"),

@@ -38,11 +38,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
-import torch
 
 from tmkd_core import priors
-from tmkd_core.analysis import fusion_weights, weights_against_views
+from tmkd_core.analysis import fusion_weights, weight_sweep, weights_against_views
 from tmkd_core.config import dataset_config, profile_plan
+from tmkd_core.data import first_of_each_class
 from tmkd_core.experiment import Pipeline
 from tmkd_core.explorer import ViewExplorer
 from tmkd_core.report import Outputs, enter_project_root
@@ -120,7 +120,7 @@ per_view
 
 # %%
 val = splits.val
-idx = torch.stack([(val.labels == c).nonzero()[0, 0] for c in range(n_grid)])
+idx = first_of_each_class(val.labels, n_grid)
 x = val.images[idx].float() / 255
 v = priors.make_views(x, cfg.views)
 fig, axes = plt.subplots(len(views), n_grid, figsize=(1.8 * n_grid, 2.0 * len(views)))
@@ -141,14 +141,9 @@ out.figure(fig, "weights_samples")
 # anew (and cached for the ablations of notebook 05).
 
 # %%
-rows = []
-for tau_w in tau_ws:
-    wt = fusion_weights(pipe.with_overrides({"fusion.tau_w": tau_w}), "val")["weights"]
-    entropy = float(-(wt * wt.clamp_min(1e-12).log()).sum(0).mean())
-    rows.append({"setting": f"tau_w={tau_w}", **dict(zip(views, wt.mean(1).tolist())), "entropy": entropy})
-generic = fusion_weights(pipe.with_overrides({"text.prompts": "generic"}), "val")["weights"]
-rows.append({"setting": f"generic prompts, tau_w={cfg.fusion.tau_w}", **dict(zip(views, generic.mean(1).tolist())),
-             "entropy": float(-(generic * generic.clamp_min(1e-12).log()).sum(0).mean())})
+settings = {f"tau_w={tau_w}": {"fusion.tau_w": tau_w} for tau_w in tau_ws}
+settings[f"generic prompts, tau_w={cfg.fusion.tau_w}"] = {"text.prompts": "generic"}
+rows = weight_sweep(pipe, settings, "val")  # mean weight per view and weight_entropy, one row per setting
 sweep = pd.DataFrame(rows)
 out.table(sweep, "weights_tau_sweep", f"Mean fusion weight per view and mean entropy (max ln {len(views)}), {dataset}")
 
@@ -187,7 +182,10 @@ explorer.widget(dataset, explore_index) if interactive else None
 
 # %% tags=["nbval-check"]
 # NBVAL_CHECK_OUTPUT
-print("weights:", w.shape[0], "views; columns sum to one:", bool(np.allclose(w.sum(0), 1, atol=1e-5)))
+sums_to_one = bool(np.allclose(w.sum(0), 1, atol=1e-5))
+print("weights:", w.shape[0], "views; columns sum to one:", sums_to_one)
+assert sums_to_one, f"fusion weights summing to {w.sum(0).min():.6f}..{w.sum(0).max():.6f}, not 1"
+assert sweep["entropy"].between(-1e-6, np.log(len(views)) + 1e-6).all(), f"entropies outside [0, ln V]:\n{sweep}"
 
 # %%
 out.results_json("03_semantic_weights", {"dataset": dataset, "mean_weights_by_class": per_class.to_dict("records"),

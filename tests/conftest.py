@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -36,13 +37,22 @@ def cifar_cfg():
     return make_config("smoke", {"data.root": str(DATA_ROOT), "data.mirror": str(MIRROR), "device": "cpu"})
 
 
-@pytest.fixture
-def no_network(monkeypatch):
-    """Any attempt to open a socket fails the test."""
+@contextmanager
+def network_blocked():
+    """Any attempt to open a socket fails with AssertionError. The Hugging Face hub is not
+    told to stay offline: a library that reaches for it must fail here, not be excused."""
 
     def guard(*args, **kwargs):
         raise AssertionError("a test tried to use the network")
 
-    monkeypatch.setattr(socket.socket, "connect", guard)
-    monkeypatch.setattr(socket, "create_connection", guard)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket.socket, "connect", guard)
+        patch.setattr(socket, "create_connection", guard)
+        yield
+
+
+@pytest.fixture
+def no_network():
+    """The test runs with the network blocked (`network_blocked`)."""
+    with network_blocked():
+        yield

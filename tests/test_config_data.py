@@ -8,7 +8,7 @@ import torch
 
 from tmkd_core.config import (METHODS, ConfigError, DataConfig, config_hash, make_config, method_config, switches,
                               with_overrides)
-from tmkd_core.data import DatasetNotFound, FolderImageSet, load_splits, stratified_order
+from tmkd_core.data import DatasetNotFound, FolderImageSet, first_of_each_class, load_splits, stratified_order
 
 
 def test_every_switch_validates_and_lists_its_values():
@@ -113,6 +113,14 @@ def test_stratified_order_interleaves_classes():
     order = stratified_order(labels, seed=0)
     assert sorted(order.tolist()) == list(range(100))
     assert labels[order[:8]].bincount(minlength=4).tolist() == [2, 2, 2, 2]
+
+
+def test_first_of_each_class():
+    labels = torch.tensor([2, 0, 2, 1, 0, 3])
+    assert first_of_each_class(labels, 3).tolist() == [1, 3, 0]  # classes 0, 1, 2; class 3 not asked for
+    assert first_of_each_class(labels, 4).tolist() == [1, 3, 0, 5]
+    with pytest.raises(ValueError, match=r"classes \[4, 5\] have no sample among 6 labels"):
+        first_of_each_class(labels, 6)
 
 
 def test_corrupt_archive_is_refused(tmp_path):

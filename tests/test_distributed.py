@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 
+from tmkd_core import distributed
 from tmkd_core.config import dataset_config, method_config
 from tmkd_core.experiment import Pipeline
 
@@ -38,11 +39,30 @@ def test_two_processes_compute_what_one_process_computes(tmp_path):
     one, two = (torch.load(tmp_path / f, weights_only=True) for f in ("one.pt", "two.pt"))
     for name, value in one["params"].items():
         torch.testing.assert_close(two["params"][name], value, atol=1e-5, rtol=1e-4)
+    assert len(one["history"]) == len(two["history"]) == 2  # every epoch compared
     for a, b in zip(one["history"], two["history"]):
         assert b["loss_ce"] == pytest.approx(a["loss_ce"], rel=1e-5)
         assert b["train_acc"] == pytest.approx(a["train_acc"])  # counts summed over ranks
 
 
+def test_the_ranks_shards_are_disjoint_and_make_up_each_global_batch():
+    """What the test above cannot see: every rank training on the whole global batch gives the
+    same parameters and metrics, at `world` times the compute."""
+    order = torch.randperm(103, generator=torch.Generator().manual_seed(0))
+    batch_size, world, per_rank = 12, 3, 4
+    shards = [distributed.shard_order(order, batch_size, distributed.Group(r, world, r)) for r in range(world)]
+    assert [size for _, size in shards] == [per_rank] * world
+    steps = len(order) // batch_size  # 8 full global batches; the last 7 images are dropped
+    for i in range(steps):
+        parts = [shard[i * per_rank:(i + 1) * per_rank] for shard, _ in shards]  # rank r's i-th batch
+        torch.testing.assert_close(torch.cat(parts), order[i * batch_size:(i + 1) * batch_size])
+    seen = torch.cat([shard for shard, _ in shards])
+    assert len(seen) == steps * batch_size and len(seen.unique()) == len(seen)  # disjoint, nothing twice
+    assert set(seen.tolist()) == set(order[:steps * batch_size].tolist())
+    whole, size = distributed.shard_order(order, batch_size, None)  # one process: all of it
+    assert torch.equal(whole, order) and size == batch_size
+    with pytest.raises(ValueError, match="batch_size=10 does not split over 3 processes"):
+        distributed.shard_order(order, 10, distributed.Group(0, 3, 0))
 
 
 def test_a_killed_two_process_run_resumes_and_records_once(tmp_path):

@@ -3,14 +3,15 @@ weights follow the views' accuracy, one TMKD step taken apart, and the interacti
 import dataclasses
 from datetime import datetime, timezone
 import io
+import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from tmkd_core.analysis import explain_views, tmkd_step_trace, weights_against_views
+from tmkd_core.analysis import (explain_views, fusion_weights, tmkd_step_trace, weight_entropy, weight_sweep,
+                                weights_against_views)
 from tmkd_core.config import method_config
-from tmkd_core.data import to_float
+from tmkd_core.data import first_of_each_class, to_float
 from tmkd_core.experiment import Pipeline
 from tmkd_core.explorer import (FUSION_SWITCHES, VIEW_SWITCHES, ViewExplorer, draw_step_trace, image_from_bytes,
                                 step_trace_tables)
@@ -29,8 +30,11 @@ def batch(tmkd):
     return to_float(train.images[:8]), train.labels[:8]
 
 
-def entropy(w: torch.Tensor) -> float:
-    return float(-(w * w.clamp_min(1e-12).log()).sum(0).mean())
+def test_weight_entropy_by_hand():
+    # sample 0: one view takes all (H = 0); sample 1: two views share (H = ln 2)
+    w = torch.tensor([[1.0, 0.5], [0.0, 0.5], [0.0, 0.0]])
+    assert weight_entropy(w) == pytest.approx(math.log(2) / 2)
+    assert weight_entropy(torch.full((3, 5), 1 / 3)) == pytest.approx(math.log(3))
 
 
 def test_weights_against_views_by_hand():
@@ -94,7 +98,7 @@ def test_explain_views_under_other_switches_is_a_teacher_built_with_them(tmkd, b
     reference = tmkd.with_overrides({"fusion.condition": "pred"}).frozen_teacher()(x, y)
     torch.testing.assert_close(by_pred["weights"], reference["weights"], atol=1e-6, rtol=1e-6)
     sharp = explain_views(teacher, x, y, fusion=dataclasses.replace(teacher.fusion.cfg, tau_w=0.01))
-    assert entropy(sharp["weights"]) < entropy(explain_views(teacher, x, y)["weights"])
+    assert weight_entropy(sharp["weights"]) < weight_entropy(explain_views(teacher, x, y)["weights"])
 
     with pytest.raises(ValueError, match="not the teacher's"):
         explain_views(teacher, x, y, dataclasses.replace(teacher.view_cfg, views=("rgb", "edge")))
@@ -104,26 +108,91 @@ def test_explain_views_under_other_switches_is_a_teacher_built_with_them(tmkd, b
     assert uniform["scores"] is None and torch.allclose(uniform["weights"], torch.full_like(uniform["weights"], 1 / 3))
 
 
-def test_the_step_trace_shows_the_target_and_loss_terms_the_distiller_uses(tmkd):
+def by_hand(pipe: Pipeline, trace: dict) -> dict:
+    """The TMKD step's terms recomputed from its parts (docs/method.md §5): the fresh student's
+    pooled feature h_S and the frozen teacher's per-view features h_v and text projections
+    P_v h_v on the traced images, fused with the traced weights w, then
+
+        ce   = CE(z_S, y)
+        kd   = alpha * tau^2 * KL(softmax(z_T / tau) || softmax(z_S / tau))
+        feat = beta * mean((C h_S - sum_v w_v h_v)^2)
+        vlc  = gamma * (-log softmax_c(cos(G h_S, t_{rgb,c}) / tau_c)[y])       (class_text)
+             + gamma * (-log softmax_j(cos(G h_S_i, q_T_j) / tau_c)[i])       (teacher_text)
+
+    with C, G the distiller's connector and text head and q_T = sum_v w_v P_v h_v."""
+    s = pipe.cfg.student
+    teacher = pipe.frozen_teacher(train=False)
+    distiller = pipe.student_distiller(teacher).train()  # the seeded fresh student the trace used
+    train = pipe.splits.train
+    idx = first_of_each_class(train.labels, len(trace["labels"]))
+    x, y = to_float(train.load(idx)), trace["labels"]
+    with torch.no_grad():
+        z_s, feats = distiller.student(x)
+        out = teacher.teacher(trace["views"])  # per view: pooled h_v, text P_v h_v
+    torch.testing.assert_close(z_s, trace["student_logits"])  # the same student on the same images
+    w = trace["weights"][..., None]
+    h_s, h_t, q_t = feats["pooled"], (w * out["pooled"]).sum(0), (w * out["text"]).sum(0)
+
+    def unit(a):
+        return a / a.norm(dim=-1, keepdim=True)
+
+    def nll(logits, target):  # mean over rows of -log softmax(logits)[target]
+        return float((logits.logsumexp(-1) - logits.gather(1, target[:, None])[:, 0]).mean())
+
+    z_t = trace["logits"]
+    log_ps, pt = (z_s / s.tau).log_softmax(-1), (z_t / s.tau).softmax(-1)
+    terms = {"ce": nll(z_s, y), "kd": s.alpha * s.tau ** 2 * float((pt * (pt.log() - log_ps)).sum(-1).mean())}
+    with torch.no_grad():
+        c_h = h_s @ distiller.connector.weight.T + distiller.connector.bias
+        terms["feat"] = s.beta * float(((c_h - h_t) ** 2).mean())
+        q_s = unit(h_s @ distiller.text_head.weight.T + distiller.text_head.bias)
+        vlc = 0.0
+        if s.vlc in ("class_text", "both"):
+            vlc += nll(q_s @ unit(teacher.class_text[0]).T / s.tau_c, y)
+        if s.vlc in ("teacher_text", "both"):
+            vlc += nll(q_s @ unit(q_t).T / s.tau_c, torch.arange(len(y)))
+        terms["vlc"] = s.gamma * vlc
+    return terms
+
+
+@pytest.mark.parametrize("vlc", ["class_text", "both"])
+def test_the_step_trace_shows_the_target_and_loss_terms_the_distiller_uses(tmkd, vlc):
     matplotlib = pytest.importorskip("matplotlib")
     matplotlib.use("Agg")
-    trace = tmkd_step_trace(tmkd, n_images=6)
-    s = tmkd.cfg.student
+    # no coefficient or temperature at 1, so that a dropped one shows
+    pipe = tmkd.with_overrides({"student.vlc": vlc, "student.alpha": 0.7, "student.beta": 1.3, "student.gamma": 0.4,
+                                "student.tau": 3.0, "student.tau_c": 0.2})
+    s = pipe.cfg.student
+    trace = tmkd_step_trace(pipe, n_images=6)
     assert trace["labels"].tolist() == list(range(6))  # one image of each class
     assert set(trace["losses"]) == {"ce", "kd", "feat", "vlc"}
     assert trace["total_loss"] == pytest.approx(sum(trace["losses"].values()))
-    z_s, z_t, y = trace["student_logits"], trace["logits"], trace["labels"]
-    # the terms recomputed from the traced student logits and fused target
-    assert trace["losses"]["ce"] == pytest.approx(float(F.cross_entropy(z_s, y)), rel=1e-5)
-    assert trace["losses"]["kd"] == pytest.approx(float(s.alpha * kd_loss(z_s, z_t, s.tau)), rel=1e-4)
-    again = tmkd_step_trace(tmkd, n_images=6)  # a seeded fresh student: the same step
+    # every term recomputed from the traced student logits, fused target, weights and views
+    assert trace["losses"] == pytest.approx(by_hand(pipe, trace), rel=1e-4)
+    assert trace["losses"]["kd"] == pytest.approx(float(s.alpha * kd_loss(trace["student_logits"], trace["logits"],
+                                                                          s.tau)), rel=1e-4)
+    again = tmkd_step_trace(pipe, n_images=6)  # a seeded fresh student: the same step
     assert again["losses"] == trace["losses"]
+    if vlc == "both":
+        return
     fig = draw_step_trace(trace, tmkd.splits.class_names)
     assert len(fig.axes) == 6 * (len(trace["view_names"]) + 2)
     per_view, losses = step_trace_tables(trace, tmkd.splits.class_names)
     assert len(per_view) == 6 * len(trace["view_names"]) and losses["value"].iloc[-1] == trace["total_loss"]
     with pytest.raises(ValueError, match="student.distiller='tmkd'"):
         tmkd_step_trace(tmkd.with_overrides({"student.distiller": "kd", "student.teacher": "single"}))
+
+
+def test_the_weight_sweep_is_the_fusion_weights_under_each_setting(tmkd):
+    rows = weight_sweep(tmkd, {"sharp": {"fusion.tau_w": 0.01}, "flat": {"fusion.tau_w": 100.0}}, max_images=64)
+    views = tmkd.cfg.views.views
+    assert [r["setting"] for r in rows] == ["sharp", "flat"] and list(rows[0]) == ["setting", *views, "entropy"]
+    w = fusion_weights(tmkd.with_overrides({"fusion.tau_w": 0.01}), "val", max_images=64)["weights"]
+    assert w.shape[1] == 64
+    assert [rows[0][v] for v in views] == pytest.approx(w.mean(1).tolist())
+    assert rows[0]["entropy"] == pytest.approx(weight_entropy(w))
+    assert rows[0]["entropy"] < rows[1]["entropy"] <= math.log(len(views)) + 1e-6
+    assert rows[1]["entropy"] == pytest.approx(math.log(len(views)), rel=1e-3)  # tau_w = 100: near uniform
 
 
 def png_bytes(x: torch.Tensor) -> bytes:

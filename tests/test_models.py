@@ -1,4 +1,6 @@
 """Model output contracts and the multi-view teacher wrapper (method.md §2)."""
+import copy
+
 import pytest
 import torch
 
@@ -44,18 +46,42 @@ def test_multiview_teacher_per_view_batchnorm_runs_one_backbone_call():
     assert out["logits"].shape == (3, 4, 10) and out["pooled"].shape == (3, 4, 64) and out["text"].shape == (3, 4, 12)
 
 
+def single_view_backbone(teacher: MultiViewTeacher, v: int) -> torch.nn.Module:
+    """A copy of the teacher's backbone with view v's BatchNorms in place of the per-view ones:
+    what view v alone should go through."""
+    backbone = copy.deepcopy(teacher.backbone)
+    for module in list(backbone.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, ViewBatchNorm2d):
+                setattr(module, name, child.bns[v])
+    return backbone
+
+
 def test_per_view_batchnorm_keeps_views_apart():
+    """Each view alone, through a backbone with its own BatchNorms, gives what it gives in the
+    stack: in training (batch statistics of that view only, running statistics kept per view)
+    and in eval mode."""
+    torch.manual_seed(0)
     teacher = MultiViewTeacher(build_model("resnet8", 10), ("rgb", "edge"), 4, "per_view").train()
-    views = torch.stack([torch.rand(8, 3, 32, 32), torch.rand(8, 3, 32, 32) * 0.1])
-    teacher(views)
-    bn = next(m for m in teacher.modules() if isinstance(m, ViewBatchNorm2d))
-    assert not torch.allclose(bn.bns[0].running_mean, bn.bns[1].running_mean)
-    # each view alone gives the same output as in the stack (eval mode: per-view statistics)
+    views = torch.stack([torch.rand(8, 3, 32, 32), torch.rand(8, 3, 32, 32) * 0.1 + 0.5])
+    alone = [single_view_backbone(teacher, v).train() for v in range(2)]  # copies, before any step
+    both = teacher(views)["pooled"]
+    for v in range(2):
+        torch.testing.assert_close(both[v], alone[v].features(views[v])[0])
+    bns = [m for m in teacher.modules() if isinstance(m, ViewBatchNorm2d)]
+    for v in range(2):  # the running statistics each view's own BatchNorms gathered alone
+        singles = [m for m in alone[v].modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert len(singles) == len(bns)
+        for bn, single in zip(bns, singles):
+            torch.testing.assert_close(bn.bns[v].running_mean, single.running_mean)
+            torch.testing.assert_close(bn.bns[v].running_var, single.running_var)
+    assert not torch.allclose(bns[0].bns[0].running_mean, bns[0].bns[1].running_mean)
     teacher.eval()
     both = teacher(views)["logits"]
+    for v in range(2):
+        torch.testing.assert_close(both[v], single_view_backbone(teacher, v).eval()(views[v])[0])
     shared = MultiViewTeacher(build_model("resnet8", 10), ("rgb", "edge"), 4, "shared")
     assert not any(isinstance(m, ViewBatchNorm2d) for m in shared.modules())
-    assert both.shape == (2, 8, 10)
 
 
 def test_per_view_bn_starts_from_the_rgb_teacher():

@@ -122,3 +122,46 @@ def test_detail_views_sharpen_without_shifting_brightness(photos):
     assert (enhanced[2].mean() - x.mean()) > 0.05
     torch.testing.assert_close(make_views(x, ViewConfig(edge_mode="detail", hf_mode="detail", detail_lambda=0.0)),
                                x.expand(3, *x.shape))
+
+
+def test_reference_agreement_rows_and_what_they_catch(photos, monkeypatch):
+    from tmkd_core import analysis
+
+    table = analysis.reference_agreement(photos).set_index("view")
+    assert [name.split()[0] for name in table.index] == ["sobel", "scharr", "laplacian", "fft", "gaussian"]
+    exact = table.drop(index="fft r=0.25 vs butterworth (order 20)")
+    assert (exact["max abs diff"] < 1e-4).all()  # float rounding, as in the tests above
+    assert table.loc["fft r=0.25 vs butterworth (order 20)", "mean abs diff"] < 0.01  # the disc vs order 20
+    # a wrong operator or filter shows in its row (notebook 01 stops on the edge rows)
+    monkeypatch.setattr(analysis, "edge_map", lambda x, op: priors.edge_map(x, "scharr" if op == "sobel" else op))
+    monkeypatch.setattr(analysis, "hf_map", lambda x, f, **kw: priors.hf_map(x, f, **{**kw, "sigma": 1.5}))
+    wrong = analysis.reference_agreement(photos).set_index("view")["max abs diff"]
+    assert wrong["sobel vs skimage.filters.sobel"] > 1e-2
+    assert wrong["gaussian s=1 vs x - skimage.filters.gaussian"] > 1e-2
+    assert wrong["scharr vs skimage.filters.scharr"] < 1e-4
+
+
+def test_view_shift_by_hand():
+    from tmkd_core.analysis import view_shift
+
+    x = torch.tensor([0.0, 0.5, 1.0, 0.25]).view(1, 1, 2, 2)  # mean 0.4375; two pixels at 0 or 1
+    dimmer = view_shift(x, 0.5 * x + 0.25)  # mean 0.46875, nothing clipped, a linear map of x
+    assert dimmer == pytest.approx({"brightness shift": 0.03125, "pixels clipped (%)": 0.0,
+                                    "correlation with RGB": 1.0})
+    inverted = view_shift(x, 1 - x)  # mean 0.5625
+    assert inverted == pytest.approx({"brightness shift": 0.125, "pixels clipped (%)": 50.0,
+                                      "correlation with RGB": -1.0})
+
+
+def test_view_mode_statistics_are_each_mode_and_views_shift(photos):
+    from tmkd_core.analysis import view_mode_statistics, view_shift
+
+    x = photos[:, :, :32, :32]
+    rows = view_mode_statistics(x)
+    assert [(r["view"], r["mode"]) for r in rows] == [("edge", "enhance"), ("hf", "enhance"), ("edge", "detail"),
+                                                       ("hf", "detail")]
+    for r in rows:
+        cfg = ViewConfig(edge_mode=r["mode"], hf_mode=r["mode"])
+        assert r == {"view": r["view"], "mode": r["mode"], **view_shift(x, priors.view(x, r["view"], cfg))}
+    shift = {(r["view"], r["mode"]): r["brightness shift"] for r in rows}
+    assert shift["hf", "enhance"] > 0.05 and abs(shift["hf", "detail"]) < 0.02  # as docs/method.md §1 says

@@ -8,10 +8,13 @@ from tmkd_core.config import TextConfig
 from tmkd_core.priors import VIEWS
 from tmkd_core.text import build_text_encoder, class_text_embeddings, prompt_templates, text_identity
 
+from conftest import network_blocked
+
 
 @pytest.fixture(scope="module")
 def minilm():
-    return build_text_encoder(TextConfig(backend="sentence_transformers"))
+    with network_blocked():  # loaded, not only used, with no network
+        return build_text_encoder(TextConfig(backend="sentence_transformers"))
 
 
 def test_minilm_ranks_related_prompts_above_unrelated(minilm, no_network):
@@ -124,3 +127,18 @@ def test_weights_are_checked_before_anything_trains(tiny_clip_file, cifar_cfg, t
     with pytest.raises(ValueError, match="checksum mismatch"):
         Pipeline(cfg)  # at construction: no data loaded, no teacher trained
     assert not any(tmp_path.iterdir())
+
+
+def test_an_uncached_clip_tag_fails_before_any_teacher_trains(cifar_cfg, tmp_path, no_network):
+    from tmkd_core.config import method_config
+    from tmkd_core.experiment import Pipeline
+
+    cfg = method_config(cifar_cfg, "TMKD", {"text.backend": "open_clip", "text.model": "ViT-B-32",
+                                            "text.pretrained": "openai", "text.cache_dir": str(tmp_path / "clip"),
+                                            "teacher.seed": 7077})  # a teacher no other test trains
+    pipe = Pipeline(cfg)
+    pipe.artefact("rgb_teacher").unlink(missing_ok=True)  # one a run of this test without the fix left
+    with pytest.raises(RuntimeError, match="text.pretrained='openai'.*set text.pretrained to the local file"):
+        pipe.train_or_load_teachers()
+    partial = pipe.partial_checkpoint("rgb_teacher")
+    assert not partial.exists() and not partial.with_suffix(".final.pt").exists()

@@ -213,3 +213,15 @@ def test_short_tmkd_distillation_on_real_cifar10_beats_chance(cifar_cfg):
     losses = [h["loss_ce"] for h in result["history"]]
     assert losses[-1] < losses[0]
     assert {"loss_kd", "loss_feat", "loss_vlc"} <= set(result["history"][-1])
+
+
+def test_a_model_with_nan_weights_gets_no_accuracy(cifar_cfg):
+    from tmkd_core.train import evaluate
+
+    data = load_splits(with_overrides(cifar_cfg, {}).data).val
+    model = build_model("resnet8", 10, 3)
+    assert 0.0 <= evaluate(model, data) <= 1.0  # a sound (untrained) model is scored
+    with torch.no_grad():
+        model.fc.weight[3, 0] = float("nan")  # one damaged weight: every sample's logits
+    with pytest.raises(FloatingPointError, match="500 of 500 samples have NaN or infinite logits"):
+        evaluate(model, data)

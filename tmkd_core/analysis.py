@@ -1,22 +1,106 @@
-"""What the notebooks look at: fusion weights over a split and whether they follow the
-views' accuracy, one image's views and weights taken apart, one TMKD training step taken
-apart, Grad-CAM maps, spectra."""
+"""What the notebooks look at: the views against their scikit-image references and what
+each view mode does to the images, fusion weights over a split (their entropy, under other
+switches) and whether they follow the views' accuracy, one image's views and weights taken
+apart, one TMKD training step taken apart, Grad-CAM maps, spectra."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
+import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .data import to_float
+from .data import first_of_each_class, to_float
 from .fusion import ViewFusion, view_scores
-from .priors import ViewConfig, amplitude_spectrum, frequency_radius, luminance, make_views, prior_map
+from .priors import (ViewConfig, amplitude_spectrum, edge_map, frequency_radius, hf_map, luminance, make_views,
+                     prior_map, view)
 from .train import Batch
 
 if TYPE_CHECKING:
     from .config import FusionConfig
     from .experiment import Pipeline
     from .teachers import FusedTeacher
+
+
+def reference_agreement(photos: torch.Tensor) -> pd.DataFrame:
+    """Each view of photographs (B, 3, H, W) in [0, 1] against its scikit-image reference, as
+    maps scaled to [0, 1]: max and mean |ours - reference| per row. Edge maps (channel 0) are
+    divided by their per-image maximum, high-pass maps min-max scaled over the batch. The edge
+    and Gaussian rows differ by float rounding only; the FFT disc differs from an order-20
+    Butterworth near the cut-off (tests/test_priors.py checks each at its own tolerance)."""
+    from skimage import color, filters
+
+    gray = np.stack([color.rgb2gray(p.permute(1, 2, 0).numpy()) for p in photos])
+    hwc = [p.permute(1, 2, 0).numpy() for p in photos]
+
+    def scaled(a):
+        return a / a.reshape(len(a), -1).max(1)[:, None, None]
+
+    def min_max(a):
+        return (a - a.min()) / (a.max() - a.min())
+
+    pairs = {
+        "sobel vs skimage.filters.sobel": (edge_map(photos, "sobel")[:, 0].numpy(),
+                                           scaled(np.stack([filters.sobel(g) for g in gray]))),
+        "scharr vs skimage.filters.scharr": (edge_map(photos, "scharr")[:, 0].numpy(),
+                                             scaled(np.stack([filters.scharr(g) for g in gray]))),
+        "laplacian vs abs(skimage.filters.laplace)": (edge_map(photos, "laplacian")[:, 0].numpy(),
+                                                      scaled(np.stack([np.abs(filters.laplace(g)) for g in gray]))),
+        "fft r=0.25 vs butterworth (order 20)": (  # r is a fraction of Nyquist (0.5 cycles/px): 0.125
+            hf_map(photos, "fft", radius=0.25).numpy(),
+            np.stack([min_max(filters.butterworth(h.astype(float), 0.125, True, 20, channel_axis=-1).transpose(2, 0, 1))
+                      for h in hwc])),
+        "gaussian s=1 vs x - skimage.filters.gaussian": (
+            hf_map(photos, "gaussian", sigma=1.0).numpy(),
+            np.stack([min_max(p.numpy() - filters.gaussian(h, sigma=1.0, mode="reflect", channel_axis=-1,
+                                                           preserve_range=True).transpose(2, 0, 1))
+                      for p, h in zip(photos, hwc)])),
+    }
+    return pd.DataFrame([{"view": k, "max abs diff": float(np.abs(a - b).max()),
+                          "mean abs diff": float(np.abs(a - b).mean())} for k, (a, b) in pairs.items()])
+
+
+def view_shift(x: torch.Tensor, xv: torch.Tensor) -> dict[str, float]:
+    """What a view x_v does to images x (both (N, C, H, W) in [0, 1]):
+
+        brightness shift       mean(x_v) - mean(x)
+        pixels clipped (%)     100 * share of x_v's values at 0 or 1 (x's own count too)
+        correlation with RGB   Pearson correlation of x_v and x over all values"""
+    return {"brightness shift": float(xv.mean() - x.mean()),
+            "pixels clipped (%)": 100 * float(((xv <= 0) | (xv >= 1)).float().mean()),
+            "correlation with RGB": float(torch.corrcoef(torch.stack([xv.flatten(), x.flatten()]))[0, 1])}
+
+
+def view_mode_statistics(x: torch.Tensor, modes: Sequence[str] = ("enhance", "detail"),
+                         views: Sequence[str] = ("edge", "hf")) -> list[dict]:
+    """`view_shift` of each prior view built in each mode (`views.edge_mode` and `hf_mode`),
+    otherwise the default switches: one row per (mode, view), modes outer."""
+    rows = []
+    for mode in modes:
+        cfg = ViewConfig(edge_mode=mode, hf_mode=mode)
+        for v in views:
+            rows.append({"view": v, "mode": mode, **view_shift(x, view(x, v, cfg))})
+    return rows
+
+
+def weight_entropy(w: torch.Tensor) -> float:
+    """Mean over samples of H(w) = -sum_v w_v ln w_v for weights w (V, N) (0 ln 0 = 0):
+    ln V for uniform weights, 0 when one view takes all."""
+    return float(-(w * w.clamp_min(1e-12).log()).sum(0).mean())
+
+
+def weight_sweep(pipe: Pipeline, settings: dict[str, dict], split: str = "val",
+                 max_images: int | None = None) -> list[dict]:
+    """For each labelled set of overrides of `pipe` (a `tau_w`, other prompts): the fusion
+    weights w (V, N) on the split (`fusion_weights`), one row with their mean per view and
+    their `weight_entropy`. Switches of the fusion alone reuse the trained teacher."""
+    rows = []
+    for label, overrides in settings.items():
+        w = fusion_weights(pipe.with_overrides(overrides), split, max_images)["weights"]
+        rows.append({"setting": label, **dict(zip(pipe.cfg.views.views, w.mean(1).tolist())),
+                     "entropy": weight_entropy(w)})
+    return rows
 
 
 def fusion_weights(pipe: Pipeline, split: str = "val", max_images: int | None = None) -> dict:
@@ -152,8 +236,7 @@ def tmkd_step_trace(pipe: Pipeline, n_images: int = 4) -> dict:
     teacher = pipe.frozen_teacher(train=False)
     distiller = pipe.student_distiller(teacher).train()
     train = pipe.splits.train
-    classes = range(min(n_images, pipe.splits.num_classes))
-    idx = torch.stack([(train.labels == c).nonzero()[0, 0] for c in classes])
+    idx = first_of_each_class(train.labels, min(n_images, pipe.splits.num_classes))
     x, labels = to_float(train.load(idx), pipe.device), train.labels[idx].to(pipe.device)
     parts = explain_views(teacher, x, labels)
     logits, losses = distiller.forward_train(Batch(x, labels, idx, epoch=0.0, replica=None))

@@ -420,6 +420,16 @@ def stratified_order(labels: torch.Tensor, seed: int) -> torch.Tensor:
     return perm[torch.argsort(key)]
 
 
+def first_of_each_class(labels: torch.Tensor, n: int) -> torch.Tensor:
+    """idx[c] = min{i : labels[i] = c} for the classes c = 0..n-1: the sample of each class
+    the notebooks show (n,). ValueError naming a class that has no sample."""
+    found = [(labels == c).nonzero() for c in range(n)]
+    missing = [c for c, hits in enumerate(found) if len(hits) == 0]
+    if missing:
+        raise ValueError(f"classes {missing} have no sample among {len(labels)} labels")
+    return torch.stack([hits[0, 0] for hits in found])
+
+
 def load_splits(cfg: DataConfig) -> Splits:
     train_full, test = SOURCES.get(cfg.name)(cfg)
     if cfg.val_size >= len(train_full):

@@ -397,7 +397,9 @@ class Pipeline:
 
     def train_or_load_teachers(self, control: bool = True) -> dict:
         """Both teachers and, with `control`, the RGB teacher fine-tuned as long on RGB alone
-        (the multi-view teacher's extra epochs, without the extra views). Returns their infos."""
+        (the multi-view teacher's extra epochs, without the extra views). Returns their infos.
+        The text encoder loads first, so that missing weights fail before any teacher trains."""
+        self.class_text  # noqa: B018 (the embeddings are cached; the encoder loads on a cache miss)
         infos = {"rgb": self.train_or_load_rgb_teacher()[1], "multi": self.train_or_load_multiview_teacher()[1]}
         if control and len(self.cfg.views.views) > 1:
             infos["rgb_finetuned"] = self.with_overrides({"views.views": ["rgb"]}).train_or_load_multiview_teacher()[1]

@@ -99,8 +99,9 @@ class SentenceTransformerEncoder(TextEncoder):
 
         path = self.model_path(cfg)
         self.identity = text_identity(cfg)
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder needs no hub
-        self.model = SentenceTransformer(str(path), device=str(device))
+        # A local folder needs no hub. local_files_only is the hub's offline switch for this
+        # load; HF_HUB_OFFLINE would be read once, when huggingface_hub is first imported.
+        self.model = SentenceTransformer(str(path), device=str(device), local_files_only=True)
         self.model.eval()
         self.dim = self.model.get_embedding_dimension() if hasattr(self.model, "get_embedding_dimension") \
             else self.model.get_sentence_embedding_dimension()
@@ -142,9 +143,14 @@ class OpenClipEncoder(TextEncoder):
         try:
             model, _, _ = open_clip.create_model_and_transforms(
                 cfg.model, pretrained=cfg.pretrained, device=device, cache_dir=cfg.cache_dir)
-        except RuntimeError as exc:  # load_state_dict: missing keys or size mismatches
+        except RuntimeError as exc:  # load_state_dict: missing keys or size mismatches; a tag not at hand
             if not os.path.isfile(cfg.pretrained):
-                raise
+                raise RuntimeError(f"open_clip could not load text.pretrained={cfg.pretrained!r} for text.model="
+                                   f"{cfg.model!r}: {str(exc).splitlines()[0]} (not in the cache "
+                                   f"text.cache_dir={cfg.cache_dir!r}, and it could not be downloaded). Download "
+                                   "the weights where a network is available and set text.pretrained to the "
+                                   "local file (with text.sha256), or use the offline default "
+                                   "text.backend='sentence_transformers'") from exc
             raise ValueError(f"the open_clip weights file {Path(cfg.pretrained).resolve()} does not fit the "
                              f"architecture text.model={cfg.model!r} ({str(exc).splitlines()[0]}); set text.model to "
                              "the architecture the file was saved from") from exc

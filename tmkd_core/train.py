@@ -211,6 +211,12 @@ def predict(forward: Callable[[torch.Tensor], torch.Tensor], data: ImageSet, bat
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy; FloatingPointError if a logit is NaN or infinite (damaged weights or a
+    diverged run give no accuracy, rather than a plausible-looking chance level)."""
+    bad = int((~torch.isfinite(logits)).any(-1).sum()) if logits.numel() else 0
+    if bad:
+        raise FloatingPointError(f"{bad} of {logits.shape[0]} samples have NaN or infinite logits: the model's "
+                                 "weights are damaged or its training diverged, so no accuracy is computed")
     return float((logits.argmax(-1) == labels).float().mean())
 
 
