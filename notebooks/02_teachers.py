@@ -31,10 +31,11 @@ n_cam = 6
 # %%
 import matplotlib.pyplot as plt
 import pandas as pd
-import torch
+from IPython.display import display
 
 from tmkd_core.analysis import fused_teacher_forward, grad_cam, rgb_teacher_forward
 from tmkd_core.config import profile_plan
+from tmkd_core.data import first_of_each_class
 from tmkd_core.experiment import Pipeline
 from tmkd_core.plan import teacher_configs
 from tmkd_core.report import Outputs, enter_project_root
@@ -106,7 +107,7 @@ fig, axes = plt.subplots(3 * len(datasets), n_cam, figsize=(1.7 * n_cam, 1.8 * 3
 for d, name in enumerate(datasets):
     pipe = pipes[name]
     test = pipe.splits.test
-    idx = torch.stack([(test.labels == c).nonzero()[0, 0] for c in range(n_cam)])
+    idx = first_of_each_class(test.labels, n_cam)
     x, y = test.images[idx].float() / 255, test.labels[idx]
     cams = {"RGB teacher": grad_cam(x, y, *rgb_teacher_forward(pipe)),
             "multi-view": grad_cam(x, y, *fused_teacher_forward(pipe, y))}
@@ -126,9 +127,39 @@ for ax in axes.flat:
 fig.tight_layout()
 out.figure(fig, "teachers_gradcam")
 
+# %% [markdown]
+# ## The teacher study: can a multi-view teacher be made more powerful?
+# The multi-view teacher above is one epoch of fine-tuning (`mv_ft1`). The teacher study
+# (docs/protocol.md, "Amendment: powerful teachers") trains it the ways a researcher would try
+# to make it strong, and gives the RGB side the same chance: each recipe of
+# `tmkd_core.config.TEACHER_VARIANTS` at each teacher seed, compared with the RGB teacher
+# fine-tuned for the same compute (`rgb_ft30`: view-epochs, what a teacher starts from
+# included) and with an ensemble of two RGB teachers (`rgb_ens2`). Differences are paired by
+# teacher seed, the unit of replication. The plan trains these teachers (`--parts teachers`);
+# here any missing one is trained, and each teacher's evaluation is kept beside the store's
+# checkpoints (`<store>/evals/`). The choice of the confirmatory comparison's teacher reads
+# the validation accuracies only (`choice`).
+
+# %%
+from tmkd_core.plan import profile_store
+from tmkd_core.teacher_study import Confirmatory, TeacherStudy, write_teacher_report
+
+study = TeacherStudy.of(profile)
+if study is not None:
+    for teacher in study.teachers():
+        for cfg in teacher.configs:
+            Pipeline(cfg).build(teacher.variant.stage)  # loads what the plan trained
+    store = profile_store(profile)
+    study_report = write_teacher_report(study, out.figures, [store] if store else [], Confirmatory.of(profile))
+    print("choice of the confirmatory comparison's teacher:", study_report.get("choice"))
+    display(pd.read_csv(out.tables / "teacher_study.csv"))
+
 # %% tags=["nbval-check"]
 # NBVAL_CHECK_OUTPUT
 print("columns:", list(teachers.columns[:4]), "datasets:", len(teachers))
+assert set(teachers["dataset"]) == set(datasets), f"teachers of {set(teachers['dataset'])}, not of {datasets}"
+accuracy = teachers.drop(columns=["dataset", "teacher seed", "teacher", "params"])
+assert accuracy.apply(lambda c: c.between(0, 100)).all().all(), f"accuracies missing or outside [0, 100]:\n{accuracy}"
 
 # %%
 out.results_json("02_teachers", {"reports": [{"dataset": n, "teacher_seed": t, **rep} for (n, t), rep in reports.items()],

@@ -44,8 +44,10 @@ from tmkd_core.config import METHODS, dataset_config, method_config, plan_value,
 from tmkd_core.experiment import Pipeline
 from tmkd_core.explorer import draw_step_trace, step_trace_tables
 from tmkd_core.plan import DECISION_MARGIN, KD_FLOOR, main_runs, pilot_runs, pilot_summary, primary_seeds
-from tmkd_core.report import (PRIMARY_CAPTION, Outputs, enter_project_root, gain_decomposition, group_runs,
-                              method_table, primary_comparison, primary_table, run_record)
+from tmkd_core.teacher_study import Confirmatory, write_confirmatory_report
+from tmkd_core.figures import distillation_forest
+from tmkd_core.report import (GAIN_STEPS, PRIMARY_CAPTION, Outputs, enter_project_root, gain_decomposition,
+                              group_runs, method_table, primary_comparison, primary_table, run_record)
 
 out = Outputs(enter_project_root() / out_dir)
 datasets = profile_plan(profile, "datasets", datasets)
@@ -121,6 +123,27 @@ if primary_plan:
     display(primary_rows)
 
 # %% [markdown]
+# ## Confirmatory comparison: TMKD from a strong multi-view teacher (CIFAR-100)
+# The primary comparison's multi-view teacher is one epoch of fine-tuning. The confirmatory
+# comparison (docs/protocol.md, "Amendment: powerful teachers") asks again with the
+# multi-view teacher the teacher study chose on validation (notebook 02), against KD from the
+# RGB teacher fine-tuned for the same compute, with the teacher seed as the unit of
+# replication: the interval is over the teachers' mean paired differences. It reads the
+# plan's runs (`--parts confirmatory`) and trains nothing; until they have all finished it
+# says what it waits for.
+
+# %%
+confirmatory = None
+conf = Confirmatory.of(profile)
+if conf is not None:
+    found = write_confirmatory_report(conf, out.figures)
+    if isinstance(found, list):
+        print(f"the confirmatory comparison waits for {len(found)} run(s), e.g. {found[0]}")
+    else:
+        confirmatory = found[1]
+        display(found[0])
+
+# %% [markdown]
 # ## Main table (secondary, but for the primary rows)
 
 # %%
@@ -174,29 +197,29 @@ for ax, name in zip(axes[0], datasets):
     ax.set_title(name)
     ax.set_xlabel("epoch")
 axes[0, 0].set_ylabel("val accuracy (%)")
-axes[0, -1].legend(fontsize=7)
+axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # off the curves
 fig.tight_layout()
 out.figure(fig, "distillation_curves")
 
-fig, ax = plt.subplots(figsize=(1.6 + 1.6 * len(datasets), 3.2))
-width = 0.8 / len(METHODS)
-for k, m in enumerate(METHODS):
-    sub = main[main["method"] == m]  # a dataset may run fewer methods (PROFILE_PLANS' per_dataset)
-    xs = [datasets.index(d) + k * width for d in sub["dataset"]]
-    ax.bar(xs, sub["mean"], width, yerr=sub["sd"], label=m, capsize=2)
-ax.set_xticks(np.arange(len(datasets)) + 0.4 - width / 2)
-ax.set_xticklabels(datasets)
-ax.set_ylim(max(0, main["mean"].min() - 10), min(100, main["mean"].max() + 5))
-ax.set_ylabel("test accuracy (%)")
-ax.legend(fontsize=7, ncol=2)
-out.figure(fig, "distillation_results")
+# %% [markdown]
+# ## The answer at a glance
+# Each comparison as paired differences with their 95% intervals; every pair (teacher seed,
+# student seed) is a point, coloured by its teacher seed. CE, far below (see the table), is
+# left off the scale.
+
+# %%
+fig = distillation_forest(records, (datasets[0], *primary_plan["methods"][::-1]) if primary_plan else None,
+                          GAIN_STEPS)
+out.figure(fig, "distillation_forest")
 
 # %% tags=["nbval-check"]
 # NBVAL_CHECK_OUTPUT
 print("rows:", len(main), "methods:", list(METHODS))
+assert sorted(zip(main["dataset"], main["method"])) == sorted(results), "a (dataset, method) without its row"
+assert main["mean"].between(0, 100).all(), f"mean accuracies outside [0, 100]:\n{shown}"
 
 # %%
 out.results_json("04_distillation", {"datasets": datasets, "table": main.to_dict("records"), "primary": primary,
                                      "gain_decomposition": decomposition.to_dict("records"),
-                                     "pilot_runs": pilot_records},
+                                     "pilot_runs": pilot_records, "confirmatory": confirmatory},
                  dataset_config(profile, datasets[0]), sorted({r["seed"] for r in records}), runs=records)

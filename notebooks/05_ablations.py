@@ -29,13 +29,11 @@ groups = None  # None: the profile's ablation groups (every group of tmkd_core.c
 out_dir = "figures"
 
 # %%
-import matplotlib.pyplot as plt
-import pandas as pd
-
-from tmkd_core.config import ABLATIONS, dataset_config, method_config, plan_value, profile_plan
+from tmkd_core.config import ABLATIONS, dataset_config, plan_value, profile_plan
 from tmkd_core.experiment import Pipeline
+from tmkd_core.figures import ablation_forest
 from tmkd_core.plan import ablation_runs
-from tmkd_core.report import Outputs, enter_project_root, fmt_diff, group_runs, mean_std, paired_to, run_record
+from tmkd_core.report import Outputs, ablation_table, enter_project_root, group_runs, mean_std, run_record
 
 out = Outputs(enter_project_root() / out_dir)
 dataset = dataset or profile_plan(profile, "datasets")[0]
@@ -46,54 +44,28 @@ base = dataset_config(profile, dataset)
 # %%
 kd_specs, tmkd_specs = ablation_runs(profile, dataset, seeds, groups)
 kd = [run_record(dataset, "KD", Pipeline(s.config(profile)).run_student()) for s in kd_specs]
-by_setting = group_runs([run_record(dataset, "TMKD", Pipeline(s.config(profile)).run_student(), s.setting)
-                         for s in tmkd_specs], by="setting")
-rows, records = [], list(kd)
-for group in groups:
-    default = next((by_setting[f"{group}={label}"] for label, overrides in ABLATIONS[group].items()
-                    if method_config(base, "TMKD", overrides) == method_config(base, "TMKD")), None)
-    for label, overrides in ABLATIONS[group].items():
-        results = by_setting[f"{group}={label}"]
-        records += results
-        val_m, val_sd = mean_std(r["val_acc"] for r in results)
-        test_m, test_sd = mean_std(r["test_acc"] for r in results)
-        vs_kd, ci_kd = fmt_diff(paired_to(results, kd))
-        is_default = results is default
-        # what this switch changes (nothing to compare with where no setting is the profile's own)
-        vs_tmkd, ci_tmkd = ("", "") if is_default or default is None else fmt_diff(paired_to(results, default))
-        rows.append({"group": group, "setting": label + (" (default)" if is_default else ""),
-                     "val (%)": f"{100 * val_m:.2f} ± {100 * val_sd:.2f}",
-                     "test (%)": f"{100 * test_m:.2f} ± {100 * test_sd:.2f}",
-                     "Δ test vs KD": vs_kd, "95% CI vs KD": ci_kd,
-                     "Δ test vs TMKD": vs_tmkd, "95% CI vs TMKD": ci_tmkd,
-                     "val_mean": 100 * val_m, "val_sd": 100 * val_sd, "test_mean": 100 * test_m, "test_sd": 100 * test_sd})
-ablations = pd.DataFrame(rows)
+tmkd = [run_record(dataset, "TMKD", Pipeline(s.config(profile)).run_student(), s.setting) for s in tmkd_specs]
+# each setting against KD and against its group's default (report.ablation_table)
+ablations = ablation_table(kd, tmkd, base, groups)
+records = kd + [r for runs in group_runs(tmkd, by="setting").values() for r in runs]
 kd_test = mean_std(r["test_acc"] for r in kd)
 shown = ablations.drop(columns=["val_mean", "val_sd", "test_mean", "test_sd"])
 out.table(shown, "ablations", f"TMKD ablations on {dataset}, seeds {seeds}; KD: {100 * kd_test[0]:.2f} ± {100 * kd_test[1]:.2f}")
 shown
 
 # %%
-fig, axes = plt.subplots(1, len(groups), figsize=(2.2 * len(groups) + 1, 3.4), sharey=True, squeeze=False)
-for ax, group in zip(axes[0], groups):
-    sub = ablations[ablations["group"] == group]
-    ax.bar(range(len(sub)), sub["test_mean"], yerr=sub["test_sd"], capsize=3,
-           color=["tab:orange" if "default" in s else "tab:blue" for s in sub["setting"]])
-    ax.axhline(100 * kd_test[0], color="gray", ls="--", lw=1, label="KD")
-    ax.set_xticks(range(len(sub)))
-    ax.set_xticklabels([s.replace(" (default)", "*") for s in sub["setting"]], rotation=45, ha="right", fontsize=7)
-    ax.set_title(group, fontsize=9)
-lo = ablations["test_mean"].min() - 3
-axes[0, 0].set_ylim(lo, ablations["test_mean"].max() + 2)
-axes[0, 0].set_ylabel("test accuracy (%)")
-axes[0, 0].legend(fontsize=7)
-fig.suptitle(f"TMKD ablations on {dataset} (* default; dashed: KD)")
-fig.tight_layout()
+# each setting's paired difference to its group's default, pairs coloured by teacher seed
+fig = ablation_forest(kd, tmkd, ablations)
 out.figure(fig, "ablations")
 
 # %% tags=["nbval-check"]
 # NBVAL_CHECK_OUTPUT
 print("groups:", groups)
+expected = [(g, label) for g in groups for label in ABLATIONS[g]]  # every setting of every group, once
+got = list(zip(ablations["group"], ablations["setting"].str.removesuffix(" (default)")))
+assert got == expected, f"ablation rows {got} are not the settings {expected}"
+assert ablations["test_mean"].between(0, 100).all(), f"test accuracies outside [0, 100]:\n{shown}"
 
 # %%
-out.results_json("05_ablations", {"dataset": dataset, "kd_test": kd_test, "rows": rows}, base, seeds, runs=records)
+out.results_json("05_ablations", {"dataset": dataset, "kd_test": kd_test, "rows": ablations.to_dict("records")}, base,
+                 seeds, runs=records)

@@ -345,7 +345,7 @@ def test_a_free_worker_takes_the_primary_tasks_then_the_longest_chain_and_the_es
 
 def test_the_primary_comparisons_runs_teachers_and_caches_are_marked_to_go_first(monkeypatch):
     monkeypatch.setattr("tmkd_core.plan.check_pilot_decisions", lambda profile: None)  # no pilot run here
-    tasks = whole_plan("cpu")
+    tasks = plan_tasks("cpu", ["pilot", "main", "ablations"], costs=False)
     primary = PROFILE_PLANS["cpu"]["primary"]
     first = [t for t in tasks if t.primary]
     assert {t.stage for t in first} == {"rgb_teacher", "teacher_cache", "multiview_teacher", "student"}
@@ -353,6 +353,11 @@ def test_the_primary_comparisons_runs_teachers_and_caches_are_marked_to_go_first
     students = [t for t in first if t.stage == "student"]
     assert len(students) == 2 * len(primary["seeds"]) and {t.cfg.seed for t in students} == set(primary["seeds"])
     assert not any(t.primary for t in tasks if t.cfg.data.name != primary["dataset"] or "[" in t.title)
+    # the whole plan: the confirmatory comparison and the teachers its choice reads go first too
+    confirmatory = PROFILE_PLANS["cpu"]["confirmatory"]
+    later = [t for t in whole_plan("cpu") if t.primary and t.key not in {f.key for f in first}]
+    assert later and all(t.cfg.data.name == confirmatory["dataset"] for t in later)
+    assert {t.cfg.student.distiller for t in later if t.stage == "student"} == {"kd"}  # TMKD's teacher: not chosen
 
 
 def test_primary_comparison_and_the_seed_rule():

@@ -405,7 +405,10 @@ def dataset_config(profile: str, dataset: str, overrides: Mapping[str, Any] | No
 PROFILE_PLANS: dict[str, dict[str, Any]] = {
     # smoke: one ablation group keeps nbval within the test budget
     "smoke": {"datasets": ["cifar10"], "teacher_seeds": [0], "seeds": [0, 1], "ablation_seeds": [0, 1],
-              "ablation_groups": ["weights"]},
+              "ablation_groups": ["weights"],
+              # every kind of teacher variant, at the cost of a few epochs of 1,000 images
+              "teacher_study": {"teacher_seeds": {"cifar10": [0]}, "variants": ["rgb", "rgb_ft1", "mv_ft1", "rgb_ens2"],
+                                "reference": "rgb_ft1", "candidates": ["mv_ft1"]}},
     # quick: every notebook and figure on small data, for a first look
     "quick": {"datasets": ["cifar10"], "teacher_seeds": [0], "seeds": [0, 1], "ablation_seeds": [0, 1],
               "ablation_groups": ["weights"]},
@@ -445,8 +448,13 @@ PROFILE_PLANS: dict[str, dict[str, Any]] = {
             # KD from the compute-matched RGB teacher vs TMKD from the chosen multi-view teacher, the
             # teacher seed as the unit: student seeds seed_base + 10 t + i under teacher seed t.
             # `tmkd_variant` stays None until the teacher study's validation choice is committed: the
-            # plan runs KD's side only until then. The widening rule adds teachers up to max_teachers.
+            # plan runs KD's side only until then. `fusion_candidate` is the fusion screen's candidate
+            # ({"fusion.score": ..., "fusion.tau_w": ...}, or None), written with the choice; until
+            # `fusion_settled`, the plan runs its student check (validation only) instead of TMKD's
+            # final runs, which then use `fusion_adopted` (the candidate if the check adopted it, else
+            # None). The widening rule adds teachers up to max_teachers.
             "confirmatory": {"dataset": "cifar100", "kd_variant": "rgb_ft30", "tmkd_variant": None,
+                             "fusion_candidate": None, "fusion_settled": False, "fusion_adopted": None,
                              "teacher_seeds": [0, 1, 2, 3], "students_per_teacher": 3, "seed_base": 200,
                              "max_teachers": 8}},
     "paper": {"datasets": ["cifar100"], "teacher_seeds": [0], "seeds": [0, 1, 2], "ablation_seeds": [0, 1, 2]},

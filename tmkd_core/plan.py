@@ -398,7 +398,7 @@ def write_primary_report(profile: str, out_dir: str | Path) -> tuple[Any, dict] 
     where notebook 04 writes it too (tables/primary.{csv,md,tex}) with results/primary.json
     (the statistic and every run's record). Returns (table, statistic), or the runs still
     missing."""
-    from .report import PRIMARY_CAPTION, Outputs, primary_comparison, primary_table, run_record
+    from .report import PRIMARY_CAPTION, Outputs, primary_comparison, primary_table, run_record, teacher_level_comparison
 
     primary = plan_value(profile, "primary")
     if not primary:
@@ -426,6 +426,11 @@ def write_primary_report(profile: str, out_dir: str | Path) -> tuple[Any, dict] 
                                 if sum(pair[0] == t for pair in cpus) >= 3}
     statistic["per_cpu"] = {cpu: part(lambda r, cpu=cpu: cpus[r["teacher_seed"], r["seed"]] == {cpu})
                             for cpu, pairs in statistic["machines"].items() if cpu != "mixed" and pairs >= 3}
+    # and the interval with the teacher seed as the unit (over the teachers' mean differences), no reading
+    by_teacher = teacher_level_comparison(records, method, reference)
+    statistic["teacher_level"] = {k: by_teacher[k] for k in ("teachers", "diff", "teacher_means_sd", "ci_low",
+                                                            "ci_high", "half_width", "within_teacher_sd",
+                                                            "between_teacher_sd")}
     table = primary_table(statistic, primary["dataset"], method, reference)
     out = Outputs(out_dir)
     out.table(table, "primary", PRIMARY_CAPTION)
@@ -527,6 +532,8 @@ def plan_tasks(profile: str, parts: Iterable[str] = ("pilot", "main", "ablations
         kd, tmkd = ablation_runs(profile)
         specs += kd + tmkd
     confirmatory = conf.runs(confirmatory_teacher_seeds(conf)) if conf else []
+    if conf and study:  # the fusion candidate's student check, on the study's teachers of its dataset
+        confirmatory += conf.fusion_check_runs(dict(study.teacher_seeds)[conf.dataset])
     specs = in_plan_order(profile, specs + confirmatory)
     tasks: dict[str, Task] = {}
 
@@ -1185,6 +1192,45 @@ def widened_pairs(profile: str, parts: list[str]) -> Callable[[], list[Task]] | 
     return more
 
 
+def _study_reports(profile: str, out_dir: str | None, store: Path | None, teachers: bool, confirmatory: bool) -> int:
+    """--teacher-report and --confirmatory-report: 0 when written, 1 when a part is missing."""
+    from .teacher_study import write_confirmatory_report, write_teacher_report
+
+    out_dir = out_dir or ("figures" if profile == "cpu" else f"build/{profile}/figures")
+    study, conf = TeacherStudy.of(profile), Confirmatory.of(profile)
+    if (teachers and study is None) or (confirmatory and conf is None):
+        print(f"[plan] the {profile} profile has no {'teacher study' if teachers else 'confirmatory comparison'} "
+              f"(PROFILE_PLANS[{profile!r}])", file=sys.stderr)
+        return 2
+    if store is not None:  # a fresh clone: the stored teachers and runs into data/
+        restore_artefacts(plan_tasks(profile, ["teachers", "confirmatory"], costs=False), store)
+    code = 0
+    if teachers:
+        payload = write_teacher_report(study, out_dir, [store] if store is not None else [], conf)
+        for t in payload["missing"]:
+            print(f"[plan] not trained yet: {t}")
+        print(pd_table(Path(out_dir) / "tables" / "teacher_study.md"))
+        for key in ("choice", "fusion_screen", "fusion_check"):
+            if payload.get(key) is not None:
+                print(f"{key}: {json.dumps(payload[key])}")
+        print(f"written: {out_dir}/tables/teacher_study.md, {out_dir}/teacher_study.png, "
+              f"{out_dir}/results/teacher_study.json")
+        code = int(bool(payload["missing"]))
+    if confirmatory:
+        report = write_confirmatory_report(conf, out_dir)
+        if isinstance(report, list):
+            print(f"[plan] the confirmatory comparison waits for {len(report)} run(s): " + "; ".join(report),
+                  file=sys.stderr)
+            return 1
+        print(report[0].T.to_string(header=False))
+        print(f"written: {out_dir}/tables/confirmatory.md, {out_dir}/results/confirmatory.json")
+    return code
+
+
+def pd_table(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
 PARTS = ("pilot", "main", "ablations", "teachers", "confirmatory")
 
 
@@ -1212,6 +1258,14 @@ def main(argv=None) -> int:
                         help="the primary comparison of docs/protocol.md once all its pairs have finished (the "
                              "widening rule applied), before the rest of the plan: written to <out-dir>/tables/"
                              "primary.md and <out-dir>/results/primary.json, where notebook 04 writes it too")
+    parser.add_argument("--teacher-report", action="store_true",
+                        help="the teacher study as far as it has trained, the validation choice of the confirmatory "
+                             "comparison's teacher and the fusion-setting rule (docs/protocol.md, 'Amendment: powerful "
+                             "teachers'): <out-dir>/tables/teacher_study.md, teacher_study.png and "
+                             "results/teacher_study.json; each teacher's evaluation is kept in <store>/evals")
+    parser.add_argument("--confirmatory-report", action="store_true",
+                        help="the confirmatory comparison once all its runs have finished: "
+                             "<out-dir>/tables/confirmatory.md and results/confirmatory.json")
     parser.add_argument("--out-dir", default=None,
                         help="where --pilot-report and --primary-report write (default: figures for cpu, else "
                              "build/<profile>/figures)")
@@ -1265,8 +1319,13 @@ def main(argv=None) -> int:
         for name, part in parts.items():
             print(f"sensitivity, the pairs of {name} alone ({part['pairs']}): Δ {part['diff']:+.2f} ± "
                   f"{part['diff_sd']:.2f}, 95% CI [{part['ci_low']:+.2f}, {part['ci_high']:+.2f}]")
+        unit = statistic["teacher_level"]
+        print(f"sensitivity, the teacher seed as the unit ({unit['teachers']} teacher means): Δ {unit['diff']:+.2f}, "
+              f"95% CI [{unit['ci_low']:+.2f}, {unit['ci_high']:+.2f}] (half-width {unit['half_width']:.2f})")
         print(f"written: {out_dir}/tables/primary.md, {out_dir}/results/primary.json")
         return 0
+    if args.teacher_report or args.confirmatory_report:
+        return _study_reports(args.profile, args.out_dir, store, args.teacher_report, args.confirmatory_report)
     if args.prune_store:
         if store is None:
             parser.error("--prune-store needs a store: " + ("--store none was given" if args.store == "none" else

@@ -11,7 +11,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from .config import config_to_dict
+from .config import ABLATIONS, config_to_dict, method_config
 from .utils import atomic_write_text, run_metadata, write_json
 
 
@@ -135,6 +135,49 @@ def seeds_needed(sd_diff: float, half_width: float = 0.005, floor: float = 0.005
     raise ValueError(f"no n <= {most} reaches a half-width of {half_width} at sd {sd}")
 
 
+def reading(low: float, high: float, method: str, reference: str, tie_margin: float = 0.5) -> str:
+    """docs/protocol.md's reading of a 95% interval [low, high] of method − reference (points):
+    a win or a loss if it excludes 0 (that takes precedence), a tie if it lies within
+    ±tie_margin, else inconclusive."""
+    return (f"{method} beats {reference}" if low > 0 else f"{method} loses to {reference}" if high < 0
+            else f"a tie within ±{tie_margin:g} point" if -tie_margin <= low and high <= tie_margin
+            else f"inconclusive (the interval contains 0 and reaches past ±{tie_margin:g} point)")
+
+
+def teacher_level_comparison(records: Sequence[dict], method: str = "TMKD", reference: str = "KD",
+                             metric: str = "test_acc", tie_margin: float = 0.5) -> dict[str, Any]:
+    """The confirmatory statistic of docs/protocol.md ("Amendment: powerful teachers"), the
+    teacher seed as the unit. With d(t, i) = acc(method) − acc(reference) of student seed i
+    under teacher t (points) and D(t) = mean_i d(t, i):
+
+        mean D = (1/T) sum_t D(t),   95% CI = mean D ± t(0.975, T−1) sd(D) / sqrt(T)
+
+    (the interval of the balanced two-level model with the teacher as a random effect). Beside
+    it, no reading: the within-teacher sd s_w (pooled over teachers) and the between-teacher
+    sd sqrt(max(0, var(D) − s_w² / m)), m the mean number of student seeds per teacher."""
+    by = {(r["method"], r["teacher_seed"], r["seed"]): 100 * r[metric] for r in records}
+    d: dict[int, list[float]] = {}
+    for (m, t, s), value in sorted(by.items()):
+        if m == method and (reference, t, s) in by:
+            d.setdefault(t, []).append(value - by[reference, t, s])
+    if len(d) < 2:
+        raise ValueError(f"{method} vs {reference}: {len(d)} teacher(s) with paired runs, need at least 2")
+    teachers = sorted(d)
+    means = np.array([np.mean(d[t]) for t in teachers])
+    mean, sd = mean_std(means)
+    half = t_quantile_975(len(teachers) - 1) * sd / math.sqrt(len(teachers))
+    within = [x - np.mean(d[t]) for t in teachers for x in d[t]]
+    dof_within = sum(len(d[t]) - 1 for t in teachers)
+    s_w = float(math.sqrt(sum(x * x for x in within) / dof_within)) if dof_within else float("nan")
+    m = float(np.mean([len(d[t]) for t in teachers]))
+    between = math.sqrt(max(0.0, sd ** 2 - (s_w ** 2 / m if dof_within else 0.0)))
+    return {"teachers": len(teachers), "teacher_seeds": teachers, "pairs": sum(len(d[t]) for t in teachers),
+            "metric": metric, "diff": mean, "teacher_means_sd": sd, "ci_low": mean - half, "ci_high": mean + half,
+            "half_width": half, "per_teacher_diff": {t: float(np.mean(d[t])) for t in teachers},
+            "per_teacher_pairs": {t: d[t] for t in teachers}, "within_teacher_sd": s_w, "between_teacher_sd": between,
+            "verdict": reading(mean - half, mean + half, method, reference, tie_margin)}
+
+
 def primary_comparison(records: Sequence[dict], method: str = "TMKD", reference: str = "KD",
                        metric: str = "test_acc", tie_margin: float = 0.5) -> dict[str, Any]:
     """docs/protocol.md's primary statistic: the paired difference `method` - `reference`
@@ -162,9 +205,7 @@ def primary_comparison(records: Sequence[dict], method: str = "TMKD", reference:
         machines[name] = machines.get(name, 0) + 1
     half = 100 * (d["ci_high"] - d["ci_low"]) / 2
     low, high = 100 * d["ci_low"], 100 * d["ci_high"]
-    verdict = (f"{method} beats {reference}" if low > 0 else f"{method} loses to {reference}" if high < 0
-               else f"a tie within ±{tie_margin:g} point" if -tie_margin <= low and high <= tie_margin
-               else f"inconclusive (the interval contains 0 and reaches past ±{tie_margin:g} point)")
+    verdict = reading(low, high, method, reference, tie_margin)
     (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
     return {"pairs": len(pairs), "teacher_seeds": sorted({t for t, _ in pairs}), "metric": metric,
             method: 100 * ma, f"{method} sd": 100 * sa, reference: 100 * mb, f"{reference} sd": 100 * sb,
@@ -267,4 +308,36 @@ def method_table(runs: dict[str, list[dict]], reference: str = "KD", metric: str
             d = paired_to(results, runs[reference], metric, (method, reference))
             row[f"Δ vs {reference}"], row["95% CI"] = fmt_diff(d)
         rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def ablation_table(kd: Sequence[dict], tmkd: Sequence[dict], base, groups: Sequence[str],
+                   ablations: dict[str, dict[str, dict]] = ABLATIONS) -> pd.DataFrame:
+    """Notebook 05's table: one row per setting `label` of each group (`ablations[group]`, in
+    order), from the TMKD records whose `setting` is "group=label" and the KD records `kd`:
+    validation and test accuracy mean ± sd over seeds, and the paired test difference
+    (`paired_to`, same teacher seed and seed) to KD and to the group's default. The default
+    is the setting whose overrides leave method_config(base, "TMKD") as it is; it is marked
+    "(default)" and has no difference to itself, and where no setting is the default no row
+    of the group has one. val_mean, val_sd, test_mean and test_sd hold the numbers (points)."""
+    by_setting = group_runs(tmkd, by="setting")
+    tmkd_default = method_config(base, "TMKD")
+    rows = []
+    for group in groups:
+        default = next((label for label, overrides in ablations[group].items()
+                        if method_config(base, "TMKD", overrides) == tmkd_default), None)
+        for label in ablations[group]:
+            results = by_setting[f"{group}={label}"]
+            val_m, val_sd = mean_std(r["val_acc"] for r in results)
+            test_m, test_sd = mean_std(r["test_acc"] for r in results)
+            vs_kd, ci_kd = fmt_diff(paired_to(results, kd, names=(f"{group}={label}", "KD")))
+            vs_tmkd, ci_tmkd = ("", "") if default in (None, label) else fmt_diff(
+                paired_to(results, by_setting[f"{group}={default}"], names=(f"{group}={label}", f"{group}={default}")))
+            rows.append({"group": group, "setting": label + (" (default)" if label == default else ""),
+                         "val (%)": f"{100 * val_m:.2f} ± {100 * val_sd:.2f}",
+                         "test (%)": f"{100 * test_m:.2f} ± {100 * test_sd:.2f}",
+                         "Δ test vs KD": vs_kd, "95% CI vs KD": ci_kd,
+                         "Δ test vs TMKD": vs_tmkd, "95% CI vs TMKD": ci_tmkd,
+                         "val_mean": 100 * val_m, "val_sd": 100 * val_sd, "test_mean": 100 * test_m,
+                         "test_sd": 100 * test_sd})
     return pd.DataFrame(rows)

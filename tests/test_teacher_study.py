@@ -1,0 +1,185 @@
+"""The teacher study and the confirmatory comparison (docs/protocol.md, "Amendment: powerful
+teachers"): the variants' compute and keys, which runs the plan lists before and after the
+choices, the teacher-level statistic and its widening rule, the validation choice, and the
+teachers' evaluations against independent computations."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from tmkd_core import teacher_study
+from tmkd_core.config import TEACHER_VARIANTS, dataset_config, with_overrides
+from tmkd_core.experiment import Pipeline
+from tmkd_core.report import teacher_level_comparison
+from tmkd_core.teacher_study import (Confirmatory, TeacherStudy, TeacherVariant, choose_variant, evaluation_name,
+                                     fusion_screen, write_teacher_report)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_each_variants_compute_is_the_protocols_table():
+    cfg = dataset_config("cpu", "cifar100")
+    compute = {name: TeacherVariant.named(name).compute(cfg) for name in TEACHER_VARIANTS}
+    assert compute == {"rgb": 30, "rgb_ft1": 31, "mv_ft1": 33, "mv_ft10": 60, "mv_scratch20": 60, "rgb_ft30": 60,
+                       "rgb_ens2": 60}
+    with pytest.raises(KeyError, match="available: rgb, rgb_ft1"):
+        TeacherVariant.named("mv_ft100")
+
+
+def test_the_studys_teachers_already_trained_keep_their_stored_keys():
+    stored = {p.name for p in (ROOT / "artefacts" / "cpu" / "checkpoints").glob("*.final.pt")}
+    study = TeacherStudy.of("cpu")
+    old = [t for t in study.teachers() if t.variant.name in ("rgb", "rgb_ft1", "mv_ft1") and t.teacher_seed == 0]
+    assert len(old) == 6  # both datasets
+    for t in old:
+        [cfg] = t.configs
+        assert f"{t.variant.stage}_{Pipeline(cfg).key(t.variant.stage)}.final.pt" in stored, t.title
+    # a longer fine-tuning is another teacher, not a stored one
+    [mv10] = [t for t in study.teachers("cifar100") if t.variant.name == "mv_ft10" and t.teacher_seed == 0]
+    assert f"multiview_teacher_{Pipeline(mv10.configs[0]).key('multiview_teacher')}.final.pt" not in stored
+
+
+def test_the_confirmatory_runs_kd_first_then_the_fusion_check_then_tmkd():
+    conf = Confirmatory.of("cpu")
+    assert not conf.chosen  # as committed before the teacher study has chosen
+    runs = conf.runs(conf.teacher_seeds)
+    assert {r.method for r in runs} == {"KD"} and len(runs) == 4 * 3
+    assert len({r.seed for r in runs}) == 12  # student seeds are never shared between teachers
+    assert {r.teacher_seed for r in runs} == {0, 1, 2, 3}
+    kd = runs[0].config("cpu")
+    assert (kd.student.distiller, kd.student.teacher, list(kd.views.views)) == ("kd", "multi", ["rgb"])
+    assert kd.teacher.multiview_optim.epochs == 30 and kd.data.name == "cifar100"
+    candidate = (("fusion.score", "class_prob"), ("fusion.tau_w", 0.03))
+    chosen = replace(conf, tmkd_variant=TeacherVariant.named("mv_ft10"), fusion_candidate=candidate)
+    assert {r.method for r in chosen.runs([0, 1])} == {"KD"}  # TMKD waits for the fusion check
+    check = chosen.fusion_check_runs([0, 1, 2])
+    assert len(check) == 6 and all(not r.config("cpu").score_test for r in check)  # validation only
+    assert {r.seed for r in check} == {900, 901, 902}
+    assert {r.config("cpu").fusion.score for r in check} == {"cosine", "class_prob"}
+    settled = replace(chosen, fusion_settled=True, fusion_adopted=candidate)
+    assert settled.fusion_check_runs([0, 1, 2]) == []
+    pairs = settled.runs([0])
+    tmkd = [r.config("cpu") for r in pairs if r.method == "TMKD"]
+    assert len(tmkd) == 3 and all(c.fusion.score == "class_prob" and c.teacher.multiview_optim.epochs == 10
+                                  for c in tmkd)
+    assert sorted(r.seed for r in pairs if r.method == "KD") == sorted(c.seed for c in tmkd)  # paired
+
+
+def test_the_teacher_level_statistic_by_hand():
+    diffs = {0: [1.0, 1.2, 0.8], 1: [0.0, 0.2, -0.2], 2: [0.5, 0.5, 0.5]}  # points; teacher means 1, 0, 0.5
+    records = [{"method": m, "teacher_seed": t, "seed": 200 + 10 * t + i, "test_acc": 0.5 + (d / 100 if m == "TMKD"
+                                                                                             else 0.0)}
+               for t, ds in diffs.items() for i, d in enumerate(ds) for m in ("KD", "TMKD")]
+    s = teacher_level_comparison(records)
+    half = 4.302652729911275 * 0.5 / math.sqrt(3)  # t(0.975, 2) sd(means) / sqrt(T)
+    assert s["teachers"] == 3 and s["pairs"] == 9
+    assert s["diff"] == pytest.approx(0.5) and s["teacher_means_sd"] == pytest.approx(0.5)
+    assert s["half_width"] == pytest.approx(half) and s["ci_low"] == pytest.approx(0.5 - half)
+    s_w2 = (0.04 + 0.04 + 0.04 + 0.04) / 6  # pooled within-teacher variance, 6 degrees of freedom
+    assert s["within_teacher_sd"] == pytest.approx(math.sqrt(s_w2))
+    assert s["between_teacher_sd"] == pytest.approx(math.sqrt(0.25 - s_w2 / 3))
+    assert s["verdict"].startswith("inconclusive")
+    # the same pairs read as independent would give a narrower interval: the unit matters
+    from tmkd_core.report import primary_comparison
+    assert primary_comparison(records)["half_width"] < s["half_width"]
+
+
+def test_the_confirmatory_widening_rule_adds_two_teachers_while_the_teacher_means_spread(monkeypatch):
+    from tmkd_core import plan
+
+    conf = replace(Confirmatory.of("cpu"), tmkd_variant=TeacherVariant.named("mv_ft10"), fusion_settled=True)
+    means = {0: 1.0, 1: -1.0, 2: 0.5, 3: -0.4, 4: 0.1, 5: 0.0, 6: 0.2, 7: 0.1}  # teacher -> D(t), points
+
+    def finished(spec, profile):
+        return {"test_acc": 0.5 + (means[spec.teacher_seed] / 100 if spec.method == "TMKD" else 0.0)}
+
+    monkeypatch.setattr(plan, "finished_record", finished)
+    assert plan.confirmatory_teacher_seeds(conf) == list(range(8))  # wide: up to max_teachers
+    means.update({1: 0.9, 2: 1.0, 3: 1.1})  # sd 0.08 over 0-3: no teacher added
+    assert plan.confirmatory_teacher_seeds(conf) == [0, 1, 2, 3]
+    monkeypatch.setattr(plan, "finished_record", lambda spec, profile: None)  # nothing finished: nothing read
+    assert plan.confirmatory_teacher_seeds(conf) == [0, 1, 2, 3]
+
+
+def _record(variant, seed, val, time_s=100.0, grid=None):
+    return {"dataset": "cifar100", "variant": variant, "teacher_seed": seed, "train_time_s": time_s,
+            "val": {"deployed": val, **({"fusion_grid": grid} if grid else {})}}
+
+
+def test_the_choice_reads_validation_only_and_takes_the_cheaper_of_a_tie():
+    study = TeacherStudy.of("cpu")
+    records = [_record("mv_ft10", s, 60.0 + s, time_s=50) for s in (0, 1, 2)]
+    assert choose_variant(records, study, "cifar100", [0, 1, 2])["chosen"] is None  # scratch not there yet
+    records += [_record("mv_scratch20", s, 60.0 + s, time_s=90) for s in (0, 1)]
+    assert choose_variant(records, study, "cifar100", [0, 1, 2])["waiting_for"] == "mv_scratch20"
+    records.append(_record("mv_scratch20", 2, 63.0, time_s=90))  # mean 61.33 vs 61.0
+    assert choose_variant(records, study, "cifar100", [0, 1, 2])["chosen"] == "mv_scratch20"
+    records[-1]["val"]["deployed"] = 62.1  # mean 61.03: within 0.1 of mv_ft10, which is cheaper
+    choice = choose_variant(records, study, "cifar100", [0, 1, 2])
+    assert choice["chosen"] == "mv_ft10" and set(choice["tied"]) == {"mv_ft10", "mv_scratch20"}
+
+
+def test_the_fusion_screen_names_a_candidate_only_above_the_margin():
+    def grid(default, best):
+        return [{"score": s, "tau_w": t, "label_conditioned": best if (s, t) == ("class_prob", 0.03) else default,
+                 "pred_conditioned": 0.0} for s, t in teacher_study.FUSION_GRID]
+
+    records = [_record("mv_ft10", s, 60.0, grid=grid(70.0, 70.3)) for s in (0, 1, 2)]
+    assert fusion_screen(records, "mv_ft10", "cifar100", [0, 1, 2])["candidate"] is None  # +0.3: not more
+    records = [_record("mv_ft10", s, 60.0, grid=grid(70.0, 70.5)) for s in (0, 1, 2)]
+    assert fusion_screen(records, "mv_ft10", "cifar100", [0, 1, 2])["candidate"] == {"score": "class_prob",
+                                                                                    "tau_w": 0.03}
+
+
+@pytest.mark.slow
+def test_each_teachers_evaluation_against_the_pipelines_own_and_by_hand(cifar_cfg, tmp_path, monkeypatch):
+    """The smoke study (every kind: RGB, RGB fine-tuned, multi-view, ensemble) on small
+    teachers: the multi-view evaluation equals `Pipeline.teacher_report` (the fused teacher's
+    own forward), the ensemble the mean of its two teachers' softmax, and a kept evaluation is
+    read back, not recomputed."""
+    from tmkd_core.train import accuracy, predict
+
+    monkeypatch.setattr(teacher_study, "dataset_config",
+                        lambda profile, name, o=None: with_overrides(cifar_cfg, {"data.name": name, **(o or {})}))
+    study = TeacherStudy.of("smoke")
+    for t in study.teachers():
+        for cfg in t.configs:
+            Pipeline(cfg).build(t.variant.stage)
+        (Path(cifar_cfg.data.root) / "evals" / evaluation_name(t)).unlink(missing_ok=True)  # computed here, not read
+    payload = write_teacher_report(study, tmp_path / "figures", [tmp_path / "store"])
+    assert payload["missing"] == [] and len(payload["teachers"]) == 4
+    by = {(r["variant"], r["teacher_seed"]): r for r in payload["teachers"]}
+    mv = [t for t in study.teachers() if t.variant.name == "mv_ft1" and t.teacher_seed == 0][0]
+    own = Pipeline(mv.configs[0]).teacher_report("test")
+    test = by["mv_ft1", 0]["test"]
+    assert test["deployed"] == pytest.approx(100 * own["fused"], abs=1e-6)
+    assert test["label_conditioned"] == pytest.approx(100 * own["fused_label_conditioned"], abs=1e-6)
+    assert test["uniform"] == pytest.approx(100 * own["uniform"], abs=1e-6)
+    assert all(test[f"view_{v}"] == pytest.approx(100 * own[f"view_{v}"], abs=1e-6) for v in ("rgb", "edge", "hf"))
+    grid = {(g["score"], g["tau_w"]): g for g in test["fusion_grid"]}
+    assert grid["cosine", 0.1]["label_conditioned"] == test["label_conditioned"]  # the default setting
+    ens = [t for t in study.teachers() if t.variant.name == "rgb_ens2" and t.teacher_seed == 0][0]
+    probs = []
+    for cfg in ens.configs:
+        pipe = Pipeline(cfg)
+        model = pipe.train_or_load_rgb_teacher()[0]
+        probs.append(predict(lambda x: model(x)[0], pipe.splits.test).softmax(-1))
+    assert cfg.teacher.seed == 500
+    assert by["rgb_ens2", 0]["test"]["deployed"] == pytest.approx(
+        100 * accuracy(torch.stack(probs).mean(0), pipe.splits.test.labels), abs=1e-6)
+    assert by["rgb_ens2", 0]["compute_view_epochs"] == 2 * cifar_cfg.teacher.optim.epochs
+    # kept: a second report reads every evaluation back from the store
+    kept = sorted((tmp_path / "store" / "evals").glob("*.json"))
+    assert len(kept) == 4 and json.loads(kept[0].read_text())["eval_version"] == teacher_study.EVAL_VERSION
+    monkeypatch.setattr(teacher_study, "evaluate_teacher", lambda *a: pytest.fail("recomputed a kept evaluation"))
+    for place in kept:
+        (Path(cifar_cfg.data.root) / "evals" / place.name).unlink()  # the data root's copies gone: the store's are read
+    assert write_teacher_report(study, tmp_path / "figures", [tmp_path / "store"])["teachers"] == payload["teachers"]
+    assert (tmp_path / "figures" / "teacher_study.png").exists()
+    table = (tmp_path / "figures" / "tables" / "teacher_study.md").read_text()
+    assert "mv_ft1" in table and "rgb_ens2" in table
