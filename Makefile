@@ -5,6 +5,7 @@
 #                   and time left), then the five notebooks (PROFILE=cpu by default; PROFILE=quick
 #                   for a first look) -> figures/, figures/tables/, notebooks/executed/*.ipynb
 #                   (with their outputs) and notebooks/executed/report.html
+#   make report     notebooks/executed/report.html from the committed executed notebooks (seconds)
 #   make bench      step-time benchmark -> figures/tables/bench.md
 #   make tune       validation-only search (TMKD and KD) -> figures/tables/tuning_*.csv, tuned_*.md
 #   make lab        JupyterLab on notebooks/: click a notebook (.py files open as notebooks)
@@ -30,7 +31,7 @@ FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 CHROMIUM := $(VENV)/.chromium
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test plan reproduce bench tune lab clean clean-cache data
+.PHONY: setup test plan reproduce report bench tune lab clean clean-cache data
 .DELETE_ON_ERROR:
 .SECONDARY:  # keep the converted notebooks under build/ipynb
 
@@ -97,6 +98,10 @@ plan: setup
 
 reproduce: setup plan $(EXECUTED)/report.html
 	@echo "figures and tables are in $(FIGURES)/ and $(FIGURES)/tables/; executed notebooks and report.html in $(EXECUTED)/"
+
+# report.html from the executed notebooks as they are (committed for the cpu profile), in seconds
+report: setup
+	$(PY) -m tmkd_core.htmlreport $(foreach n,$(NOTEBOOKS),$(EXECUTED)/$(n).ipynb) -o $(EXECUTED)/report.html
 
 # Step time of CE, KD, TMKD online and TMKD cached (the quick profile's teachers, which
 # have the cpu profile's architectures, are trained first if absent: minutes).

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 from skimage import data as skdata
+from matplotlib_inline.backend_inline import set_matplotlib_formats
 from skimage.transform import resize
 
 from tmkd_core import priors
@@ -42,6 +43,7 @@ from tmkd_core.data import first_of_each_class
 from tmkd_core.experiment import Pipeline
 from tmkd_core.report import Outputs, enter_project_root
 
+set_matplotlib_formats("jpeg")  # photographs: inline JPEGs keep the executed notebook a fraction of PNGs' size
 root = enter_project_root()
 out = Outputs(root / out_dir)
 datasets = profile_plan(profile, "datasets", datasets)

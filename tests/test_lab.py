@@ -145,4 +145,14 @@ def test_the_html_report_opens_from_disk_with_every_image(browser):
     assert len(images) >= expected > 0 and all(images), f"{images.count(False)} of {len(images)} images failed"
     page.locator("img").nth(expected // 2).scroll_into_view_if_needed()
     page.screenshot(path=str(SHOTS / "report.png"))
+    # the answer's forest plots (notebooks 04 and 05): the first image after each heading is loaded
+    for heading in ("The answer at a glance", "05 · Ablations"):
+        found = page.evaluate(
+            """h => { const head = [...document.querySelectorAll('h1, h2')].find(e => e.textContent.includes(h));
+                      if (!head) return null;
+                      const img = [...document.images].find(i => head.compareDocumentPosition(i) & 4);
+                      return img ? img.complete && img.naturalWidth > 0 : false; }""", heading)
+        assert found, f"no loaded figure after the heading {heading!r} in {report}"
+    page.get_by_text("The answer at a glance").first.scroll_into_view_if_needed()
+    page.screenshot(path=str(SHOTS / "report_forest.png"))
     page.close()
