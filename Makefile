@@ -18,6 +18,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROFILE ?= cpu
 JOBS ?= $(or $(TMKD_JOBS),2)
+# the plan's parts (default: all); PARTS="pilot main ablations" leaves out the study under way
+PARTS ?=
 NOTEBOOKS := 01_priors 02_teachers 03_semantic_weights 04_distillation 05_ablations
 # The committed figures are the cpu profile's; any other profile writes under build/<profile>/.
 FIGURES := $(if $(filter cpu,$(PROFILE)),figures,build/$(PROFILE)/figures)
@@ -94,7 +96,7 @@ $(EXECUTED)/report.html: $(foreach n,$(NOTEBOOKS),$(RESULTS)/$(n).json) tmkd_cor
 # Every run the notebooks read, trained first by worker processes with live progress and an
 # estimate of the time left; interrupted, it resumes where it stopped. Fast when all is done.
 plan: setup
-	$(PY) -m tmkd_core.plan --profile $(PROFILE) --jobs $(JOBS)
+	$(PY) -m tmkd_core.plan --profile $(PROFILE) --jobs $(JOBS) $(if $(PARTS),--parts $(PARTS))
 
 reproduce: setup plan $(EXECUTED)/report.html
 	@echo "figures and tables are in $(FIGURES)/ and $(FIGURES)/tables/; executed notebooks and report.html in $(EXECUTED)/"

@@ -135,10 +135,11 @@ out.figure(fig, "teachers_gradcam")
 # `tmkd_core.config.TEACHER_VARIANTS` at each teacher seed, compared with the RGB teacher
 # fine-tuned for the same compute (`rgb_ft30`: view-epochs, what a teacher starts from
 # included) and with an ensemble of two RGB teachers (`rgb_ens2`). Differences are paired by
-# teacher seed, the unit of replication. The plan trains these teachers (`--parts teachers`);
-# here any missing one is trained, and each teacher's evaluation is kept beside the store's
-# checkpoints (`<store>/evals/`). The choice of the confirmatory comparison's teacher reads
-# the validation accuracies only (`choice`).
+# teacher seed, the unit of replication. The plan trains these teachers (`--parts teachers`):
+# this cell trains nothing, and reports those trained so far (`missing` names the others).
+# Each teacher's evaluation is kept beside the store's checkpoints (`<store>/evals/`). The
+# choice of the confirmatory comparison's teacher reads the validation accuracies only
+# (`choice`).
 
 # %%
 from tmkd_core.plan import profile_store
@@ -146,11 +147,9 @@ from tmkd_core.teacher_study import Confirmatory, TeacherStudy, write_teacher_re
 
 study = TeacherStudy.of(profile)
 if study is not None:
-    for teacher in study.teachers():
-        for cfg in teacher.configs:
-            Pipeline(cfg).build(teacher.variant.stage)  # loads what the plan trained
     store = profile_store(profile)
     study_report = write_teacher_report(study, out.figures, [store] if store else [], Confirmatory.of(profile))
+    print("not trained yet:", study_report["missing"])
     print("choice of the confirmatory comparison's teacher:", study_report.get("choice"))
     display(pd.read_csv(out.tables / "teacher_study.csv"))
 

@@ -193,11 +193,15 @@ for ax, name in zip(axes[0], datasets):
         if n != name:
             continue
         curve = np.mean([[h["val_acc"] for h in r["history"]] for r in rs], axis=0)
-        ax.plot(np.arange(1, len(curve) + 1), 100 * curve, marker="o", ms=3, label=m)
+        # one colour per method in every panel
+        ax.plot(np.arange(1, len(curve) + 1), 100 * curve, marker="o", ms=3, label=m,
+                color=f"C{list(METHODS).index(m)}")
     ax.set_title(name)
     ax.set_xlabel("epoch")
 axes[0, 0].set_ylabel("val accuracy (%)")
-axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # off the curves
+shown_methods = {label: line for ax in axes[0] for line, label in zip(*ax.get_legend_handles_labels())}
+axes[0, -1].legend(shown_methods.values(), shown_methods.keys(), fontsize=7, loc="upper left",
+                   bbox_to_anchor=(1.01, 1.0), frameon=False)  # every method, off the curves
 fig.tight_layout()
 out.figure(fig, "distillation_curves")
 

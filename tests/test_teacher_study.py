@@ -62,7 +62,7 @@ def test_the_confirmatory_runs_kd_first_then_the_fusion_check_then_tmkd():
     assert {r.seed for r in check} == {900, 901, 902}
     assert {r.config("cpu").fusion.score for r in check} == {"cosine", "class_prob"}
     settled = replace(chosen, fusion_settled=True, fusion_adopted=candidate)
-    assert settled.fusion_check_runs([0, 1, 2]) == []
+    assert settled.fusion_check_runs([0, 1, 2]) == check  # still read by the check of the decision
     pairs = settled.runs([0])
     tmkd = [r.config("cpu") for r in pairs if r.method == "TMKD"]
     assert len(tmkd) == 3 and all(c.fusion.score == "class_prob" and c.teacher.multiview_optim.epochs == 10
@@ -183,3 +183,53 @@ def test_each_teachers_evaluation_against_the_pipelines_own_and_by_hand(cifar_cf
     assert (tmp_path / "figures" / "teacher_study.png").exists()
     table = (tmp_path / "figures" / "tables" / "teacher_study.md").read_text()
     assert "mv_ft1" in table and "rgb_ens2" in table
+
+
+def test_kd_runs_finished_before_the_fusion_check_do_not_stop_the_plan(monkeypatch):
+    """Chosen but not settled: KD's runs may have finished, TMKD's do not exist yet."""
+    from tmkd_core import plan
+
+    conf = replace(Confirmatory.of("cpu"), tmkd_variant=TeacherVariant.named("mv_ft10"))
+    monkeypatch.setattr(plan, "finished_record", lambda spec, profile: {"test_acc": 0.5})
+    assert plan.confirmatory_teacher_seeds(conf) == [0, 1, 2, 3]
+
+
+def test_the_plan_refuses_a_confirmatory_decision_the_rules_did_not_make(monkeypatch):
+    study = TeacherStudy.of("cpu")
+    grid = [{"score": s, "tau_w": t, "label_conditioned": 70.5 if (s, t) == ("class_prob", 0.03) else 70.0,
+             "pred_conditioned": 0.0} for s, t in teacher_study.FUSION_GRID]
+
+    def record(teacher, cache_dirs=()):
+        val = {"mv_ft10": 61.0, "mv_scratch20": 60.0}[teacher.variant.name]
+        return {**_record(teacher.variant.name, teacher.teacher_seed, val, grid=grid), "dataset": teacher.dataset}
+
+    monkeypatch.setattr(teacher_study, "teacher_record", record)
+    check = teacher_study.check_confirmatory_decisions
+    base = Confirmatory.of("cpu")
+    check(base, study)  # nothing chosen, nothing set
+    with pytest.raises(teacher_study.DecisionMismatch, match="before its teacher is chosen"):
+        check(replace(base, fusion_settled=True), study)
+    candidate = (("fusion.score", "class_prob"), ("fusion.tau_w", 0.03))
+    right = replace(base, tmkd_variant=TeacherVariant.named("mv_ft10"), fusion_candidate=candidate)
+    check(right, study)
+    with pytest.raises(teacher_study.DecisionMismatch, match="the validation rule chooses 'mv_ft10'"):
+        check(replace(right, tmkd_variant=TeacherVariant.named("mv_scratch20")), study)
+    with pytest.raises(teacher_study.DecisionMismatch, match="is not a candidate"):
+        check(replace(right, tmkd_variant=TeacherVariant.named("mv_ft1")), study)
+    with pytest.raises(teacher_study.DecisionMismatch, match="the fusion screen gives"):
+        check(replace(right, fusion_candidate=None), study)
+    with pytest.raises(teacher_study.DecisionMismatch, match="set before the fusion check has settled"):
+        check(replace(right, fusion_adopted=candidate), study)
+    # settled: adopted exactly when the student check adopts
+    adopt = {"adopt": True}
+    monkeypatch.setattr(teacher_study, "fusion_check_summary", lambda conf, seeds: adopt)
+    check(replace(right, fusion_settled=True, fusion_adopted=candidate), study)
+    with pytest.raises(teacher_study.DecisionMismatch, match="the fusion check adopts"):
+        check(replace(right, fusion_settled=True), study)
+    adopt["adopt"] = False
+    check(replace(right, fusion_settled=True), study)
+    with pytest.raises(teacher_study.DecisionMismatch, match="does not adopt"):
+        check(replace(right, fusion_settled=True, fusion_adopted=candidate), study)
+    monkeypatch.setattr(teacher_study, "fusion_check_summary", lambda conf, seeds: None)
+    with pytest.raises(teacher_study.DecisionMismatch, match="have not all finished"):
+        check(replace(right, fusion_settled=True), study)

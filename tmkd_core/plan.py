@@ -59,7 +59,7 @@ import torch
 from .config import (ABLATIONS, METHODS, PROFILE_PLANS, ExperimentConfig, config_to_dict, dataset_config,
                      method_config, plan_value, profile_plan)
 from .experiment import Pipeline
-from .teacher_study import Confirmatory, TeacherStudy
+from .teacher_study import Confirmatory, DecisionMismatch, TeacherStudy
 from .utils import atomic_copy
 
 
@@ -181,9 +181,10 @@ def confirmatory_teacher_seeds(conf: Confirmatory) -> list[int]:
     """The confirmatory comparison's teacher seeds: the profile's, widened by `widen_pairs`
     (two teachers at a time, up to `max_teachers`) from the teacher-level mean differences
     TMKD - KD of the teachers whose runs have all finished (docs/protocol.md, "Amendment:
-    powerful teachers"). Before TMKD's teacher is chosen, the profile's seeds."""
+    powerful teachers"). Until TMKD's final runs may start (its teacher chosen and the fusion
+    setting settled), the profile's seeds."""
     seeds = list(conf.teacher_seeds)
-    if not conf.chosen:
+    if not (conf.chosen and conf.fusion_settled):
         return seeds
     means: dict[int, float] = {}
     while True:  # a widening step reads the teachers it added: they may have finished too
@@ -517,6 +518,11 @@ def plan_tasks(profile: str, parts: Iterable[str] = ("pilot", "main", "ablations
         raise _unsettled(profile)
     study = TeacherStudy.of(profile) if "teachers" in parts else None
     conf = Confirmatory.of(profile) if "confirmatory" in parts else None
+    if conf is not None:
+        from .teacher_study import check_confirmatory_decisions
+
+        store = profile_store(profile)
+        check_confirmatory_decisions(conf, TeacherStudy.of(profile), [store] if store else [])
     if "main" in parts:
         for cfg in teacher_configs(profile):  # notebook 02: both teachers and the control
             configs += [cfg, method_config(cfg, "TMKD")]
@@ -532,7 +538,7 @@ def plan_tasks(profile: str, parts: Iterable[str] = ("pilot", "main", "ablations
         kd, tmkd = ablation_runs(profile)
         specs += kd + tmkd
     confirmatory = conf.runs(confirmatory_teacher_seeds(conf)) if conf else []
-    if conf and study:  # the fusion candidate's student check, on the study's teachers of its dataset
+    if conf and study and not conf.fusion_settled:  # the fusion candidate's student check, until settled
         confirmatory += conf.fusion_check_runs(dict(study.teacher_seeds)[conf.dataset])
     specs = in_plan_order(profile, specs + confirmatory)
     tasks: dict[str, Task] = {}
@@ -1203,13 +1209,21 @@ def _study_reports(profile: str, out_dir: str | None, store: Path | None, teache
               f"(PROFILE_PLANS[{profile!r}])", file=sys.stderr)
         return 2
     if store is not None:  # a fresh clone: the stored teachers and runs into data/
-        restore_artefacts(plan_tasks(profile, ["teachers", "confirmatory"], costs=False), store)
+        try:
+            restore_artefacts(plan_tasks(profile, ["teachers", "confirmatory"], costs=False), store)
+        except (PilotNotSettled, DecisionMismatch) as exc:
+            print(f"[plan] {exc}", file=sys.stderr)
+            return 2
     code = 0
     if teachers:
         payload = write_teacher_report(study, out_dir, [store] if store is not None else [], conf)
         for t in payload["missing"]:
             print(f"[plan] not trained yet: {t}")
-        print(pd_table(Path(out_dir) / "tables" / "teacher_study.md"))
+        if conf is not None and not conf.chosen:  # the choice reads validation alone: so does its reader
+            print("[plan] the confirmatory comparison's teacher is not chosen yet: the choice below reads validation "
+                  f"accuracies only; the test accuracies are in {out_dir}/tables/teacher_study.md")
+        else:
+            print((Path(out_dir) / "tables" / "teacher_study.md").read_text())
         for key in ("choice", "fusion_screen", "fusion_check"):
             if payload.get(key) is not None:
                 print(f"{key}: {json.dumps(payload[key])}")
@@ -1227,17 +1241,13 @@ def _study_reports(profile: str, out_dir: str | None, store: Path | None, teache
     return code
 
 
-def pd_table(path: Path) -> str:
-    return path.read_text() if path.exists() else ""
-
-
 PARTS = ("pilot", "main", "ablations", "teachers", "confirmatory")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tmkd_core.plan", description=__doc__.split("\n\n")[0],
-        epilog="Without --dry-run, --pilot-report or --primary-report it trains (the cpu profile: hours). Exit "
+        epilog="Without --dry-run, --prune-store or a --*-report flag it trains (the cpu profile: hours). Exit "
                "status: 0 all done, 1 a task failed or a report is incomplete, 2 refused (the pilot has not settled), "
                "3 the pilot finished and waits to be settled, 4 another plan of the profile is running on this data "
                "root, 130 interrupted.")
@@ -1267,8 +1277,8 @@ def main(argv=None) -> int:
                         help="the confirmatory comparison once all its runs have finished: "
                              "<out-dir>/tables/confirmatory.md and results/confirmatory.json")
     parser.add_argument("--out-dir", default=None,
-                        help="where --pilot-report and --primary-report write (default: figures for cpu, else "
-                             "build/<profile>/figures)")
+                        help="where the --*-report flags write (default: figures for cpu, overwriting the "
+                             "committed files, else build/<profile>/figures)")
     parser.add_argument("--dry-run", action="store_true",
                         help="list the tasks and their estimates, train nothing: done (in data/), kept (in the store, "
                              "restored at the start), todo, skip (a cache no run left reads). It extracts the "
@@ -1305,7 +1315,7 @@ def main(argv=None) -> int:
         out_dir = args.out_dir or ("figures" if args.profile == "cpu" else f"build/{args.profile}/figures")
         try:
             report = write_primary_report(args.profile, out_dir)
-        except PilotNotSettled as exc:
+        except (PilotNotSettled, DecisionMismatch) as exc:
             print(f"[plan] {exc}", file=sys.stderr)
             return 2
         if isinstance(report, list):
@@ -1335,7 +1345,7 @@ def main(argv=None) -> int:
             return 0
         try:
             stale = stale_partials(whole_plan(args.profile), store)
-        except PilotNotSettled as exc:
+        except (PilotNotSettled, DecisionMismatch) as exc:
             print(f"[plan] {exc}", file=sys.stderr)
             return 2
         for path in stale:
@@ -1351,7 +1361,7 @@ def main(argv=None) -> int:
     try:
         tasks = plan_tasks(args.profile, parts)
         stale = stale_partials(whole_plan(args.profile), store) if args.dry_run and store is not None else []
-    except PilotNotSettled as exc:
+    except (PilotNotSettled, DecisionMismatch) as exc:
         print(f"[plan] {exc}", file=sys.stderr)
         return 2
     if args.dry_run:

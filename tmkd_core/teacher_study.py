@@ -187,10 +187,11 @@ class Confirmatory:
     def fusion_check_runs(self, teacher_seeds) -> list:
         """The fusion candidate's student check (docs/protocol.md): TMKD from the chosen teacher
         with the default fusion and with the candidate, one student seed per teacher seed,
-        scored on validation only; empty once settled or without a candidate."""
+        scored on validation only; empty before the choice or without a candidate (the plan
+        runs them while the setting is not settled)."""
         from .plan import RunSpec, _frozen
 
-        if not self.chosen or self.fusion_settled or self.fusion_candidate is None:
+        if not self.chosen or self.fusion_candidate is None:
             return []
         base = {**self.tmkd_variant.student_overrides(), "score_test": False}
         label = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in self.fusion_candidate)
@@ -391,7 +392,8 @@ def paired_to_reference(records: list[dict], variant: str, reference: str, split
 def study_table(records: list[dict], study: TeacherStudy) -> "pd.DataFrame":
     """One row per dataset and variant: compute, measured training time, test accuracy as
     deployed and as TMKD's students see it (label-conditioned), each with its paired difference
-    to the compute-matched RGB teacher over teacher seeds (95% CI), uniform fusion and each view."""
+    to the compute-matched RGB teacher over teacher seeds (95% CI; as deployed, to the RGB
+    teacher `rgb` too), uniform fusion and each view."""
     import numpy as np
     import pandas as pd
 
@@ -408,9 +410,10 @@ def study_table(records: list[dict], study: TeacherStudy) -> "pd.DataFrame":
             for name, label in (("deployed", "deployed"), ("label_conditioned", "label-conditioned")):
                 values = [measure(r, "test", name) for r in rs]
                 row[f"{label} (%)"] = f"{np.mean(values):.2f} ± {np.std(values, ddof=1) if len(values) > 1 else 0:.2f}"
-                d = paired_to_reference(mine, v.name, study.reference.name, "test", name)
-                row[f"{label} Δ vs {study.reference.name}"] = "" if d is None or v == study.reference else (
-                    f"{d['diff']:+.2f} [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]")
+                for ref in [study.reference.name] + (["rgb"] if name == "deployed" else []):
+                    d = paired_to_reference(mine, v.name, ref, "test", name)
+                    row[f"{label} Δ vs {ref}"] = "" if d is None or v.name == ref else (
+                        f"{d['diff']:+.2f} [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]")
             for name in ("uniform", "view_rgb", "view_edge", "view_hf"):
                 row[name.replace("_", " ") + " (%)"] = (f"{np.mean([r['test'][name] for r in rs]):.2f}"
                                                         if v.kind == "multiview" and all(name in r["test"] for r in rs)
@@ -471,13 +474,18 @@ def write_teacher_report(study: TeacherStudy, out_dir, cache_dirs=(), conf: Conf
     out.table(study_table(records, study), "teacher_study",
               "Teacher study: test accuracy (%), mean ± sd over teacher seeds; Δ: paired difference to the "
               f"compute-matched RGB teacher ({study.reference.name}), 95% t-interval over teacher seeds")
-    diffs = [{"dataset": d, "variant": v.name, "measure": name, "split": split, "reference": study.reference.name,
-              **found}
-             for d in study.datasets for v in study.variants if v != study.reference
+    references = [study.reference.name, "rgb"]  # the compute-matched RGB teacher, and KD's teacher so far
+    diffs = [{"dataset": d, "variant": v.name, "measure": name, "split": split, "reference": ref, **found}
+             for ref in references for d in study.datasets for v in study.variants if v.name != ref
              for name in MEASURES for split in ("val", "test")
-             if (found := paired_to_reference([r for r in records if r["dataset"] == d], v.name,
-                                              study.reference.name, split, name)) is not None]
+             if (found := paired_to_reference([r for r in records if r["dataset"] == d], v.name, ref, split,
+                                              name)) is not None]
+    # the protocol's reading: more powerful when the deployed test accuracy's interval against the
+    # compute-matched RGB teacher lies above 0
+    more_powerful = {f"{d['dataset']}/{d['variant']}": d["ci_low"] > 0 for d in diffs
+                     if d["reference"] == study.reference.name and d["measure"] == "deployed" and d["split"] == "test"}
     payload: dict[str, Any] = {"units": "percent", "teachers": records, "missing": missing, "paired_differences": diffs,
+                               "more_powerful_than_reference": more_powerful,
                                "reference": study.reference.name,
                                "variants": {v.name: {"kind": v.kind, "stage": v.stage, "overrides": v.settings(),
                                                      "why": v.why} for v in study.variants}}
@@ -556,3 +564,49 @@ def fusion_check_summary(conf: Confirmatory, teacher_seeds) -> dict[str, Any] | 
     mean = sum(diffs.values()) / len(diffs)
     return {"candidate": dict(conf.fusion_candidate), "val_diff_per_teacher": diffs, "val_diff": mean,
             "adopt": mean > SCREEN_POINTS}
+
+
+class DecisionMismatch(RuntimeError):
+    """The profile's confirmatory settings are not what the protocol's rules decide."""
+
+
+def check_confirmatory_decisions(conf: Confirmatory, study: TeacherStudy, cache_dirs=()) -> None:
+    """Once `tmkd_variant` is written into the profile: that it is a candidate and what
+    `choose_variant` decides from the stored validation evaluations; that `fusion_candidate`
+    is `fusion_screen`'s; and once `fusion_settled`, that `fusion_adopted` is the candidate
+    exactly when `fusion_check_summary` adopts it (None without a candidate).
+    DecisionMismatch otherwise, naming the setting to change: TMKD's final runs never start
+    from a choice the rules did not make."""
+    if not conf.chosen:
+        if conf.fusion_settled or conf.fusion_candidate is not None or conf.fusion_adopted is not None:
+            raise DecisionMismatch("the confirmatory comparison's fusion settings are set before its teacher is "
+                                   "chosen: reset fusion_candidate, fusion_settled and fusion_adopted in "
+                                   f"PROFILE_PLANS[{conf.profile!r}]['confirmatory']")
+        return
+    where = f"PROFILE_PLANS[{conf.profile!r}]['confirmatory']"
+    if conf.tmkd_variant not in study.candidates:
+        raise DecisionMismatch(f"{where}['tmkd_variant'] = {conf.tmkd_variant.name!r} is not a candidate "
+                               f"({', '.join(v.name for v in study.candidates)})")
+    seeds = dict(study.teacher_seeds)[conf.dataset]
+    records = [teacher_record(t, cache_dirs) for t in study.teachers(conf.dataset)
+               if t.variant in study.candidates and t.teacher_seed in seeds]
+    choice = choose_variant(records, study, conf.dataset, seeds)
+    if choice["chosen"] != conf.tmkd_variant.name:
+        raise DecisionMismatch(f"{where}['tmkd_variant'] = {conf.tmkd_variant.name!r}, but the validation rule "
+                               f"chooses {choice['chosen']!r} ({choice})")
+    screen = fusion_screen(records, conf.tmkd_variant.name, conf.dataset, seeds)["candidate"]
+    want = None if screen is None else {"fusion.score": screen["score"], "fusion.tau_w": screen["tau_w"]}
+    have = None if conf.fusion_candidate is None else dict(conf.fusion_candidate)
+    if have != want:
+        raise DecisionMismatch(f"{where}['fusion_candidate'] = {have}, but the fusion screen gives {want}")
+    if conf.fusion_settled:
+        check = fusion_check_summary(conf, seeds)
+        if want is not None and check is None:
+            raise DecisionMismatch(f"{where}['fusion_settled'] is True, but the fusion check's runs have not all "
+                                   "finished")
+        adopted = None if conf.fusion_adopted is None else dict(conf.fusion_adopted)
+        if adopted != (want if check is not None and check["adopt"] else None):
+            raise DecisionMismatch(f"{where}['fusion_adopted'] = {adopted}, but the fusion check "
+                                   f"{'adopts' if check and check['adopt'] else 'does not adopt'} {want} ({check})")
+    elif conf.fusion_adopted is not None:
+        raise DecisionMismatch(f"{where}['fusion_adopted'] is set before the fusion check has settled")
