@@ -197,3 +197,19 @@ def test_the_cluster_job_scripts_start_one_worker_per_job_in_the_project_folder(
     with pytest.raises(SystemExit):
         main(["--profile", "smoke", "--cluster", "slurm"])  # a cluster without the dask executor
     assert "are for --executor dask" in capsys.readouterr().err
+
+
+def test_executor_dask_starts_a_local_cluster_of_one_task_workers_and_closes_it(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # this 2-core machine, wherever the test runs
+    executor, said = DaskExecutor(), []  # what `--executor dask` gives, without --cluster or --scheduler
+    assert executor.capacity(3) == (2, 1, 2, "[plan] 3 workers asked for, 2 thread(s) here: running 2 at a time")
+    executor.open(2, said.append)
+    try:
+        workers = executor.client.scheduler_info(n_workers=-1)["workers"].values()
+        assert [(w["nthreads"], w["resources"]) for w in workers] == [(1, {RESOURCE: 1})] * 2
+        assert said[-1].startswith("[plan] Dask scheduler tcp://")
+        assert executor.describe(2, 1) == "2 Dask workers x 1 thread(s) (a Dask LocalCluster)"
+    finally:
+        cluster = executor.cluster
+        executor.close()
+    assert executor.client is None and cluster.status.name == "closed"

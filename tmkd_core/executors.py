@@ -306,7 +306,12 @@ class DaskExecutor:
     def rate(self, threads: int, jobs: int) -> float:
         """FLOP/s per worker, measured on the workers themselves, side by side."""
         self.client.wait_for_workers(1)
-        n = max(1, min(jobs, len(self.client.scheduler_info(n_workers=-1)["workers"])))
+        workers = self.client.scheduler_info(n_workers=-1)["workers"]
+        if not any(RESOURCE in w.get("resources", {}) for w in workers.values()):
+            raise RuntimeError(f"no worker of the Dask scheduler {self.client.scheduler.address} holds the resource "
+                               f"{RESOURCE}, so no task of the plan could start: start the workers with `--resources "
+                               f"{RESOURCE}=1` (the script `--job-script` prints does)")
+        n = max(1, min(jobs, len(workers)))
         futures = [self.client.submit(_worker_rate, 3.0, pure=False, resources={RESOURCE: 1}, key=f"tmkd-rate-{i}")
                    for i in range(n)]
         rates = self.client.gather(futures)

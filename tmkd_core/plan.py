@@ -1063,9 +1063,12 @@ def _run_holding_the_lock(tasks: list[Task], jobs: int, log_dir: Path, say, hear
     try:
         executor.open(jobs, say)
         rate = executor.rate(threads, jobs)
-    except BaseException:
+    except BaseException as exc:
         executor.close()
-        raise
+        if not isinstance(exc, Exception):
+            raise
+        say(f"[plan] the {executor.name} executor could not start: {type(exc).__name__}: {exc}")
+        return 1
     progress = Progress(rate, jobs)
     progress.read_records(tasks)
     say(f"[plan] {total} tasks, {skipped} done or not needed; {len(pending)} to run on "
