@@ -283,18 +283,18 @@ class DaskExecutor:
 
         if self.client is not None:
             return
-        dashboard = ":8787" if importlib.util.find_spec("bokeh") else None  # the dashboard needs bokeh
+        dashboard = importlib.util.find_spec("bokeh") is not None  # the dashboard's pages need bokeh
         threads = self.capacity(jobs)[1]
         if self.scheduler is not None:
             self.client = Client(self.scheduler)
         elif self.kind == "local":
             self.cluster = LocalCluster(n_workers=jobs, threads_per_worker=threads, processes=True,
-                                        resources={RESOURCE: 1}, dashboard_address=dashboard,
+                                        resources={RESOURCE: 1}, dashboard_address=":0",
                                         silence_logs=logging.ERROR)
         else:
             options = {**self.jobqueue, "cores": threads}
             self.cluster = jobqueue_class(self.kind)(**jobqueue_options(**options),
-                                                     scheduler_options={"dashboard_address": dashboard})
+                                                     scheduler_options={"dashboard_address": ":0"})
             self.cluster.adapt(minimum_jobs=jobs, maximum_jobs=jobs)  # a job that ends (walltime) is replaced
             say(f"[plan] Dask: {jobs} {self.kind} worker job(s) asked for; each runs this script:\n"
                 + self.cluster.job_script())
