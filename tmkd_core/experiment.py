@@ -30,9 +30,13 @@ once. Under torchrun, the ranks train a stage together and rank 0 writes it
     multiview_teacher   data/checkpoints/multiview_teacher_<key>.final.pt (+ text heads)
     teacher_cache       data/cache/teacher_<key>/             pooled teacher features of K replicas
     student             data/runs/<key>.json                  one student run's record
+
+Each teacher and student run also writes its training curves (TensorBoard event files,
+`events.py`) beside its artefact: data/checkpoints/<stage>_<key>.tb/, data/runs/<key>.tb/.
 """
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import asdict
 from functools import cached_property
@@ -292,6 +296,13 @@ class Pipeline:
     def _checkpoint(self, stage: str) -> Path:  # the partial checkpoint; `artefact` is the finished one
         return self.checkpoints / f"{stage}_{self.key(stage)}.pt"
 
+    def events_dir(self, stage: str) -> Path | None:
+        """Where `stage`'s TensorBoard event files go while it trains (`events.EpochEvents`),
+        next to its artefact and under its key; None for the teacher-output cache."""
+        if stage in ("rgb_teacher", "multiview_teacher"):
+            return self._checkpoint(stage).with_suffix(".tb")
+        return self.runs_dir / f"{self.key('student')}.tb" if stage == "student" else None
+
     def partial_checkpoint(self, stage: str) -> Path | None:
         """Where `stage` keeps its resumable checkpoint while it trains (each epoch); None for
         the teacher-output cache, which resumes from its finished replicas."""
@@ -361,7 +372,9 @@ class Pipeline:
                 load_peer_checkpoint(model, t.checkpoint, t.checkpoint_sha256)
                 return {"history": [], "train_time_s": 0.0, "imported_from": str(t.checkpoint)}
             history = fit(model, supervised_loss(model), splits.train, self.cfg.teacher.optim, seed=t.seed,
-                          augment_seed=t.seed, checkpoint=checkpoint, **self._fit_kwargs("RGB teacher"))
+                          augment_seed=t.seed, checkpoint=checkpoint, events=self.events_dir("rgb_teacher"),
+                          watch=lambda m: {"val": evaluate(m, splits.val, device=self.device)},
+                          **self._fit_kwargs("RGB teacher"))
             return {"history": history, "train_time_s": sum(h["time_s"] for h in history)}  # resumed runs too
 
         info = self._train_or_load("rgb_teacher", model, train_fn if train else None)
@@ -381,11 +394,22 @@ class Pipeline:
             loss = multiview_teacher_loss(teacher, t_text, cfg.views, cfg.teacher.lambda_a, cfg.teacher.tau_a)
             history = fit(teacher, loss, splits.train, cfg.teacher.multiview_optim, seed=cfg.teacher.seed,
                           augment_seed=MULTIVIEW_AUGMENT + cfg.teacher.seed, checkpoint=checkpoint,
+                          events=self.events_dir("multiview_teacher"), watch=self._views_val_acc,
                           **self._fit_kwargs("multi-view teacher"))
             return {"history": history, "train_time_s": sum(h["time_s"] for h in history)}  # resumed runs too
 
         info = self._train_or_load("multiview_teacher", teacher, train_fn if train else None)
         return teacher.to(self.device).eval(), info
+
+    def _views_val_acc(self, teacher: MultiViewTeacher) -> dict[str, float]:
+        """A multi-view teacher's validation accuracy for its curves: of the mean of its views'
+        logits, as its training accuracy is (eval mode, no_grad; the mode is restored)."""
+        was_training = teacher.training
+        teacher.eval()
+        logits = predict(lambda x: teacher(make_views(x, self.cfg.views))["logits"].mean(0), self.splits.val,
+                         device=self.device)
+        teacher.train(was_training)
+        return {"val": accuracy(logits, self.splits.val.labels)}
 
     def train_or_load_rgb_teacher(self) -> tuple[torch.nn.Module, dict]:
         """The single-view (RGB) teacher: trained once per key and reused."""
@@ -504,6 +528,7 @@ class Pipeline:
                 if distributed.is_main():
                     path.unlink(missing_ok=True)
                     checkpoint.unlink(missing_ok=True)
+                    shutil.rmtree(self.events_dir("student"), ignore_errors=True)  # the retrained run's curves only
                 distributed.barrier()
                 build()
                 distributed.barrier()
@@ -539,7 +564,7 @@ class Pipeline:
         history = fit(distiller, distiller.forward_train, splits.train, cfg.student.optim, seed=cfg.seed,
                       augment_seed=AUGMENT_SEED, replicas=self.replicas, params=distiller.trainable_parameters(),
                       val=splits.val, eval_fn=lambda m, d: evaluate(m.student, d, device=self.device),
-                      checkpoint=checkpoint, on_epoch_end=on_epoch_end,
+                      checkpoint=checkpoint, on_epoch_end=on_epoch_end, events=self.events_dir("student"),
                       **self._fit_kwargs(f"{cfg.student.distiller} seed {cfg.seed}"))
         return {"config": asdict(cfg), "run_key": self.key("student"), "stage_keys": self.keys(),
                 "seed": cfg.seed, "val_acc": evaluate(student, splits.val, device=self.device),

@@ -20,6 +20,12 @@ two-thread run for resnet8, 1.15x for resnet14. A task that can only run alone (
 teacher, on which everything waits) takes every free thread instead (thread counts enter
 no key, see experiment.py).
 
+Where a task runs is the executor's (`executors.py`): worker processes of this machine
+(`--executor local`, the default), or the workers of a Dask cluster (`--executor dask`: a
+LocalCluster here, Slurm or PBS worker jobs with `--cluster slurm|pbs`, or a running
+scheduler with `--scheduler`; docs/cluster.md). Each teacher and student run writes its
+training curves as TensorBoard event files next to its checkpoint or record (`events.py`).
+
 A profile may name an artefact `store` (the cpu profile: `artefacts/cpu/`, kept in git): the
 plan copies every finished teacher checkpoint and run record there, and copies what a data
 root lacks back from it before it starts, so that a fresh clone (or a machine whose `data/`
@@ -58,6 +64,8 @@ import torch
 
 from .config import (ABLATIONS, METHODS, PROFILE_PLANS, ExperimentConfig, config_to_dict, dataset_config,
                      method_config, plan_value, profile_plan)
+from . import executors
+from .executors import Executor, LocalExecutor
 from .experiment import Pipeline
 from .teacher_study import Confirmatory, DecisionMismatch, TeacherStudy
 from .utils import atomic_copy
@@ -460,6 +468,7 @@ class Task:
     cost_flop: float = 0.0
     partial: Path | None = None  # its resumable checkpoint while it trains (Pipeline.partial_checkpoint)
     primary: bool = False  # the primary comparison needs it: it starts before the rest
+    events: Path | None = None  # its TensorBoard curves while it trains (Pipeline.events_dir)
 
     def done(self) -> bool:
         return self.artefact.exists()
@@ -548,7 +557,8 @@ def plan_tasks(profile: str, parts: Iterable[str] = ("pilot", "main", "ablations
         needs = [add(pipe, s, primary=primary) for s in pipe.after(stage) if s in Pipeline.BUILT_STAGES]
         if key not in tasks:
             tasks[key] = Task(stage, pipe.cfg, title or _title(stage, pipe.cfg), key, pipe.artefact(stage), needs,
-                              stage_flop(pipe, stage) if costs else 0.0, pipe.partial_checkpoint(stage), primary)
+                              stage_flop(pipe, stage) if costs else 0.0, pipe.partial_checkpoint(stage), primary,
+                              pipe.events_dir(stage))
         tasks[key].primary |= primary  # a teacher a secondary run listed first is the primary's too
         return key
 
@@ -878,17 +888,6 @@ def needed(tasks: list[Task], done=Task.done) -> list[Task]:
 
 # --- running -----------------------------------------------------------------------------------
 
-def _work(cfg_dict: dict, stage: str, threads: int, log: str) -> None:
-    """A worker process: one stage of one configuration, its output in `log`."""
-    with open(log, "a", buffering=1) as out:
-        os.dup2(out.fileno(), 1)
-        os.dup2(out.fileno(), 2)
-        torch.set_num_threads(threads)
-        from .config import config_from_dict
-
-        Pipeline(config_from_dict(cfg_dict)).build(stage)
-
-
 def hms(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
@@ -1025,12 +1024,15 @@ def hold_plan_lock(path: Path):
 
 
 def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s: float = 60.0,
-             store: Path | None = None, more: Callable[[], list[Task]] | None = None) -> int:
-    """Run the tasks not done yet on `jobs` worker processes; 0 when all finished, 1 when a
+             store: Path | None = None, more: Callable[[], list[Task]] | None = None,
+             executor: Executor | None = None) -> int:
+    """Run the tasks not done yet on `jobs` workers of the `executor` (default: worker
+    processes of this machine, `executors.LocalExecutor`); 0 when all finished, 1 when a
     task failed, PLAN_RUNNING when another plan holds this one's lock (`hold_plan_lock`).
     With a `store`, stored artefacts are restored first and each finished one is kept
     there. After each finished run, `more()` may return tasks to add (the widening rule's
-    pairs): those not in the plan yet go first."""
+    pairs): those not in the plan yet go first. The executor decides where a task runs;
+    what runs, and in which order, is decided here."""
     path = plan_lock_path(tasks)
     try:
         lock = hold_plan_lock(path) if path is not None else None
@@ -1038,19 +1040,18 @@ def run_plan(tasks: list[Task], jobs: int, log_dir: Path, say=print, heartbeat_s
         say(f"[plan] {exc}")
         return PLAN_RUNNING
     try:
-        return _run_holding_the_lock(tasks, jobs, log_dir, say, heartbeat_s, store, more)
+        return _run_holding_the_lock(tasks, jobs, log_dir, say, heartbeat_s, store, more,
+                                     executor if executor is not None else LocalExecutor())
     finally:
         if lock is not None:
             lock.close()
 
 
 def _run_holding_the_lock(tasks: list[Task], jobs: int, log_dir: Path, say, heartbeat_s: float,
-                          store: Path | None, more: Callable[[], list[Task]] | None) -> int:
-    machine_threads = torch.get_num_threads()
-    if jobs > machine_threads:
-        say(f"[plan] {jobs} workers asked for, {machine_threads} thread(s) here: running {machine_threads} at a time")
-        jobs = machine_threads
-    threads = worker_threads(jobs)
+                          store: Path | None, more: Callable[[], list[Task]] | None, executor: Executor) -> int:
+    jobs, threads, machine_threads, note = executor.capacity(jobs)
+    if note:
+        say(note)
     if store is not None:
         say = StoreLog(say, store)
         restored = restore_artefacts(tasks, store, say)
@@ -1065,15 +1066,25 @@ def _run_holding_the_lock(tasks: list[Task], jobs: int, log_dir: Path, say, hear
         return 0
     if store is not None:
         say.keep()
-    rate = measure_worker_rate(threads, jobs)
+    try:
+        executor.open(jobs, say)
+        rate = executor.rate(threads, jobs)
+    except BaseException as exc:
+        executor.close()
+        if not isinstance(exc, Exception):
+            raise
+        say(f"[plan] the {executor.name} executor could not start: {type(exc).__name__}: {exc}")
+        return 1
     progress = Progress(rate, jobs)
     progress.read_records(tasks)
-    say(f"[plan] {total} tasks, {skipped} done or not needed; {len(pending)} to run on {jobs} workers x {threads} "
-        f"thread(s); measured {rate / 1e9:.1f} GFLOP/s per worker; estimated {hms(progress.left(pending, {}))}")
+    say(f"[plan] {total} tasks, {skipped} done or not needed; {len(pending)} to run on "
+        f"{executor.describe(jobs, threads)}; measured {rate / 1e9:.1f} GFLOP/s per worker; estimated "
+        f"{hms(progress.left(pending, {}))}")
+    root = Path(pending[0].cfg.data.root)
+    say(f"[plan] live training curves: `tensorboard --logdir {root}` (each teacher and run writes them next to its "
+        f"checkpoint or record, <key>.tb/); per-task logs in {log_dir}")
     log_dir.mkdir(parents=True, exist_ok=True)
-    ctx = mp.get_context("spawn")
     running: dict[str, tuple[Task, float]] = {}
-    procs: dict[str, Any] = {}
     held: dict[str, int] = {}  # threads of each running task
     resumed: set[str] = set()  # tasks that started from a checkpoint of an earlier plan
     threads_of: dict[str, int] = {}
@@ -1095,17 +1106,15 @@ def _run_holding_the_lock(tasks: list[Task], jobs: int, log_dir: Path, say, hear
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         while pending or running:
-            for key, proc in list(procs.items()):
-                if proc.is_alive():
-                    continue
+            for ended in executor.ended():
+                key = ended.key
                 task, t0 = running.pop(key)
                 threads_of[key] = held.pop(key)
-                del procs[key]
                 log = log_dir / f"{task.key.replace(':', '_')}.log"
-                if proc.exitcode != 0 or not task.done():
+                if not ended.ok or not task.done():
                     tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
                     others = ", ".join(t.title for t, _ in running.values())
-                    say(f"[plan] FAILED: {task.title} (exit {proc.exitcode}); its log, {log}:\n{tail}"
+                    say(f"[plan] FAILED: {task.title} ({ended.why or 'no artefact'}); its log, {log}:\n{tail}"
                         + (f"\n[plan] stopping the others (they resume next time): {others}" if others else ""))
                     return 1
                 # a lone task's threads, or a task resumed part-way, would skew the correction
@@ -1124,8 +1133,8 @@ def _run_holding_the_lock(tasks: list[Task], jobs: int, log_dir: Path, say, hear
                         status(f"added {len(added)} task(s) first: " + "; ".join(t.title for t in added))
             while len(running) < jobs:
                 startable = ready_tasks(pending, done_keys)
-                n_threads = launch_threads(machine_threads - sum(held.values()), len(startable), len(running),
-                                           threads)
+                n_threads = (launch_threads(machine_threads - sum(held.values()), len(startable), len(running),
+                                            threads) if executor.pools_threads else threads)
                 if not startable or n_threads < 1:
                     break
                 ready = next_task(startable, work_behind(pending, {t.key: progress.estimate(t) for t in pending}))
@@ -1134,11 +1143,11 @@ def _run_holding_the_lock(tasks: list[Task], jobs: int, log_dir: Path, say, hear
                 cfg = {**config_to_dict(ready.cfg), "progress": False}
                 if ready.partial is not None and ready.partial.exists():
                     resumed.add(ready.key)
-                proc = ctx.Process(target=_work, args=(cfg, ready.stage, n_threads, str(log)), daemon=False)
-                proc.start()
-                procs[ready.key], running[ready.key], held[ready.key] = proc, (ready, time.perf_counter()), n_threads
+                executor.start(ready.key, cfg, ready.stage, n_threads, log)
+                running[ready.key], held[ready.key] = (ready, time.perf_counter()), n_threads
                 status(f"started {ready.title} on {n_threads} thread(s) (~{hms(progress.estimate(ready))})"
-                       + (" from its last checkpoint" if ready.key in resumed else ""))
+                       + (" from its last checkpoint" if ready.key in resumed else "")
+                       + (f"; curves in {ready.events}" if ready.events is not None else ""))
             if not running and pending:
                 say("[plan] no task can start: a task it needs is missing from the plan")
                 return 1
@@ -1156,11 +1165,8 @@ def _run_holding_the_lock(tasks: list[Task], jobs: int, log_dir: Path, say, hear
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        alive = [p for p in procs.values() if p.is_alive()]
-        for proc in alive:  # every worker first, then wait: a second signal orphans none
-            proc.terminate()
-        for proc in alive:
-            proc.join(30)
+        executor.stop()  # the tasks still running, if the plan stopped early (they resume next time)
+        executor.close()
         if store is not None:  # the interrupted tasks' last epochs, for a machine without this data root
             for task, _ in running.values():
                 try:
@@ -1288,12 +1294,22 @@ def main(argv=None) -> int:
                              "task of the whole plan resumes from (finished, or of a changed key), naming each; with "
                              "--dry-run, only list them. Run it with the code and store the plan runs with")
     parser.add_argument("--log-dir", default=None, help="per-task logs (default: <data.root>/logs/plan)")
+    executors.add_arguments(parser)
     parser.add_argument("--store", default=None,
                         help="artefact store: finished teachers and run records, restored when missing "
                              "(default: the profile's `store`, e.g. artefacts/cpu; 'none' for none)")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
+    if args.executor == "local" and (args.cluster != "local" or args.scheduler or args.job_script):
+        parser.error("--cluster, --scheduler and --job-script are for --executor dask")
+    if args.job_script:
+        if args.cluster == "local":
+            parser.error("--job-script prints a Slurm or PBS worker's job script: add --cluster slurm or pbs")
+        root = Path(dataset_config(args.profile, profile_plan(args.profile, "datasets")[0]).data.root)
+        print(executors.job_script(args.cluster, args.scheduler or "tcp://<the plan's scheduler>:<port>",
+                                   **executors.from_args(args, root).jobqueue))
+        return 0
     # the profile's store is relative to the project root, where it is kept in git
     store = profile_store(args.profile) if args.store is None else None if args.store == "none" else Path(args.store)
     if args.pilot_report:
@@ -1388,7 +1404,7 @@ def main(argv=None) -> int:
     root = Path(tasks[0].cfg.data.root) if tasks else Path("data")
     log_dir = Path(args.log_dir) if args.log_dir else root / "logs" / "plan"
     code = run_plan(tasks, args.jobs, log_dir, say=lambda s: print(s, flush=True), store=store,
-                    more=widened_pairs(args.profile, parts))
+                    more=widened_pairs(args.profile, parts), executor=executors.from_args(args, root))
     if code == 0 and not pilot_settled(args.profile):
         summary = pilot_summary(args.profile)
         if summary is not None:

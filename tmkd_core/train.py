@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .data import AugmentPlan, ImageSet, hash_seed, to_float
+from .events import EpochEvents
 from .utils import atomic_save, cpu_model, load_checkpoint
 
 if TYPE_CHECKING:
@@ -117,7 +118,8 @@ def fit(module: nn.Module, loss_fn: LossFn, train: ImageSet, optim: OptimConfig,
         eval_fn: Callable[[nn.Module, ImageSet], float] | None = None, progress: bool = True,
         desc: str = "train", autocast_dtype: torch.dtype | None = None, channels_last: bool = False,
         sync_batchnorm: bool = False, compile: bool = False,
-        on_epoch_end: Callable[[int, dict], None] | None = None) -> list[dict]:
+        on_epoch_end: Callable[[int, dict], None] | None = None, events: str | Path | None = None,
+        watch: Callable[[nn.Module], dict[str, float]] | None = None) -> list[dict]:
     """Train `module` for optim.epochs; return per-epoch history (loss terms, accuracies, time).
 
     `augment_seed` and `replicas` fix the crop/flip of sample i at epoch e (replica
@@ -125,7 +127,10 @@ def fit(module: nn.Module, loss_fn: LossFn, train: ImageSet, optim: OptimConfig,
     size and whether to augment. With `checkpoint`, the state is saved atomically after
     every epoch and a run finds and resumes from it. `autocast_dtype` (None: float32) is the
     precision of the forward pass; `compile` runs the loss through torch.compile (compiled
-    at the first step, again for another batch shape).
+    at the first step, again for another batch shape). With `events`, each epoch's scalars
+    go to TensorBoard event files in that folder (`events.EpochEvents`), with the
+    accuracies `watch(module)` returns (e.g. a teacher's on validation): for the curves
+    only, never in the history.
 
     Launched by torchrun (`distributed.init()`), every rank calls `fit` alike: the module
     trains under DistributedDataParallel on its shard of each global batch of
@@ -154,50 +159,57 @@ def fit(module: nn.Module, loss_fn: LossFn, train: ImageSet, optim: OptimConfig,
     module.to(device=device, memory_format=memory_format)
     step_loss = torch.compile(loss_fn) if compile else loss_fn
     step_loss = distributed.data_parallel(module, step_loss, device, sync_batchnorm) if group else step_loss
-    for epoch in range(start, optim.epochs):
-        module.train()
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(hash_seed(seed, epoch)))
-        order, rank_batch = distributed.shard_order(order, batch_size, group)
-        replica = augment_replica(epoch, replicas) if optim.augment else None
-        plan = AugmentPlan.draw(len(train), augment_seed, replica) if replica is not None else None
-        sums: dict[str, float] = {}
-        correct = seen = 0
-        t0 = time.perf_counter()
-        bar = tqdm(train.batches(rank_batch, order, drop_last=True), total=steps_per_epoch,
-                   desc=f"{desc} {epoch + 1}/{optim.epochs}", disable=not progress or not distributed.is_main(),
-                   leave=False)
-        for step, (idx, images, labels) in enumerate(bar):
-            x = prepare_batch(images, idx, plan, device, memory_format)
-            labels = labels.to(device)
-            progress_in_epoch = step * batch_size / len(train)  # of the global batches, on every rank
-            try:
-                logits, losses = train_step(step_loss, opt, Batch(x, labels, idx, epoch + progress_in_epoch,
-                                                                  replica), autocast_dtype)
-            except FloatingPointError as exc:
-                raise FloatingPointError(f"{desc}: {exc} at epoch {epoch + 1}; lower this stage's optim.lr "
-                                         f"(now {optim.lr})") from None
-            sched.step()
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
-            correct += int((logits.argmax(-1) == labels).sum())
-            seen += len(idx)
-        if group is not None:  # metrics of the global batches
-            *totals, correct, seen = distributed.all_sum([*sums.values(), correct, seen])
-            sums = dict(zip(sums, totals))
-        record = {"epoch": epoch + 1, "train_acc": correct / seen, "time_s": time.perf_counter() - t0,
-                  "lr": sched.get_last_lr()[0], **{f"loss_{k}": v / seen for k, v in sums.items()},
-                  "cpu_model": cpu_model()}  # a run resumed on another machine is mixed: report.run_cpu
-        if val is not None and eval_fn is not None:
-            record["val_acc"] = eval_fn(module, val)
-        history.append(record)
-        if checkpoint is not None:
-            if distributed.is_main():
-                atomic_save({"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
-                             "model": trainable_state(module), "optimizer": opt.state_dict(),
-                             "scheduler": sched.state_dict(), "history": history}, checkpoint)
-            distributed.barrier()
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, record)
+    curves = EpochEvents(events, start) if events is not None and distributed.is_main() else None
+    try:
+        for epoch in range(start, optim.epochs):
+            module.train()
+            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(hash_seed(seed, epoch)))
+            order, rank_batch = distributed.shard_order(order, batch_size, group)
+            replica = augment_replica(epoch, replicas) if optim.augment else None
+            plan = AugmentPlan.draw(len(train), augment_seed, replica) if replica is not None else None
+            sums: dict[str, float] = {}
+            correct = seen = 0
+            t0 = time.perf_counter()
+            bar = tqdm(train.batches(rank_batch, order, drop_last=True), total=steps_per_epoch,
+                       desc=f"{desc} {epoch + 1}/{optim.epochs}", disable=not progress or not distributed.is_main(),
+                       leave=False)
+            for step, (idx, images, labels) in enumerate(bar):
+                x = prepare_batch(images, idx, plan, device, memory_format)
+                labels = labels.to(device)
+                progress_in_epoch = step * batch_size / len(train)  # of the global batches, on every rank
+                try:
+                    logits, losses = train_step(step_loss, opt, Batch(x, labels, idx, epoch + progress_in_epoch,
+                                                                      replica), autocast_dtype)
+                except FloatingPointError as exc:
+                    raise FloatingPointError(f"{desc}: {exc} at epoch {epoch + 1}; lower this stage's optim.lr "
+                                             f"(now {optim.lr})") from None
+                sched.step()
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
+                correct += int((logits.argmax(-1) == labels).sum())
+                seen += len(idx)
+            if group is not None:  # metrics of the global batches
+                *totals, correct, seen = distributed.all_sum([*sums.values(), correct, seen])
+                sums = dict(zip(sums, totals))
+            record = {"epoch": epoch + 1, "train_acc": correct / seen, "time_s": time.perf_counter() - t0,
+                      "lr": sched.get_last_lr()[0], **{f"loss_{k}": v / seen for k, v in sums.items()},
+                      "cpu_model": cpu_model()}  # a run resumed on another machine is mixed: report.run_cpu
+            if val is not None and eval_fn is not None:
+                record["val_acc"] = eval_fn(module, val)
+            history.append(record)
+            if curves is not None:  # before the checkpoint: an epoch rerun after a kill shows once (purge_step)
+                curves.epoch(record, seen, watch(module) if watch is not None else None)
+            if checkpoint is not None:
+                if distributed.is_main():
+                    atomic_save({"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
+                                 "model": trainable_state(module), "optimizer": opt.state_dict(),
+                                 "scheduler": sched.state_dict(), "history": history}, checkpoint)
+                distributed.barrier()
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, record)
+    finally:
+        if curves is not None:
+            curves.close()
     module.eval()
     return history
 
