@@ -252,7 +252,7 @@ def evaluate_teacher(teacher: StudyTeacher, split: str) -> dict[str, Any]:
 
     from .analysis import weights_against_views
     from .experiment import Pipeline
-    from .train import accuracy
+    from .train import accuracy, predict
 
     v = teacher.variant
     if v.stage == "rgb_teacher":
@@ -261,8 +261,6 @@ def evaluate_teacher(teacher: StudyTeacher, split: str) -> dict[str, Any]:
             pipe = Pipeline(cfg)
             model, _ = pipe._rgb_teacher(train=False)
             data = getattr(pipe.splits, split)
-            from .train import predict
-
             probs.append(predict(lambda x: model(x)[0], data, device=pipe.device).softmax(-1))
         return {"deployed": 100 * accuracy(torch.stack(probs).mean(0), data.labels)}
     cfg = teacher.configs[0]
