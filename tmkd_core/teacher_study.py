@@ -302,11 +302,13 @@ def stage_keys(teacher: StudyTeacher) -> list[str]:
     return [Pipeline(cfg).key(teacher.variant.stage) for cfg in teacher.configs]
 
 
-def evaluation_name(teacher: StudyTeacher) -> str:
-    """The file a teacher's evaluation is kept in: its stage keys and what the evaluation computes."""
+def evaluation_name(teacher: StudyTeacher, keys: list[str] | None = None) -> str:
+    """The file a teacher's evaluation is kept in: its stage keys (`keys`, if already
+    resolved) and what the evaluation computes."""
     from .config import config_hash
 
-    return f"teacher_{config_hash({'keys': stage_keys(teacher), 'version': EVAL_VERSION, 'grid': FUSION_GRID}, length=16)}.json"
+    keys = stage_keys(teacher) if keys is None else keys
+    return f"teacher_{config_hash({'keys': keys, 'version': EVAL_VERSION, 'grid': FUSION_GRID}, length=16)}.json"
 
 
 def teacher_record(teacher: StudyTeacher, cache_dirs=()) -> dict[str, Any]:
@@ -321,7 +323,7 @@ def teacher_record(teacher: StudyTeacher, cache_dirs=()) -> dict[str, Any]:
     from .utils import atomic_write_text
 
     keys = stage_keys(teacher)
-    name = evaluation_name(teacher)
+    name = evaluation_name(teacher, keys)
     root = Path(teacher.configs[0].data.root) / "evals"
     places = [root / name, *(Path(d) / "evals" / name for d in cache_dirs)]
     found = next((p for p in places if p.exists()), None)
