@@ -358,6 +358,15 @@ def test_the_primary_comparisons_runs_teachers_and_caches_are_marked_to_go_first
     later = [t for t in whole_plan("cpu") if t.primary and t.key not in {f.key for f in first}]
     assert later and all(t.cfg.data.name == confirmatory["dataset"] for t in later)
     assert {t.cfg.student.distiller for t in later if t.stage == "student"} == {"kd"}  # TMKD's teacher: not chosen
+    # among them, the candidates whose choice TMKD's side waits on start before KD's side
+    deciding = [t for t in later if t.decides]
+    assert sorted(t.title.split(" (")[0] for t in deciding) == sorted(
+        f"teacher {v}" for v in PROFILE_PLANS["cpu"]["teacher_study"]["candidates"]
+        for _ in PROFILE_PLANS["cpu"]["teacher_study"]["teacher_seeds"][confirmatory["dataset"]])
+    pending = [t for t in whole_plan("cpu") if t.primary]
+    behind = work_behind(pending, {t.key: 1.0 for t in pending})
+    kd_teacher = max((t for t in later if not t.decides), key=lambda t: behind[t.key])  # KD's teacher, runs behind it
+    assert behind[kd_teacher.key] > 0 and next_task([kd_teacher, deciding[0]], behind) is deciding[0]
 
 
 def test_primary_comparison_and_the_seed_rule():

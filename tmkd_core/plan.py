@@ -469,6 +469,7 @@ class Task:
     partial: Path | None = None  # its resumable checkpoint while it trains (Pipeline.partial_checkpoint)
     primary: bool = False  # the primary comparison needs it: it starts before the rest
     events: Path | None = None  # its TensorBoard curves while it trains (Pipeline.events_dir)
+    decides: bool = False  # a pending pre-registered decision reads it, and unplanned work waits on that decision
 
     def done(self) -> bool:
         return self.artefact.exists()
@@ -568,8 +569,9 @@ def plan_tasks(profile: str, parts: Iterable[str] = ("pilot", "main", "ablations
         add(Pipeline(spec.config(profile)), "student", run_title(spec), is_primary(profile, spec) or spec in first)
     for teacher in study.teachers() if study else []:
         for i, cfg in enumerate(teacher.configs):  # an ensemble's second teacher is titled as an RGB teacher
-            add(Pipeline(cfg), teacher.variant.stage, None if i else teacher.title,
-                primary=conf is not None and teacher.dataset == conf.dataset)
+            key = add(Pipeline(cfg), teacher.variant.stage, None if i else teacher.title,
+                      primary=conf is not None and teacher.dataset == conf.dataset)
+            tasks[key].decides |= conf is not None and teacher in conf.choice_reads(study)
     for cfg in configs:  # teachers no run reads come last: notebook 02's control, notebook 03's generic prompts
         pipe = Pipeline(cfg)
         add(pipe, "multiview_teacher" if pipe.uses("multiview_teacher") else "rgb_teacher")
@@ -842,10 +844,13 @@ def work_behind(tasks: list[Task], seconds: dict[str, float]) -> dict[str, float
 
 
 def next_task(startable: list[Task], behind: dict[str, float]) -> Task:
-    """The task a free worker starts: the primary comparison's first, then the one with the
-    longest chain of work waiting on it (`work_behind`: a CIFAR-100 teacher before a
-    CIFAR-10 run, so that its chain does not end alone with a worker idle), then plan order."""
-    return min(startable, key=lambda t: (not t.primary, -behind.get(t.key, 0.0)))  # min keeps the first of ties
+    """The task a free worker starts: the primary comparison's first; among them, those a
+    pending decision reads (`Task.decides`: the teacher study's candidates, whose choice all of
+    TMKD's confirmatory side waits on, work the plan cannot list yet, so `work_behind` cannot
+    see it); then the one with the longest chain of work waiting on it (`work_behind`: a
+    CIFAR-100 teacher before a CIFAR-10 run, so that its chain does not end alone with a
+    worker idle), then plan order."""
+    return min(startable, key=lambda t: (not t.primary, not t.decides, -behind.get(t.key, 0.0)))  # first of ties
 
 
 def finish_seconds(pending: list[Task], running_left: dict[str, float], jobs: int,

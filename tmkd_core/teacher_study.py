@@ -182,6 +182,16 @@ class Confirmatory:
         return [RunSpec(self.dataset, method, s, t, _frozen(overrides), f"teacher={v.name}")
                 for t in teacher_seeds for s in self.student_seeds(t) for method, overrides, v in sides]
 
+    def choice_reads(self, study: TeacherStudy) -> list[StudyTeacher]:
+        """The study's teachers the choice of TMKD's teacher reads (each candidate at each of
+        the dataset's study seeds); none once the choice is committed."""
+        return [] if self.chosen else self.candidate_teachers(study)
+
+    def candidate_teachers(self, study: TeacherStudy) -> list[StudyTeacher]:
+        """Each candidate variant at each of the confirmatory dataset's study seeds."""
+        seeds = dict(study.teacher_seeds)[self.dataset]
+        return [t for t in study.teachers(self.dataset) if t.variant in study.candidates and t.teacher_seed in seeds]
+
     FUSION_CHECK_SEED = 900  # student seed 900 + t under teacher t: validation only, never a final seed
 
     def fusion_check_runs(self, teacher_seeds) -> list:
@@ -588,8 +598,7 @@ def check_confirmatory_decisions(conf: Confirmatory, study: TeacherStudy, cache_
         raise DecisionMismatch(f"{where}['tmkd_variant'] = {conf.tmkd_variant.name!r} is not a candidate "
                                f"({', '.join(v.name for v in study.candidates)})")
     seeds = dict(study.teacher_seeds)[conf.dataset]
-    records = [teacher_record(t, cache_dirs) for t in study.teachers(conf.dataset)
-               if t.variant in study.candidates and t.teacher_seed in seeds]
+    records = [teacher_record(t, cache_dirs) for t in conf.candidate_teachers(study)]
     choice = choose_variant(records, study, conf.dataset, seeds)
     if choice["chosen"] != conf.tmkd_variant.name:
         raise DecisionMismatch(f"{where}['tmkd_variant'] = {conf.tmkd_variant.name!r}, but the validation rule "
