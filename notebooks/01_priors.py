@@ -22,7 +22,7 @@
 
 # %% tags=["parameters"]
 profile = "cpu"
-datasets = None  # None: the profile's datasets (tmkd_core.config.PROFILE_PLANS)
+datasets = None  # None: the study's datasets (tmkd_core.study.Study)
 out_dir = "figures"
 n_samples = 6
 radii = [0.1, 0.25, 0.5, 0.75]
@@ -38,15 +38,17 @@ from skimage.transform import resize
 
 from tmkd_core import priors
 from tmkd_core.analysis import energy_kept, radial_energy, reference_agreement, view_mode_statistics
-from tmkd_core.config import ViewConfig, dataset_config, profile_plan
+from tmkd_core.config import ViewConfig
 from tmkd_core.data import first_of_each_class
 from tmkd_core.experiment import Pipeline
 from tmkd_core.report import Outputs, enter_project_root
+from tmkd_core.study import Study
 
 set_matplotlib_formats("jpeg")  # photographs: inline JPEGs keep the executed notebook a fraction of PNGs' size
 root = enter_project_root()
 out = Outputs(root / out_dir)
-datasets = profile_plan(profile, "datasets", datasets)
+study = Study.of(profile)
+datasets = list(datasets or study.datasets)
 torch.manual_seed(0)
 
 
@@ -123,7 +125,7 @@ out.figure(fig, "priors_operators")
 # %%
 samples, energy_rows, spectra_rows, mode_rows = {}, [], {}, []
 for name in datasets:
-    pipe = Pipeline(dataset_config(profile, name))
+    pipe = Pipeline(study.dataset_config(name))
     splits = pipe.splits
     x = splits.train.images[:512].float() / 255
     first_of_class = first_of_each_class(splits.train.labels, n_samples)

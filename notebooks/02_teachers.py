@@ -24,7 +24,7 @@
 
 # %% tags=["parameters"]
 profile = "cpu"
-datasets = None  # None: the profile's datasets (tmkd_core.config.PROFILE_PLANS)
+datasets = None  # None: the study's datasets (tmkd_core.study.Study)
 out_dir = "figures"
 n_cam = 6
 
@@ -34,14 +34,14 @@ import pandas as pd
 from IPython.display import display
 
 from tmkd_core.analysis import fused_teacher_forward, grad_cam, rgb_teacher_forward
-from tmkd_core.config import profile_plan
 from tmkd_core.data import first_of_each_class
 from tmkd_core.experiment import Pipeline
-from tmkd_core.plan import teacher_configs
 from tmkd_core.report import Outputs, enter_project_root
+from tmkd_core.study import Study
 
 out = Outputs(enter_project_root() / out_dir)
-datasets = profile_plan(profile, "datasets", datasets)
+study = Study.of(profile)
+datasets = list(datasets or study.datasets)
 
 # %% [markdown]
 # ## Accuracy of each view and of the fused teacher
@@ -59,7 +59,7 @@ datasets = profile_plan(profile, "datasets", datasets)
 
 # %%
 pipes, reports, curves = {}, {}, {}
-for cfg in teacher_configs(profile, datasets):
+for cfg in study.teacher_configs(datasets):
     name, pipe = cfg.data.name, Pipeline(cfg)
     pipes.setdefault(name, pipe)  # figures: the first teacher seed
     infos = pipe.train_or_load_teachers(control=True)  # the only cell that trains teachers
@@ -142,13 +142,11 @@ out.figure(fig, "teachers_gradcam")
 # (`choice`).
 
 # %%
-from tmkd_core.plan import profile_store
-from tmkd_core.teacher_study import Confirmatory, TeacherStudy, write_teacher_report
+from tmkd_core.teacher_study import write_teacher_report
 
-study = TeacherStudy.of(profile)
-if study is not None:
-    store = profile_store(profile)
-    study_report = write_teacher_report(study, out.figures, [store] if store else [], Confirmatory.of(profile))
+if study.teacher_study is not None:
+    stores = [study.store] if study.store else []
+    study_report = write_teacher_report(study.teacher_study, out.figures, stores, study.confirmatory)
     print("not trained yet:", study_report["missing"])
     print("choice of the confirmatory comparison's teacher:", study_report.get("choice"))
     display(pd.read_csv(out.tables / "teacher_study.csv"))

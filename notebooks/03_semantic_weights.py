@@ -41,16 +41,17 @@ import seaborn as sns
 
 from tmkd_core import priors
 from tmkd_core.analysis import fusion_weights, weight_sweep, weights_against_views
-from tmkd_core.config import dataset_config, profile_plan
 from tmkd_core.data import first_of_each_class
 from tmkd_core.experiment import Pipeline
 from tmkd_core.explorer import ViewExplorer
 from tmkd_core.report import Outputs, enter_project_root
+from tmkd_core.study import Study
 from tmkd_core.text import prompt_templates
 
 out = Outputs(enter_project_root() / out_dir)
-dataset = dataset or profile_plan(profile, "datasets")[0]
-pipe = Pipeline(dataset_config(profile, dataset))
+study = Study.of(profile)
+dataset = dataset or study.datasets[0]
+pipe = Pipeline(study.dataset_config(dataset))
 cfg, splits = pipe.cfg, pipe.splits
 views, classes = cfg.views.views, splits.class_names
 
@@ -170,8 +171,8 @@ sweep
 # a live kernel: in the executed copy (`interactive = False`) its cell is empty.
 
 # %%
-explorer = ViewExplorer({name: pipe if name == dataset else Pipeline(dataset_config(profile, name))
-                         for name in profile_plan(profile, "datasets")})
+explorer = ViewExplorer({name: pipe if name == dataset else Pipeline(study.dataset_config(name))
+                         for name in study.datasets})
 fig = explorer.draw(dataset, explore_index)
 out.figure(fig, "explorer_default")
 fig = explorer.draw(dataset, explore_index, edge_operator="canny", hf_radius=0.5, tau_w=0.02, condition="pred")

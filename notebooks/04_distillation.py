@@ -28,7 +28,7 @@
 
 # %% tags=["parameters"]
 profile = "cpu"
-datasets = None  # None: the profile's datasets (tmkd_core.config.PROFILE_PLANS)
+datasets = None  # None: the study's datasets (tmkd_core.study.Study)
 seeds = None  # None: the profile's seeds (and the primary comparison's)
 out_dir = "figures"
 n_trace = 4  # images in the one-step walk-through
@@ -40,17 +40,19 @@ from IPython.display import display
 import pandas as pd
 
 from tmkd_core.analysis import tmkd_step_trace
-from tmkd_core.config import METHODS, dataset_config, method_config, plan_value, profile_plan
+from tmkd_core.config import METHODS, method_config
 from tmkd_core.experiment import Pipeline
 from tmkd_core.explorer import draw_step_trace, step_trace_tables
-from tmkd_core.plan import DECISION_MARGIN, KD_FLOOR, main_runs, pilot_runs, pilot_summary, primary_seeds
-from tmkd_core.teacher_study import Confirmatory, write_confirmatory_report
+from tmkd_core.protocol import DECISION_MARGIN, KD_FLOOR, pilot_summary
+from tmkd_core.study import Study
+from tmkd_core.teacher_study import write_confirmatory_report
 from tmkd_core.figures import distillation_forest
 from tmkd_core.report import (GAIN_STEPS, PRIMARY_CAPTION, Outputs, enter_project_root, gain_decomposition,
                               group_runs, method_table, primary_comparison, primary_table, run_record)
 
 out = Outputs(enter_project_root() / out_dir)
-datasets = profile_plan(profile, "datasets", datasets)
+study = Study.of(profile)
+datasets = list(datasets or study.datasets)
 
 # %% [markdown]
 # ## One TMKD step, taken apart
@@ -62,7 +64,7 @@ datasets = profile_plan(profile, "datasets", datasets)
 # its coefficient; the trainer sums them).
 
 # %%
-tmkd = Pipeline(method_config(dataset_config(profile, datasets[0]), "TMKD"))
+tmkd = Pipeline(method_config(study.dataset_config(datasets[0]), "TMKD"))
 trace = tmkd_step_trace(tmkd, n_trace)
 classes = tmkd.splits.class_names
 fig = draw_step_trace(trace, classes, f"One TMKD step on {datasets[0]}: views with scores s and weights w, "
@@ -81,30 +83,29 @@ step_losses
 # its default. Seeds below 10; the final runs never reuse them.
 
 # %%
-pilot = [(spec, Pipeline(spec.config(profile)).run_student()) for spec in pilot_runs(profile)]
+pilot = [(spec, Pipeline(study.config(spec)).run_student()) for spec in study.pilot_runs()]
 pilot_records = [run_record(s.dataset, s.method, r, s.setting) for s, r in pilot]  # test_acc None: never read
 if pilot_records:
-    pilot_table, decided = pilot_summary(profile)
-    plan = plan_value(profile, "pilot")
-    out.table(pilot_table, "pilot", "Validation pilot (seeds " + ", ".join(map(str, plan["seeds"])) +
+    pilot_table, decided = pilot_summary(study)
+    out.table(pilot_table, "pilot", "Validation pilot (seeds " + ", ".join(map(str, study.pilot.seeds)) +
               f"): paired differences in validation accuracy; a variant is adopted above +{DECISION_MARGIN} point")
     print(f"KD validation accuracy {decided['kd_val']:.2f}% (needs {KD_FLOOR:.0f}%); sd of TMKD - KD "
           f"{decided['sd_diff']:.2f} points; pairs the seed rule asks for: {decided['pairs_needed']}, the plan runs "
-          f"{len(primary_seeds(profile))} (docs/protocol.md's widening rule included)")
+          f"{len(study.primary_seeds())} (docs/protocol.md's widening rule included)")
     display(pilot_table)
 
 # %% [markdown]
 # ## Runs
 # Each run is recorded in `data/runs/` under the key of the settings it reads; the results
 # file keeps one record per run (`run_record`), and every table below is computed from
-# those records alone. The runs are `tmkd_core.plan.main_runs`, which `make reproduce`
+# those records alone. The runs are `Study.main_runs`, which `make reproduce`
 # has trained before this notebook starts.
 
 # %%
-specs = main_runs(profile, datasets, seeds)
+specs = study.main_runs(datasets, seeds)
 results = {(s.dataset, s.method): [] for s in specs}  # full run results (histories for the curves)
 for s in specs:
-    results[s.dataset, s.method].append(Pipeline(s.config(profile)).run_student())
+    results[s.dataset, s.method].append(Pipeline(study.config(s)).run_student())
 records = [run_record(name, m, r) for (name, m), rs in results.items() for r in rs]
 
 # %% [markdown]
@@ -115,10 +116,10 @@ records = [run_record(name, m, r) for (name, m), rs in results.items() for r in 
 
 # %%
 primary = None
-primary_plan = plan_value(profile, "primary", datasets[0])
-if primary_plan:
-    primary = primary_comparison([r for r in records if r["dataset"] == datasets[0]], *primary_plan["methods"][::-1])
-    primary_rows = primary_table(primary, datasets[0], *primary_plan["methods"][::-1])
+p = study.primary
+if p is not None and p.dataset == datasets[0]:
+    primary = primary_comparison([r for r in records if r["dataset"] == p.dataset], p.method, p.reference)
+    primary_rows = primary_table(primary, p.dataset, p.method, p.reference)
     out.table(primary_rows, "primary", PRIMARY_CAPTION)
     display(primary_rows)
 
@@ -134,7 +135,7 @@ if primary_plan:
 
 # %%
 confirmatory = None
-conf = Confirmatory.of(profile)
+conf = study.confirmatory
 if conf is not None:
     found = write_confirmatory_report(conf, out.figures)
     if isinstance(found, list):
@@ -150,7 +151,7 @@ if conf is not None:
 tables = []
 for name in datasets:
     runs = group_runs(r for r in records if r["dataset"] == name)
-    pipe = Pipeline(dataset_config(profile, name))
+    pipe = Pipeline(study.dataset_config(name))
     teacher = pipe.teacher_report("test")
     t = method_table(runs, reference="KD")
     t.insert(0, "dataset", name)
@@ -212,8 +213,7 @@ out.figure(fig, "distillation_curves")
 # left off the scale.
 
 # %%
-fig = distillation_forest(records, (datasets[0], *primary_plan["methods"][::-1]) if primary_plan else None,
-                          GAIN_STEPS)
+fig = distillation_forest(records, (p.dataset, p.method, p.reference) if primary is not None else None, GAIN_STEPS)
 out.figure(fig, "distillation_forest")
 
 # %% tags=["nbval-check"]
@@ -226,4 +226,4 @@ assert main["mean"].between(0, 100).all(), f"mean accuracies outside [0, 100]:\n
 out.results_json("04_distillation", {"datasets": datasets, "table": main.to_dict("records"), "primary": primary,
                                      "gain_decomposition": decomposition.to_dict("records"),
                                      "pilot_runs": pilot_records, "confirmatory": confirmatory},
-                 dataset_config(profile, datasets[0]), sorted({r["seed"] for r in records}), runs=records)
+                 study.dataset_config(datasets[0]), sorted({r["seed"] for r in records}), runs=records)

@@ -29,22 +29,23 @@ groups = None  # None: the profile's ablation groups (every group of tmkd_core.c
 out_dir = "figures"
 
 # %%
-from tmkd_core.config import ABLATIONS, dataset_config, plan_value, profile_plan
+from tmkd_core.config import ABLATIONS
 from tmkd_core.experiment import Pipeline
 from tmkd_core.figures import ablation_forest
-from tmkd_core.plan import ablation_runs
+from tmkd_core.study import Study
 from tmkd_core.report import Outputs, ablation_table, enter_project_root, group_runs, mean_std, run_record
 
 out = Outputs(enter_project_root() / out_dir)
-dataset = dataset or profile_plan(profile, "datasets")[0]
-seeds = profile_plan(profile, "ablation_seeds", seeds)
-groups = list(groups or plan_value(profile, "ablation_groups") or ABLATIONS)
-base = dataset_config(profile, dataset)
+study = Study.of(profile)
+dataset = dataset or study.datasets[0]
+seeds = list(study.ablation_seeds if seeds is None else seeds)
+groups = list(groups or study.ablation_groups)
+base = study.dataset_config(dataset)
 
 # %%
-kd_specs, tmkd_specs = ablation_runs(profile, dataset, seeds, groups)
-kd = [run_record(dataset, "KD", Pipeline(s.config(profile)).run_student()) for s in kd_specs]
-tmkd = [run_record(dataset, "TMKD", Pipeline(s.config(profile)).run_student(), s.setting) for s in tmkd_specs]
+kd_specs, tmkd_specs = study.ablation_runs(dataset, seeds, groups)
+kd = [run_record(dataset, "KD", Pipeline(study.config(s)).run_student()) for s in kd_specs]
+tmkd = [run_record(dataset, "TMKD", Pipeline(study.config(s)).run_student(), s.setting) for s in tmkd_specs]
 # each setting against KD and against its group's default (report.ablation_table)
 ablations = ablation_table(kd, tmkd, base, groups)
 records = kd + [r for runs in group_runs(tmkd, by="setting").values() for r in runs]

@@ -19,7 +19,8 @@ import torch
 from tmkd_core.config import method_config
 from tmkd_core.executors import RESOURCE, DaskExecutor, LocalExecutor, job_script
 from tmkd_core.experiment import Pipeline
-from tmkd_core.plan import Task, main, run_plan
+from tmkd_core.plan import main
+from tmkd_core.scheduler import Task, run_plan
 
 TIMES = ("train_time_s", "cache_time_s")  # wall times: the only fields two runs of one task may differ in
 
@@ -79,8 +80,8 @@ def test_the_plan_on_a_dask_cluster_writes_the_records_of_the_local_executor(cif
                                                                             monkeypatch):
     # one thread per task either way (thread counts change the last bits, not the keys): the
     # local executor would give a task that runs alone both threads of this machine
-    monkeypatch.setattr("tmkd_core.plan.launch_threads", lambda free, ready, running, per_worker: per_worker)
-    monkeypatch.setattr("tmkd_core.plan.measure_worker_rate", lambda threads, jobs: 1e9)  # tested in test_plan
+    monkeypatch.setattr("tmkd_core.scheduler.launch_threads", lambda free, ready, running, per_worker: per_worker)
+    monkeypatch.setattr("tmkd_core.costs.measure_worker_rate", lambda threads, jobs: 1e9)  # tested in test_plan
     kd, ce = _tiny(cifar_cfg, "KD", 921), _tiny(cifar_cfg, "CE", 922)
     tasks = _tasks(kd) + _tasks(ce)  # RGB teacher -> its output cache -> KD; CE beside them
     assert [t.stage for t in tasks] == ["rgb_teacher", "teacher_cache", "student", "student"]

@@ -1,4 +1,5 @@
-"""The plan of a profile (tmkd_core.plan) and the primary statistic of docs/protocol.md."""
+"""A study's plan (tmkd_core.study, plan, scheduler, store, protocol) and the primary statistic
+of docs/protocol.md."""
 from __future__ import annotations
 
 import json
@@ -8,25 +9,32 @@ from pathlib import Path
 import pytest
 import torch
 
-from tmkd_core.config import (ABLATIONS, METHODS, PROFILE_METHODS, PROFILE_PLANS, PROFILES, method_config,
-                              profile_plan, with_overrides)
+from tmkd_core import protocol
+from tmkd_core.config import ABLATIONS, METHODS, PROFILE_METHODS, PROFILE_PLANS, PROFILES, method_config, with_overrides
 from tmkd_core.experiment import Pipeline
-from tmkd_core.plan import (PLAN_RUNNING, PilotNotSettled, Progress, RunSpec, Task, ablation_runs, finish_seconds,
-                            in_plan_order, keep_artefact, keep_partial, launch_threads, main_runs, needed, next_task,
-                            pilot_runs, pilot_settled, plan_lock_path, plan_tasks, plan_wall_time, primary_seeds,
-                            ready_tasks, restore_artefacts, run_plan, stale_partials, stored_copy, stored_partial,
-                            teacher_configs, whole_plan, widen_pairs, work_behind)
+from tmkd_core.plan import plan_tasks, whole_plan
+from tmkd_core.protocol import widen_pairs
 from tmkd_core.report import primary_comparison, seeds_needed
+from tmkd_core.scheduler import (PLAN_RUNNING, Progress, Task, finish_seconds, launch_threads, needed, next_task,
+                                 plan_lock_path, ready_tasks, run_plan, work_behind)
+from tmkd_core.store import (keep_artefact, keep_partial, plan_wall_time, restore_artefacts, stale_partials,
+                             stored_copy, stored_partial)
+from tmkd_core.study import PilotNotSettled, RunSpec, Study
+
+
+def cpu() -> Study:
+    """The cpu study as PROFILE_PLANS declares it now (a test may have changed it)."""
+    return Study.of("cpu")
 
 
 @pytest.fixture(autouse=True)
 def no_final_run_has_finished(monkeypatch):
     """The plan as it stands before any final run, whatever data/ and the store hold here."""
-    monkeypatch.setattr("tmkd_core.plan.finished_record", lambda spec, profile: None)
+    monkeypatch.setattr("tmkd_core.study.finished_record", lambda spec, profile, store: None)
 
 
 def test_the_cpu_plan_pairs_student_seeds_with_teacher_seeds_in_turn():
-    runs = main_runs("cpu", settled_only=False)
+    runs = cpu().main_runs(settled_only=False)
     primary = PROFILE_PLANS["cpu"]["primary"]
     kd = [r for r in runs if r.dataset == "cifar10" and r.method == "KD"]
     assert [r.seed for r in kd] == primary["seeds"]  # the primary seeds, the shared first ones once
@@ -37,10 +45,10 @@ def test_the_cpu_plan_pairs_student_seeds_with_teacher_seeds_in_turn():
     assert {r.method for r in runs if r.dataset == "cifar100"} == {"CE", "KD", "TMKD"}
     assert {r.teacher_seed for r in runs if r.dataset == "cifar100"} == {0}
     assert len(runs) == len(set(runs))
-    assert [(c.data.name, c.teacher.seed) for c in teacher_configs("cpu")] == [("cifar10", 0), ("cifar10", 1),
+    assert [(c.data.name, c.teacher.seed) for c in cpu().teacher_configs()] == [("cifar10", 0), ("cifar10", 1),
                                                                              ("cifar100", 0)]
     # the pilot: validation seeds below 10, never a final seed
-    pilot = pilot_runs("cpu")
+    pilot = cpu().pilot_runs()
     assert {r.seed for r in pilot} == {0, 1} and {r.teacher_seed for r in pilot} == {0}
     assert {(r.method, r.setting) for r in pilot} == {("KD", ""), ("TMKD", ""), ("TMKD", "views=detail"),
                                                       ("TMKD", "score=class_prob"), ("KD", "tau=2"),
@@ -52,7 +60,7 @@ def test_the_cpu_plan_pairs_student_seeds_with_teacher_seeds_in_turn():
         assert cfg.score_test is False
         if not r.setting:
             assert cfg.views.edge_mode == baseline["views.edge_mode"] and cfg.student.tau == baseline["student.tau"]
-    _, tmkd_abl = ablation_runs("cpu", settled_only=False)
+    _, tmkd_abl = cpu().ablation_runs(settled_only=False)
     groups = PROFILE_PLANS["cpu"]["ablation_groups"]
     assert len(tmkd_abl) == len(PROFILE_PLANS["cpu"]["ablation_seeds"]) * sum(len(ABLATIONS[g]) for g in groups)
     cfg = tmkd_abl[0].config("cpu")
@@ -63,43 +71,43 @@ def test_the_cpu_plan_pairs_student_seeds_with_teacher_seeds_in_turn():
 
 def test_no_final_run_starts_before_the_pilot_has_decided(monkeypatch):
     monkeypatch.setitem(PROFILE_PLANS["cpu"], "pilot", {**PROFILE_PLANS["cpu"]["pilot"], "settled": False})
-    assert not pilot_settled("cpu") and pilot_settled("smoke")  # smoke has no pilot
-    for ask in (lambda: main_runs("cpu"), lambda: ablation_runs("cpu"), lambda: plan_tasks("cpu", ["pilot", "main"])):
+    assert not cpu().pilot_settled and Study.of("smoke").pilot_settled  # smoke has no pilot
+    for ask in (lambda: cpu().main_runs(), lambda: cpu().ablation_runs(), lambda: plan_tasks(cpu(), ["pilot", "main"])):
         with pytest.raises(PilotNotSettled, match="docs/protocol.md, 'Settling the pilot'"):
             ask()
     # marked settled while a pilot run is missing: still refused
     monkeypatch.setitem(PROFILE_PLANS["cpu"]["pilot"], "settled", True)
-    monkeypatch.setattr("tmkd_core.plan.pilot_summary", lambda profile: None)
+    monkeypatch.setattr("tmkd_core.protocol.pilot_summary", lambda study: None)
     with pytest.raises(PilotNotSettled, match="marked settled but"):
-        main_runs("cpu")
-    assert main_runs("cpu", settled_only=False)
+        cpu().main_runs()
+    assert cpu().main_runs(settled_only=False)
 
 
 def test_plan_tasks_are_each_stage_once_in_dependency_order(cifar_cfg, monkeypatch):
-    import tmkd_core.plan as plan
 
     # the smoke plan, on the test's data root
-    monkeypatch.setattr(plan, "dataset_config", lambda profile, name, o=None: with_overrides(
+    monkeypatch.setattr("tmkd_core.study.dataset_config", lambda profile, name, o=None: with_overrides(
         cifar_cfg, {"data.name": name, **(o or {})}))
-    monkeypatch.setattr("tmkd_core.plan.RunSpec.config", lambda self, profile: method_config(
+    monkeypatch.setattr("tmkd_core.study.RunSpec.config", lambda self, profile: method_config(
         with_overrides(cifar_cfg, {"data.name": self.dataset}), self.method,
         {**dict(self.overrides), "seed": self.seed, "teacher.seed": self.teacher_seed}))
-    tasks = plan_tasks("smoke")
+    smoke = Study.of("smoke")
+    tasks = plan_tasks(smoke)
     keys = [t.key for t in tasks]
     assert len(keys) == len(set(keys))
     position = {t.key: i for i, t in enumerate(tasks)}
     for t in tasks:
         assert all(position[n] < position[t.key] for n in t.needs), t.title
     students = [t for t in tasks if t.stage == "student"]
-    kd, tmkd_ablations = ablation_runs("smoke")
-    specs = main_runs("smoke") + kd + tmkd_ablations  # overlapping: the ablation's default is the main TMKD
+    kd, tmkd_ablations = smoke.ablation_runs()
+    specs = smoke.main_runs() + kd + tmkd_ablations  # overlapping: the ablation's default is the main TMKD
     assert {t.key for t in students} == {f"student:{Pipeline(s.config('smoke')).key('student')}" for s in specs}
     assert len(students) < len(specs)
     tmkd = next(t for t in students if t.title.startswith("TMKD seed 0"))
     assert {k.split(":")[0] for k in tmkd.needs} == {"multiview_teacher", "teacher_cache"}
     assert all(t.cost_flop > 0 for t in tasks)
     # notebook 03's weights with generic prompts: the teacher it would otherwise train unannounced
-    first = plan.dataset_config("smoke", profile_plan("smoke", "datasets")[0])
+    first = smoke.dataset_config(smoke.datasets[0])
     generic = Pipeline(first).with_overrides({"text.prompts": "generic"})
     assert [t.key for t in tasks if "generic prompts" in t.title] == \
         [f"multiview_teacher:{generic.key('multiview_teacher')}"]
@@ -235,7 +243,7 @@ def test_prune_store_lists_then_removes_only_what_no_unfinished_task_resumes_fro
 
     monkeypatch.setattr(Task, "done", lambda self: False)  # nothing finished, whatever data/ holds
     store = tmp_path / "store"
-    task = next(t for t in whole_plan("smoke") if t.partial is not None)
+    task = next(t for t in whole_plan(Study.of("smoke")) if t.partial is not None)
     live, orphan = stored_partial(task, store), store / "partial" / "checkpoints" / "student_0123456789abcdef.pt"
     assert main(["--profile", "smoke", "--store", str(store), "--prune-store"]) == 0
     assert "has no partial/ folder" in capsys.readouterr().out
@@ -344,8 +352,8 @@ def test_a_free_worker_takes_the_primary_tasks_then_the_longest_chain_and_the_es
 
 
 def test_the_primary_comparisons_runs_teachers_and_caches_are_marked_to_go_first(monkeypatch):
-    monkeypatch.setattr("tmkd_core.plan.check_pilot_decisions", lambda profile: None)  # no pilot run here
-    tasks = plan_tasks("cpu", ["pilot", "main", "ablations"], costs=False)
+    monkeypatch.setattr("tmkd_core.protocol.check_pilot_decisions", lambda study: None)  # no pilot run here
+    tasks = plan_tasks(cpu(), ["pilot", "main", "ablations"], costs=False)
     primary = PROFILE_PLANS["cpu"]["primary"]
     first = [t for t in tasks if t.primary]
     assert {t.stage for t in first} == {"rgb_teacher", "teacher_cache", "multiview_teacher", "student"}
@@ -355,7 +363,7 @@ def test_the_primary_comparisons_runs_teachers_and_caches_are_marked_to_go_first
     assert not any(t.primary for t in tasks if t.cfg.data.name != primary["dataset"] or "[" in t.title)
     # the whole plan: the confirmatory comparison and the teachers its choice reads go first too
     confirmatory = PROFILE_PLANS["cpu"]["confirmatory"]
-    later = [t for t in whole_plan("cpu") if t.primary and t.key not in {f.key for f in first}]
+    later = [t for t in whole_plan(cpu()) if t.primary and t.key not in {f.key for f in first}]
     assert later and all(t.cfg.data.name == confirmatory["dataset"] for t in later)
     assert {t.cfg.student.distiller for t in later if t.stage == "student"} == {"kd"}  # TMKD's teacher: not chosen
     # among them, the candidates whose choice TMKD's side waits on start before KD's side
@@ -363,7 +371,7 @@ def test_the_primary_comparisons_runs_teachers_and_caches_are_marked_to_go_first
     assert sorted(t.title.split(" (")[0] for t in deciding) == sorted(
         f"teacher {v}" for v in PROFILE_PLANS["cpu"]["teacher_study"]["candidates"]
         for _ in PROFILE_PLANS["cpu"]["teacher_study"]["teacher_seeds"][confirmatory["dataset"]])
-    pending = [t for t in whole_plan("cpu") if t.primary]
+    pending = [t for t in whole_plan(cpu()) if t.primary]
     behind = work_behind(pending, {t.key: 1.0 for t in pending})
     kd_teacher = max((t for t in later if not t.decides), key=lambda t: behind[t.key])  # KD's teacher, runs behind it
     assert behind[kd_teacher.key] > 0 and next_task([kd_teacher, deciding[0]], behind) is deciding[0]
@@ -411,7 +419,7 @@ def test_the_primary_report_waits_for_every_pair_then_writes_its_table(monkeypat
                 "train_time_s": 1.0, "config": {"teacher": {"seed": spec.teacher_seed}}, "cpu_model": "A",
                 "history": []}
 
-    monkeypatch.setattr(plan, "finished_record", finished)
+    monkeypatch.setattr("tmkd_core.study.finished_record", lambda spec, profile, store: finished(spec, profile))
     assert plan.main(["--profile", "cpu", "--primary-report", "--out-dir", str(tmp_path)]) == 1
     assert f"waits for 1 run(s): TMKD seed {max(seeds)}" in capsys.readouterr().err
     last = None
@@ -441,25 +449,24 @@ def test_the_widening_rule_adds_pairs_while_the_interval_is_wide():
 
 
 def test_primary_pairs_are_widened_from_their_runs_and_run_first(monkeypatch):
-    import tmkd_core.plan as plan
 
     finished = {("KD", 100): 0.80, ("TMKD", 100): 0.79, ("KD", 101): 0.80, ("TMKD", 101): 0.82}
-    monkeypatch.setattr(plan, "finished_record", lambda spec, profile: (
+    monkeypatch.setattr("tmkd_core.study.finished_record", lambda spec, profile, store: (
         {"test_acc": finished[spec.method, spec.seed]} if (spec.method, spec.seed) in finished else None))
     monkeypatch.setitem(PROFILE_PLANS["cpu"], "primary", {**PROFILE_PLANS["cpu"]["primary"], "seeds": [100, 101]})
-    assert primary_seeds("cpu") == [100, 101, 102, 103]  # -1 and +2 points: far wider than ±0.5
+    assert cpu().primary_seeds() == [100, 101, 102, 103]  # -1 and +2 points: far wider than ±0.5
     finished.update({("KD", 102): 0.80, ("TMKD", 102): 0.805, ("KD", 103): 0.80, ("TMKD", 103): 0.805})
-    assert primary_seeds("cpu") == [100, 101, 102, 103, 104, 105]
-    runs = main_runs("cpu", settled_only=False)
+    assert cpu().primary_seeds() == [100, 101, 102, 103, 104, 105]
+    runs = cpu().main_runs(settled_only=False)
     assert [r.seed for r in runs if r.method == "TMKD" and r.dataset == "cifar10"] == list(range(100, 106))
-    ordered = in_plan_order("cpu", runs + pilot_runs("cpu"))
+    ordered = cpu().in_plan_order(runs + cpu().pilot_runs())
     assert [(r.method, r.seed) for r in ordered[:12]] == [(m, s) for s in range(100, 106) for m in ("KD", "TMKD")]
     rest = ordered[12:]
     assert sorted(rest, key=lambda r: (r.dataset != "cifar10", r.teacher_seed)) == rest
 
 
 def test_finished_records_are_read_from_the_data_root_or_else_the_store(cifar_cfg, monkeypatch, tmp_path):
-    import tmkd_core.plan as plan
+    from tmkd_core.study import finished_record
 
     monkeypatch.undo()  # the real finished_record
     spec = RunSpec("cifar10", "CE", 905)
@@ -467,26 +474,26 @@ def test_finished_records_are_read_from_the_data_root_or_else_the_store(cifar_cf
                                           "data.test_size": 50, "student.optim.epochs": 1,
                                           "student.optim.batch_size": 50})
     monkeypatch.setattr(RunSpec, "config", lambda self, profile: cfg)
-    monkeypatch.setattr(plan, "profile_store", lambda profile: tmp_path / "store")
+    monkeypatch.setitem(PROFILE_PLANS["cpu"], "store", str(tmp_path / "store"))
     pipe = Pipeline(cfg)
     pipe.run_path.unlink(missing_ok=True)
-    assert plan.finished_record(spec, "cpu") is None
+    assert cpu().finished_record(spec) is None
+    assert finished_record(spec, "cpu", None) is None
     record = pipe.run_student()
-    assert plan.finished_record(spec, "cpu")["test_acc"] == record["test_acc"]
+    assert cpu().finished_record(spec)["test_acc"] == record["test_acc"]
     kept = tmp_path / "store" / pipe.run_path.relative_to(Path(cfg.data.root))  # a fresh clone: the store only
     kept.parent.mkdir(parents=True)
     pipe.run_path.rename(kept)
-    assert plan.finished_record(spec, "cpu")["test_acc"] == record["test_acc"]
+    assert cpu().finished_record(spec)["test_acc"] == record["test_acc"]
 
 
 def test_a_store_made_in_another_environment_is_named_when_the_pilot_is_not_found(monkeypatch, tmp_path):
     """A newer text library or a CPU whose `auto` precision differs changes every key: the
     plan must say so instead of only "0 of its 12 runs are finished"."""
-    import tmkd_core.plan as plan
     from tmkd_core.utils import run_metadata
 
     here = run_metadata()["packages"]
-    monkeypatch.setattr(plan, "profile_store", lambda profile: tmp_path)
+    monkeypatch.setitem(PROFILE_PLANS["cpu"], "store", str(tmp_path))
     (tmp_path / "runs").mkdir()
 
     def stored(name, profile="cpu", precision="float32", **packages):
@@ -495,25 +502,24 @@ def test_a_store_made_in_another_environment_is_named_when_the_pilot_is_not_foun
         (tmp_path / "runs" / name).write_text(json.dumps(record))
 
     stored("same.json")
-    assert plan.store_drift("cpu") == []
+    assert protocol.store_drift(cpu()) == []
     stored("text.json", **{"sentence-transformers": "0.0.1"})
     stored("text2.json", **{"sentence-transformers": "0.0.1"})
     stored("bf16.json", precision="bfloat16")  # the cpu profile pins float32 on every CPU
     stored("other.json", profile="quick", numpy="0.0.1")  # another profile's record
-    drift = plan.store_drift("cpu")
+    drift = protocol.store_drift(cpu())
     assert drift == ["frozen teacher in bfloat16 there, float32 here (1 record)",
                      f"sentence-transformers 0.0.1 there, {here['sentence-transformers']} here (2 records)"]
-    message = plan._pilot_progress("cpu")  # the fixture: no pilot run is found
-    assert message.startswith(f"0 of its {len(pilot_runs('cpu'))} runs are finished; this environment differs")
+    message = protocol.pilot_progress(cpu())  # the fixture: no pilot run is found
+    assert message.startswith(f"0 of its {len(cpu().pilot_runs())} runs are finished; this environment differs")
     assert drift[1] in message and "make setup" in message
-    monkeypatch.setattr(plan, "store_drift", lambda profile: drift[:1])  # make setup cannot change a precision
-    assert drift[0] in plan._pilot_progress("cpu") and "make setup" not in plan._pilot_progress("cpu")
+    monkeypatch.setattr(protocol, "store_drift", lambda study: drift[:1])  # make setup cannot change a precision
+    assert drift[0] in protocol.pilot_progress(cpu()) and "make setup" not in protocol.pilot_progress(cpu())
 
 
 def test_the_pilot_decision_rule_and_its_report(monkeypatch, tmp_path):
     """pilot_summary on made-up validation accuracies: a variant is adopted only above
     +DECISION_MARGIN, KD's floor is checked, and the seed rule sizes the primary pairs."""
-    import tmkd_core.plan as plan
 
     gain = {("KD", ""): 0.0, ("KD", "tau=2"): 0.004, ("KD", "0.1 CE + 0.9 KD"): 0.002,
             ("TMKD", ""): 0.005, ("TMKD", "views=detail"): -0.01, ("TMKD", "score=class_prob"): 0.0}
@@ -526,14 +532,14 @@ def test_the_pilot_decision_rule_and_its_report(monkeypatch, tmp_path):
                         {**PROFILE_PLANS["cpu"]["pilot"], "settled": False, "adopted": []})
 
     def record(spec, profile):  # each pilot run's record, without training; no final run has finished
-        if spec not in pilot_runs("cpu"):
+        if spec not in cpu().pilot_runs():
             return None
         val = 0.79 + gain[spec.method, spec.setting] + (0.003 * spec.seed if spec.method == "TMKD" else 0.0)
         return {"val_acc": val, "test_acc": None, "seed": spec.seed, "run_key": "k", "train_time_s": 1.0,
                 "config": {"teacher": {"seed": spec.teacher_seed}}}
 
-    monkeypatch.setattr(plan, "finished_record", record)
-    table, decided = plan.write_pilot_report("cpu", tmp_path / "figures")
+    monkeypatch.setattr("tmkd_core.study.finished_record", lambda spec, profile, store: record(spec, profile))
+    table, decided = protocol.write_pilot_report(cpu(), tmp_path / "figures")
     assert decided["adopted"] == {"KD [tau=2]": True, "KD [0.1 CE + 0.9 KD]": False,
                                   "TMKD [views=detail]": False, "TMKD [score=class_prob]": False}
     assert decided["kd_val"] == pytest.approx(79.0) and decided["kd_reaches_floor"]
@@ -545,10 +551,43 @@ def test_the_pilot_decision_rule_and_its_report(monkeypatch, tmp_path):
     assert len(written["runs"]) == 12 and all(r["test_acc"] is None for r in written["runs"])
     # settling: the profile must list what the rule adopted, and its settings must hold it
     monkeypatch.setitem(PROFILE_PLANS["cpu"]["pilot"], "settled", True)
-    with pytest.raises(PilotNotSettled, match=r"rule adopted \['KD \[tau=2\]'\], the profile says \[\]"):
-        main_runs("cpu")
+    with pytest.raises(PilotNotSettled, match=r"rule adopted \['KD \[tau=2\]'\], the study says \[\]"):
+        cpu().main_runs()
     monkeypatch.setitem(PROFILE_PLANS["cpu"]["pilot"], "adopted", ["KD [tau=2]"])
     with pytest.raises(PilotNotSettled, match="KD has student.tau = 4.0, not 2.0"):
-        main_runs("cpu")
+        cpu().main_runs()
     monkeypatch.setitem(PROFILE_METHODS, "cpu", {"KD": {"student.tau": 2.0}})
-    assert main_runs("cpu")  # settled as the rule decided
+    assert cpu().main_runs()  # settled as the rule decided
+
+
+def test_a_new_study_is_declared_in_one_file_and_the_plans_dry_run_lists_its_tasks(tmp_path, monkeypatch, capsys):
+    import tmkd_core.plan as plan
+
+    # two methods, one comparison: nothing else is written, no code is touched
+    declared = {"profile": "smoke", "datasets": ["cifar10"], "teacher_seeds": [0], "seeds": [0, 1],
+                "methods": ["KD", "TMKD"], "primary": {"dataset": "cifar10", "methods": ["KD", "TMKD"], "seeds": [0, 1]},
+                "ablation_seeds": []}
+    path = tmp_path / "two_methods.json"
+    path.write_text(json.dumps(declared))
+    study = Study.load(path)
+    assert study.name == "two_methods" and study.primary.reference == "KD" and study.primary.method == "TMKD"
+    assert [(r.method, r.seed) for r in study.main_runs()] == [("KD", 0), ("KD", 1), ("TMKD", 0), ("TMKD", 1)]
+    monkeypatch.setattr(plan, "measure_worker_rate", lambda threads, jobs: 1e9)  # no timing, no dataset read
+    monkeypatch.setattr(plan, "stage_flop", lambda pipe, stage: 1e9)
+    monkeypatch.setattr(Task, "done", lambda self: False)
+    assert plan.main(["--study", str(path), "--parts", "main", "--store", "none", "--dry-run"]) == 0
+    listed = [line.split(maxsplit=2)[2] for line in capsys.readouterr().out.splitlines() if line.startswith("todo")]
+    runs = [t for t in listed if t.split(" seed ")[0] in ("KD", "TMKD")]
+    assert runs == ["KD seed 0 (cifar10, teacher seed 0)", "TMKD seed 0 (cifar10, teacher seed 0)",
+                    "KD seed 1 (cifar10, teacher seed 0)", "TMKD seed 1 (cifar10, teacher seed 0)"]  # pairs first
+    assert "RGB teacher (cifar10 teacher seed 0)" in listed and any(t.startswith("multi-view teacher") for t in listed)
+    assert not any(t.startswith(("CE ", "DKD")) for t in listed)
+    # a mistake in the file is named with what is available
+    path.write_text(json.dumps({**declared, "methods": ["KD", "TMDK"]}))
+    with pytest.raises(SystemExit):
+        plan.main(["--study", str(path), "--dry-run"])
+    err = capsys.readouterr().err
+    assert str(path) in err and "unknown method(s) ['TMDK']" in err and "available: CE, KD" in err
+    path.write_text(json.dumps({**declared, "seed": [0]}))
+    with pytest.raises(Exception, match=r"unknown key\(s\) \['seed'\]; a study has: profile, datasets"):
+        Study.load(path)

@@ -16,7 +16,8 @@ from tmkd_core import teacher_study
 from tmkd_core.config import TEACHER_VARIANTS, dataset_config, with_overrides
 from tmkd_core.experiment import Pipeline
 from tmkd_core.report import teacher_level_comparison
-from tmkd_core.teacher_study import (Confirmatory, TeacherStudy, TeacherVariant, choose_variant, evaluation_name,
+from tmkd_core.study import Study
+from tmkd_core.teacher_study import (TeacherVariant, choose_variant, evaluation_name,
                                      fusion_screen, write_teacher_report)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +34,7 @@ def test_each_variants_compute_is_the_protocols_table():
 
 def test_the_studys_teachers_already_trained_keep_their_stored_keys():
     stored = {p.name for p in (ROOT / "artefacts" / "cpu" / "checkpoints").glob("*.final.pt")}
-    study = TeacherStudy.of("cpu")
+    study = Study.of("cpu").teacher_study
     old = [t for t in study.teachers() if t.variant.name in ("rgb", "rgb_ft1", "mv_ft1") and t.teacher_seed == 0]
     assert len(old) == 6  # both datasets
     for t in old:
@@ -45,7 +46,7 @@ def test_the_studys_teachers_already_trained_keep_their_stored_keys():
 
 
 def test_the_confirmatory_runs_kd_first_then_the_fusion_check_then_tmkd():
-    conf = Confirmatory.of("cpu")
+    conf = Study.of("cpu").confirmatory
     assert not conf.chosen  # as committed before the teacher study has chosen
     runs = conf.runs(conf.teacher_seeds)
     assert {r.method for r in runs} == {"KD"} and len(runs) == 4 * 3
@@ -90,20 +91,18 @@ def test_the_teacher_level_statistic_by_hand():
 
 
 def test_the_confirmatory_widening_rule_adds_two_teachers_while_the_teacher_means_spread(monkeypatch):
-    from tmkd_core import plan
-
-    conf = replace(Confirmatory.of("cpu"), tmkd_variant=TeacherVariant.named("mv_ft10"), fusion_settled=True)
+    conf = replace(Study.of("cpu").confirmatory, tmkd_variant=TeacherVariant.named("mv_ft10"), fusion_settled=True)
     means = {0: 1.0, 1: -1.0, 2: 0.5, 3: -0.4, 4: 0.1, 5: 0.0, 6: 0.2, 7: 0.1}  # teacher -> D(t), points
 
-    def finished(spec, profile):
+    def finished(spec, profile, store):
         return {"test_acc": 0.5 + (means[spec.teacher_seed] / 100 if spec.method == "TMKD" else 0.0)}
 
-    monkeypatch.setattr(plan, "finished_record", finished)
-    assert plan.confirmatory_teacher_seeds(conf) == list(range(8))  # wide: up to max_teachers
+    monkeypatch.setattr("tmkd_core.study.finished_record", finished)
+    assert conf.widened_teacher_seeds() == list(range(8))  # wide: up to max_teachers
     means.update({1: 0.9, 2: 1.0, 3: 1.1})  # sd 0.08 over 0-3: no teacher added
-    assert plan.confirmatory_teacher_seeds(conf) == [0, 1, 2, 3]
-    monkeypatch.setattr(plan, "finished_record", lambda spec, profile: None)  # nothing finished: nothing read
-    assert plan.confirmatory_teacher_seeds(conf) == [0, 1, 2, 3]
+    assert conf.widened_teacher_seeds() == [0, 1, 2, 3]
+    monkeypatch.setattr("tmkd_core.study.finished_record", lambda spec, profile, store: None)  # nothing read
+    assert conf.widened_teacher_seeds() == [0, 1, 2, 3]
 
 
 def _record(variant, seed, val, time_s=100.0, grid=None):
@@ -112,7 +111,7 @@ def _record(variant, seed, val, time_s=100.0, grid=None):
 
 
 def test_the_choice_reads_validation_only_and_takes_the_cheaper_of_a_tie():
-    study = TeacherStudy.of("cpu")
+    study = Study.of("cpu").teacher_study
     records = [_record("mv_ft10", s, 60.0 + s, time_s=50) for s in (0, 1, 2)]
     assert choose_variant(records, study, "cifar100", [0, 1, 2])["chosen"] is None  # scratch not there yet
     records += [_record("mv_scratch20", s, 60.0 + s, time_s=90) for s in (0, 1)]
@@ -146,7 +145,7 @@ def test_each_teachers_evaluation_against_the_pipelines_own_and_by_hand(cifar_cf
 
     monkeypatch.setattr(teacher_study, "dataset_config",
                         lambda profile, name, o=None: with_overrides(cifar_cfg, {"data.name": name, **(o or {})}))
-    study = TeacherStudy.of("smoke")
+    study = Study.of("smoke").teacher_study
     for t in study.teachers():
         for cfg in t.configs:
             Pipeline(cfg).build(t.variant.stage)
@@ -187,15 +186,13 @@ def test_each_teachers_evaluation_against_the_pipelines_own_and_by_hand(cifar_cf
 
 def test_kd_runs_finished_before_the_fusion_check_do_not_stop_the_plan(monkeypatch):
     """Chosen but not settled: KD's runs may have finished, TMKD's do not exist yet."""
-    from tmkd_core import plan
-
-    conf = replace(Confirmatory.of("cpu"), tmkd_variant=TeacherVariant.named("mv_ft10"))
-    monkeypatch.setattr(plan, "finished_record", lambda spec, profile: {"test_acc": 0.5})
-    assert plan.confirmatory_teacher_seeds(conf) == [0, 1, 2, 3]
+    conf = replace(Study.of("cpu").confirmatory, tmkd_variant=TeacherVariant.named("mv_ft10"))
+    monkeypatch.setattr("tmkd_core.study.finished_record", lambda spec, profile, store: {"test_acc": 0.5})
+    assert conf.widened_teacher_seeds() == [0, 1, 2, 3]
 
 
 def test_the_plan_refuses_a_confirmatory_decision_the_rules_did_not_make(monkeypatch):
-    study = TeacherStudy.of("cpu")
+    study = Study.of("cpu").teacher_study
     grid = [{"score": s, "tau_w": t, "label_conditioned": 70.5 if (s, t) == ("class_prob", 0.03) else 70.0,
              "pred_conditioned": 0.0} for s, t in teacher_study.FUSION_GRID]
 
@@ -205,7 +202,7 @@ def test_the_plan_refuses_a_confirmatory_decision_the_rules_did_not_make(monkeyp
 
     monkeypatch.setattr(teacher_study, "teacher_record", record)
     check = teacher_study.check_confirmatory_decisions
-    base = Confirmatory.of("cpu")
+    base = Study.of("cpu").confirmatory
     check(base, study)  # nothing chosen, nothing set
     with pytest.raises(teacher_study.DecisionMismatch, match="before its teacher is chosen"):
         check(replace(base, fusion_settled=True), study)

@@ -25,7 +25,7 @@ import sys
 from typing import Any
 
 from . import distributed
-from .config import METHODS, PROFILE_PLANS, PROFILES, dataset_config, method_config, switches
+from .config import METHODS, PROFILES, dataset_config, method_config, switches
 from .settings import ConfigError
 
 
@@ -110,8 +110,9 @@ def main(argv=None) -> int:
     distributed.init()  # launched by torchrun: join its process group (gloo on CPU, nccl on CUDA)
     if args.command != "switches":
         from .experiment import Pipeline
+        from .study import Study
 
-        args.dataset = args.dataset or PROFILE_PLANS[args.profile]["datasets"][0]
+        args.dataset = args.dataset or Study.of(args.profile).datasets[0]
         try:  # every setting is checked here, and what the Pipeline checks, before anything trains
             args.cfg = _config(args)
             args.pipe = Pipeline(args.cfg)

@@ -397,11 +397,12 @@ def dataset_config(profile: str, dataset: str, overrides: Mapping[str, Any] | No
     return make_config(profile, {"data.name": dataset, **per_dataset, **(overrides or {})})
 
 
-# What each profile's plan runs (tmkd_core.plan enumerates the runs; the notebooks read the
-# same lists). Per plan: the datasets; the teacher seeds (student seed i reads teacher seed
-# i mod len); the student seeds of every method of a dataset; the primary comparison of
-# docs/protocol.md (its methods at more seeds); the validation pilot; the ablations; and
-# per-dataset changes of any of these.
+# The built-in studies, one per configuration profile, as data: read only by
+# tmkd_core.study.Study (whose docstring lists the keys), which the plan, the reports and the
+# notebooks ask. A new study can also be declared in a JSON file of the same keys (Study.load).
+# Per study: the datasets; the teacher seeds (student seed i reads teacher seed i mod len);
+# the student seeds of every method of a dataset; the primary comparison of docs/protocol.md
+# (its methods at more seeds); the validation pilot; the ablations; and per-dataset changes.
 PROFILE_PLANS: dict[str, dict[str, Any]] = {
     # smoke: one ablation group keeps nbval within the test budget
     "smoke": {"datasets": ["cifar10"], "teacher_seeds": [0], "seeds": [0, 1], "ablation_seeds": [0, 1],
@@ -459,30 +460,6 @@ PROFILE_PLANS: dict[str, dict[str, Any]] = {
                              "max_teachers": 8}},
     "paper": {"datasets": ["cifar100"], "teacher_seeds": [0], "seeds": [0, 1, 2], "ablation_seeds": [0, 1, 2]},
 }
-
-
-def plan_value(profile: str, key: str, dataset: str | None = None):
-    """A profile plan's `key`, as changed for `dataset` (`per_dataset`); None if unset.
-    `primary` and `pilot` belong to one dataset: None for the others."""
-    if profile not in PROFILE_PLANS:
-        raise KeyError(f"unknown profile {profile!r}; available: {', '.join(PROFILE_PLANS)}")
-    plan = PROFILE_PLANS[profile]
-    value = plan.get("per_dataset", {}).get(dataset, {}).get(key, plan.get(key))
-    if key == "teacher_seeds" and value is None:
-        return [0]
-    if key in ("primary", "pilot") and value is not None and dataset is not None and value["dataset"] != dataset:
-        return None
-    return copy.deepcopy(value)
-
-
-def profile_plan(profile: str, key: str, value=None) -> list:
-    """`value` if given, else the profile's plan for `key` (datasets, seeds, ablation_seeds)."""
-    if value is not None:
-        return list(value)
-    found = plan_value(profile, key)
-    if found is None:
-        raise KeyError(f"the {profile!r} plan has no {key!r}; it has: {', '.join(PROFILE_PLANS[profile])}")
-    return list(found)
 
 
 # Teacher recipes of the teacher study (docs/protocol.md, "Amendment: powerful teachers"), as

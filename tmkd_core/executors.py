@@ -1,6 +1,6 @@
 """Where the plan's tasks run: the executors behind `python -m tmkd_core.plan --executor`.
 
-The plan (`plan.run_plan`) decides what runs and in which order: dependencies, the
+The plan (`scheduler.run_plan`) decides what runs and in which order: dependencies, the
 widening rule's added pairs, the longest chain first, the time left, the artefact store.
 An executor only decides where a task runs, through four calls: `open` (once there is
 work), `start` (one stage of one configuration), `ended` (the tasks that have stopped, and
@@ -54,7 +54,7 @@ class Ended:
 
 
 class Executor(Protocol):
-    """What the plan asks of an executor (`plan.run_plan`)."""
+    """What the plan asks of an executor (`scheduler.run_plan`)."""
 
     name: str
     pools_threads: bool  # whether a task that runs alone may take the threads of idle workers
@@ -144,10 +144,10 @@ def run_stage(cfg_dict: dict, stage: str, threads: int | None, log: str, workdir
 
 
 def _worker_rate(seconds: float) -> float:
-    """FLOP/s of training steps on a Dask worker's threads (`plan.measure_rate`)."""
+    """FLOP/s of training steps on a Dask worker's threads (`costs.measure_rate`)."""
     from distributed import get_worker
 
-    from .plan import measure_rate
+    from .costs import measure_rate
 
     return measure_rate(get_worker().state.nthreads, seconds)
 
@@ -167,7 +167,7 @@ class LocalExecutor:
 
     def capacity(self, jobs: int) -> tuple[int, int, int, str]:
         """(workers, threads per worker, threads in all, a note or "") for `jobs` asked for."""
-        from .plan import worker_threads
+        from .costs import worker_threads
 
         machine = torch.get_num_threads()
         note = ""
@@ -184,7 +184,7 @@ class LocalExecutor:
         pass
 
     def rate(self, threads: int, jobs: int) -> float:
-        from .plan import measure_worker_rate
+        from .costs import measure_worker_rate
 
         return measure_worker_rate(threads, jobs)
 

@@ -1,9 +1,9 @@
 """The teacher study and the confirmatory comparison (docs/protocol.md, "Amendment: powerful
-teachers"), each resolved once from its profile into one typed object.
+teachers"), each resolved once by its study (tmkd_core.study.Study) into one typed object.
 
-    study = TeacherStudy.of("cpu")           # which teacher recipes, on which teacher seeds
+    study = Study.of("cpu").teacher_study    # which teacher recipes, on which teacher seeds
     study.teachers()                          # every (dataset, variant, seed) and its configurations
-    conf = Confirmatory.of("cpu")             # KD from `kd_variant` vs TMKD from `tmkd_variant`
+    conf = Study.of("cpu").confirmatory       # KD from `kd_variant` vs TMKD from `tmkd_variant`
     conf.runs(conf.teacher_seeds)             # the student runs, teacher seed by teacher seed
 
 A variant (`config.TEACHER_VARIANTS`) is a teacher's training recipe as overrides of a
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
-from .config import PROFILE_PLANS, TEACHER_VARIANTS, ExperimentConfig, dataset_config, method_config, with_overrides
+from .config import TEACHER_VARIANTS, ExperimentConfig, dataset_config, method_config, with_overrides
 
 KINDS = ("rgb", "multiview", "ensemble")
 
@@ -100,20 +100,17 @@ class StudyTeacher:
 
 @dataclass(frozen=True)
 class TeacherStudy:
-    """docs/protocol.md's teacher study of a profile: its variants at each dataset's teacher seeds."""
+    """docs/protocol.md's teacher study of a study: its variants at each dataset's teacher seeds."""
 
-    profile: str
+    profile: str  # the configuration profile (Study.profile)
     teacher_seeds: tuple[tuple[str, tuple[int, ...]], ...]  # (dataset, seeds), in the profile's order
     variants: tuple[TeacherVariant, ...]
     reference: TeacherVariant  # the compute-matched RGB teacher
     candidates: tuple[TeacherVariant, ...]  # the multi-view variants the confirmatory comparison chooses from
 
     @classmethod
-    def of(cls, profile: str) -> "TeacherStudy | None":
-        """The profile's study (`PROFILE_PLANS[profile]['teacher_study']`), or None."""
-        plan = PROFILE_PLANS.get(profile, {}).get("teacher_study")
-        if not plan:
-            return None
+    def from_plan(cls, profile: str, plan: dict[str, Any]) -> "TeacherStudy":
+        """From a study's `teacher_study` entry (tmkd_core.study)."""
         seeds = tuple((name, tuple(s)) for name, s in plan["teacher_seeds"].items())
         return cls(profile, seeds, tuple(TeacherVariant.named(v) for v in plan["variants"]),
                    TeacherVariant.named(plan["reference"]), tuple(TeacherVariant.named(v) for v in plan["candidates"]))
@@ -134,7 +131,7 @@ class Confirmatory:
     """docs/protocol.md's confirmatory comparison: TMKD from `tmkd_variant` against KD from
     `kd_variant`, with the teacher seed as the unit of replication."""
 
-    profile: str
+    profile: str  # the configuration profile (Study.profile)
     dataset: str
     kd_variant: TeacherVariant
     tmkd_variant: TeacherVariant | None  # None until the teacher study's choice is committed
@@ -145,12 +142,13 @@ class Confirmatory:
     fusion_candidate: tuple[tuple[str, Any], ...] | None = None  # the fusion screen's candidate
     fusion_settled: bool = False  # the candidate's student check is decided (or there is none)
     fusion_adopted: tuple[tuple[str, Any], ...] | None = None  # what TMKD's final runs add
+    store: Path | None = None  # the study's artefact store, where finished runs are read too
+    where: str = "the study's confirmatory entry"  # where it is declared, for the errors that name a setting
 
     @classmethod
-    def of(cls, profile: str) -> "Confirmatory | None":
-        plan = PROFILE_PLANS.get(profile, {}).get("confirmatory")
-        if not plan:
-            return None
+    def from_plan(cls, profile: str, plan: dict[str, Any], store: Path | None = None,
+                  where: str | None = None) -> "Confirmatory":
+        """From a study's `confirmatory` entry (tmkd_core.study)."""
         tmkd = plan.get("tmkd_variant")
 
         def items(d):
@@ -160,7 +158,8 @@ class Confirmatory:
                    TeacherVariant.named(tmkd) if tmkd else None, tuple(plan["teacher_seeds"]),
                    plan["students_per_teacher"], plan["seed_base"], plan["max_teachers"],
                    items(plan.get("fusion_candidate")), bool(plan.get("fusion_settled")),
-                   items(plan.get("fusion_adopted")))
+                   items(plan.get("fusion_adopted")), store,
+                   f"{where}['confirmatory']" if where else cls.where)
 
     @property
     def chosen(self) -> bool:
@@ -171,15 +170,15 @@ class Confirmatory:
         return [self.seed_base + 10 * teacher_seed + i for i in range(self.students_per_teacher)]
 
     def runs(self, teacher_seeds) -> list:
-        """The student runs (plan.RunSpec) at `teacher_seeds`: KD's always; TMKD's once its
+        """The student runs (study.RunSpec) at `teacher_seeds`: KD's always; TMKD's once its
         teacher is chosen and the fusion setting settled (with `fusion_adopted`)."""
-        from .plan import RunSpec, _frozen
+        from .study import RunSpec, frozen
 
         sides = [("KD", self.kd_variant.student_overrides(), self.kd_variant)]
         if self.chosen and self.fusion_settled:
             sides.append(("TMKD", {**self.tmkd_variant.student_overrides(), **dict(self.fusion_adopted or ())},
                           self.tmkd_variant))
-        return [RunSpec(self.dataset, method, s, t, _frozen(overrides), f"teacher={v.name}")
+        return [RunSpec(self.dataset, method, s, t, frozen(overrides), f"teacher={v.name}")
                 for t in teacher_seeds for s in self.student_seeds(t) for method, overrides, v in sides]
 
     def choice_reads(self, study: TeacherStudy) -> list[StudyTeacher]:
@@ -192,6 +191,35 @@ class Confirmatory:
         seeds = dict(study.teacher_seeds)[self.dataset]
         return [t for t in study.teachers(self.dataset) if t.variant in study.candidates and t.teacher_seed in seeds]
 
+    def finished_record(self, spec) -> dict | None:
+        from .study import finished_record
+
+        return finished_record(spec, self.profile, self.store)
+
+    def widened_teacher_seeds(self) -> list[int]:
+        """The teacher seeds, widened by `protocol.widen_pairs` (two teachers at a time, up to
+        `max_teachers`) from the teacher-level mean differences TMKD - KD of the teachers whose
+        runs have all finished (docs/protocol.md, "Amendment: powerful teachers"). Until TMKD's
+        final runs may start (its teacher chosen and the fusion setting settled), the study's seeds."""
+        from .protocol import widen_pairs
+
+        seeds = list(self.teacher_seeds)
+        if not (self.chosen and self.fusion_settled):
+            return seeds
+        means: dict[int, float] = {}
+        while True:  # a widening step reads the teachers it added: they may have finished too
+            for t in set(seeds) - set(means):
+                specs = self.runs([t])
+                records = [self.finished_record(spec) for spec in specs]
+                if None not in records:
+                    acc = {(spec.method, spec.seed): r["test_acc"] for spec, r in zip(specs, records)}
+                    students = self.student_seeds(t)
+                    means[t] = 100 * sum(acc["TMKD", s] - acc["KD", s] for s in students) / len(students)
+            wider = widen_pairs(seeds, means, 2, self.max_teachers)
+            if wider == seeds:
+                return seeds
+            seeds = wider
+
     FUSION_CHECK_SEED = 900  # student seed 900 + t under teacher t: validation only, never a final seed
 
     def fusion_check_runs(self, teacher_seeds) -> list:
@@ -199,13 +227,13 @@ class Confirmatory:
         with the default fusion and with the candidate, one student seed per teacher seed,
         scored on validation only; empty before the choice or without a candidate (the plan
         runs them while the setting is not settled)."""
-        from .plan import RunSpec, _frozen
+        from .study import RunSpec, frozen
 
         if not self.chosen or self.fusion_candidate is None:
             return []
         base = {**self.tmkd_variant.student_overrides(), "score_test": False}
         label = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in self.fusion_candidate)
-        return [RunSpec(self.dataset, "TMKD", self.FUSION_CHECK_SEED + t, t, _frozen({**base, **extra}),
+        return [RunSpec(self.dataset, "TMKD", self.FUSION_CHECK_SEED + t, t, frozen({**base, **extra}),
                         f"fusion check: {name}")
                 for t in teacher_seeds for name, extra in (("default", {}), (label, dict(self.fusion_candidate)))]
 
@@ -528,15 +556,14 @@ def write_confirmatory_report(conf: Confirmatory, out_dir) -> tuple[Any, dict] |
     import numpy as np
     import pandas as pd
 
-    from .plan import confirmatory_teacher_seeds, finished_record, run_title
     from .report import Outputs, run_record, teacher_level_comparison
 
-    teachers = confirmatory_teacher_seeds(conf)
+    teachers = conf.widened_teacher_seeds()
     specs = conf.runs(teachers)
-    found = [(spec, finished_record(spec, conf.profile)) for spec in specs]
+    found = [(spec, conf.finished_record(spec)) for spec in specs]
     missing = [spec for spec, record in found if record is None]
     if not conf.chosen or missing:
-        return [run_title(s) for s in missing] + ([] if conf.chosen else ["TMKD's runs: its teacher is not chosen yet"])
+        return [s.title for s in missing] + ([] if conf.chosen else ["TMKD's runs: its teacher is not chosen yet"])
     runs = [{**run_record(spec.dataset, spec.method, record, spec.setting),
              "teacher_variant": spec.setting.removeprefix("teacher=")} for spec, record in found]
     statistic = teacher_level_comparison(runs, "TMKD", "KD")
@@ -561,12 +588,10 @@ def fusion_check_summary(conf: Confirmatory, teacher_seeds) -> dict[str, Any] | 
     """Step 2 of the fusion-setting rule: TMKD with the candidate − TMKD with the default, in
     points of validation accuracy, per teacher seed and their mean; `adopt` if the mean exceeds
     SCREEN_POINTS. None without a candidate, or while a check run is missing."""
-    from .plan import finished_record
-
     runs = conf.fusion_check_runs(teacher_seeds)
     if not runs:
         return None
-    records = [finished_record(spec, conf.profile) for spec in runs]
+    records = [conf.finished_record(spec) for spec in runs]
     if None in records:
         return None
     val = {(spec.teacher_seed, spec.setting.endswith("default")): r["val_acc"] for spec, r in zip(runs, records)}
@@ -591,9 +616,9 @@ def check_confirmatory_decisions(conf: Confirmatory, study: TeacherStudy, cache_
         if conf.fusion_settled or conf.fusion_candidate is not None or conf.fusion_adopted is not None:
             raise DecisionMismatch("the confirmatory comparison's fusion settings are set before its teacher is "
                                    "chosen: reset fusion_candidate, fusion_settled and fusion_adopted in "
-                                   f"PROFILE_PLANS[{conf.profile!r}]['confirmatory']")
+                                   f"{conf.where}")
         return
-    where = f"PROFILE_PLANS[{conf.profile!r}]['confirmatory']"
+    where = conf.where
     if conf.tmkd_variant not in study.candidates:
         raise DecisionMismatch(f"{where}['tmkd_variant'] = {conf.tmkd_variant.name!r} is not a candidate "
                                f"({', '.join(v.name for v in study.candidates)})")
