@@ -588,6 +588,20 @@ def test_a_new_study_is_declared_in_one_file_and_the_plans_dry_run_lists_its_tas
         plan.main(["--study", str(path), "--dry-run"])
     err = capsys.readouterr().err
     assert str(path) in err and "unknown method(s) ['TMDK']" in err and "available: CE, KD" in err
-    path.write_text(json.dumps({**declared, "seed": [0]}))
-    with pytest.raises(Exception, match=r"unknown key\(s\) \['seed'\]; a study has: profile, datasets"):
-        Study.load(path)
+    from tmkd_core.study import StudyError
+
+    for wrong, says in [({"seed": [0]}, r"unknown key\(s\) \['seed'\]; a study has: profile, datasets"),
+                        ({"datasets": ["cifar11"]}, r"dataset 'cifar11': .*valid values: cifar10, cifar100"),
+                        ({"seeds": []}, r"a study needs \"seeds\""),
+                        ({"primary": {"dataset": "cifar10", "methods": ["KD", "TMKD"]}}, r"lacks the key 'seeds'"),
+                        ({"teacher_study": {"teacher_seeds": {"cifar10": [0]}, "variants": ["mv_ft100"],
+                                            "reference": "rgb", "candidates": []}}, r"available: rgb, rgb_ft1"),
+                        ({"per_dataset": {"cifar100": {"seeds": [0]}}}, r"\['cifar100'\] not among the study's")]:
+        path.write_text(json.dumps({**declared, **wrong}))
+        with pytest.raises(StudyError, match=says) as caught:
+            Study.load(path)
+        assert str(caught.value).startswith(str(path))  # the file is named
+    # a study file never writes over the committed figures of the built-in cpu study
+    (tmp_path / "cpu.json").write_text(json.dumps(declared))
+    assert Study.load(tmp_path / "cpu.json").figures_dir == "build/cpu/figures" and cpu().figures_dir == "figures"
+    assert Study.load(tmp_path / "cpu.json").command == f"--study {tmp_path / 'cpu.json'}"

@@ -242,7 +242,7 @@ def main(argv=None) -> int:
                              "<out-dir>/tables/confirmatory.md and results/confirmatory.json")
     parser.add_argument("--out-dir", default=None,
                         help="where the --*-report flags write (default: figures for cpu, overwriting the "
-                             "committed files, else build/<profile>/figures)")
+                             "committed files, else build/<study>/figures)")
     parser.add_argument("--dry-run", action="store_true",
                         help="list the tasks and their estimates, train nothing: done (in data/), kept (in the store, "
                              "restored at the start), todo, skip (a cache no run left reads). It extracts the "
@@ -255,7 +255,8 @@ def main(argv=None) -> int:
     executors.add_arguments(parser)
     parser.add_argument("--store", default=None,
                         help="artefact store: finished teachers and run records, restored when missing "
-                             "(default: the profile's `store`, e.g. artefacts/cpu; 'none' for none)")
+                             "(default: the study's `store`, e.g. artefacts/cpu; 'none' for none). The study's finished runs "
+                             "are looked up there too: the pilot's check, the widening rules and the reports read it")
     args = parser.parse_args(argv)
     try:
         study = Study.load(args.study) if args.study else Study.of(args.profile)
@@ -374,7 +375,7 @@ def main(argv=None) -> int:
         if summary is not None:
             print(summary[0].to_string(index=False, float_format="%.2f"), "\n", summary[1], sep="")
         print(f"[plan] the pilot is done; the final runs wait for its decisions (docs/protocol.md): apply them to "
-              f"the {study.name} study and set its pilot's 'settled' to True",
+              f"the {study.name} study and set {study.where}['pilot']['settled'] to True",
               file=sys.stderr)
         return 3  # make reproduce stops here: the notebooks would start the final runs
     return code

@@ -62,7 +62,7 @@ def check_pilot_decisions(study: Study) -> None:
     adopted = sorted(label for label, yes in decided["adopted"].items() if yes)
     if adopted != sorted(pilot.adopted):
         raise PilotNotSettled(f"the {name} pilot's rule adopted {adopted}, the study says "
-                              f"{sorted(pilot.adopted)} (its pilot's 'adopted')")
+                              f"{sorted(pilot.adopted)} ({study.where}['pilot']['adopted'])")
     for method, variants in pilot.variants.items():
         final = study.config(RunSpec(pilot.dataset, method, 0, pilot.teacher_seed))
         for label, overrides in variants.items():

@@ -52,9 +52,9 @@ class Task:
     needs: list[str] = field(default_factory=list)  # keys of the tasks it builds on
     cost_flop: float = 0.0
     partial: Path | None = None  # its resumable checkpoint while it trains (Pipeline.partial_checkpoint)
-    primary: bool = False  # the primary comparison needs it: it starts before the rest
+    primary: bool = False  # a pre-registered comparison reads it: it starts before the rest
     events: Path | None = None  # its TensorBoard curves while it trains (Pipeline.events_dir)
-    decides: bool = False  # a pending pre-registered decision reads it, and unplanned work waits on that decision
+    decides: bool = False  # a pending decision reads it, and work not planned yet waits on that decision
 
     def done(self) -> bool:
         return self.artefact.exists()
@@ -88,12 +88,11 @@ def work_behind(tasks: list[Task], seconds: dict[str, float]) -> dict[str, float
 
 
 def next_task(startable: list[Task], behind: dict[str, float]) -> Task:
-    """The task a free worker starts: the primary comparison's first; among them, those a
-    pending decision reads (`Task.decides`: the teacher study's candidates, whose choice all of
-    TMKD's confirmatory side waits on, work the plan cannot list yet, so `work_behind` cannot
-    see it); then the one with the longest chain of work waiting on it (`work_behind`: a
-    CIFAR-100 teacher before a CIFAR-10 run, so that its chain does not end alone with a
-    worker idle), then plan order."""
+    """The task a free worker starts: the `primary` tasks first; among them, those a pending
+    decision reads (`Task.decides`: the work that waits on the decision is not planned yet,
+    so `work_behind` cannot see it); then the one with the longest chain of work waiting on it
+    (`work_behind`: a teacher before a run of another dataset, so that its chain does not end
+    alone with a worker idle), then plan order."""
     return min(startable, key=lambda t: (not t.primary, not t.decides, -behind.get(t.key, 0.0)))  # first of ties
 
 

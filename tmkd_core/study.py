@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .config import ABLATIONS, METHODS, PROFILE_PLANS, PROFILES, ExperimentConfig, dataset_config, method_config
+from .settings import ConfigError
 from .teacher_study import Confirmatory, TeacherStudy
 
 STUDY_KEYS = ("profile", "datasets", "teacher_seeds", "seeds", "methods", "per_dataset", "primary", "pilot",
@@ -113,6 +114,15 @@ class Pilot:
         return runs
 
 
+def resolve_store(declared: str | Path | None) -> Path | None:
+    """A declared artefact store: relative to the project root (where it is kept in git), or absolute."""
+    if not declared:
+        return None
+    from .report import find_root
+
+    return Path(declared) if Path(declared).is_absolute() else find_root() / declared
+
+
 @dataclass(frozen=True)
 class Study:
     """One study: its datasets and seeds, its runs, its comparisons, its store. Built once
@@ -126,9 +136,22 @@ class Study:
     pilot: Pilot | None = None
     ablation_seeds: tuple[int, ...] = ()
     ablation_groups: tuple[str, ...] = ()
-    store: Path | None = None
+    declared_store: str | None = None  # as declared: relative to the project root, or absolute
     teacher_study: TeacherStudy | None = None
     confirmatory: Confirmatory | None = None
+    where: str = ""  # where it is declared: "PROFILE_PLANS['cpu']" or the study file's path
+    file: Path | None = None  # the study file (Study.load), None for a built-in study
+
+    @property
+    def store(self) -> Path | None:
+        """The artefact store (resolved when asked: a study is built anywhere, its store found
+        from the project root only when it is read)."""
+        return resolve_store(self.declared_store)
+
+    @property
+    def command(self) -> str:
+        """How the plan's command names this study."""
+        return f"--study {self.file}" if self.file else f"--profile {self.name}"
 
     # --- building one ---------------------------------------------------------------------------
 
@@ -148,16 +171,24 @@ class Study:
             plan = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise StudyError(f"cannot read the study file {path}: {exc}") from None
-        return cls.from_plan(path.stem, plan, where=str(path))
+        return cls.from_plan(path.stem, plan, where=str(path), file=path)
 
     @classmethod
-    def from_plan(cls, name: str, plan: dict[str, Any], where: str | None = None) -> "Study":
-        """The study a plan declares (the keys of the module docstring), checked: an unknown
-        key, method, ablation group or variant is named with what is available."""
-        from .report import find_root
-
+    def from_plan(cls, name: str, plan: dict[str, Any], where: str | None = None, file: Path | None = None
+                  ) -> "Study":
+        """The study a plan declares (the keys of the module docstring), checked: a missing or
+        unknown key, dataset, method, ablation group or teacher variant is named, with where it
+        is declared and what is available (StudyError)."""
         where = where or f"PROFILE_PLANS[{name!r}]"
-        plan = copy.deepcopy(plan)
+        try:
+            return cls._from_plan(name, copy.deepcopy(plan), where, file)
+        except KeyError as exc:  # a missing key of a nested entry, or an unknown teacher variant
+            raise StudyError(f"{where}: {exc.args[0] if exc.args else exc}" if " " in str(exc) else
+                             f"{where}: an entry lacks the key {exc}; see tmkd_core/study.py's docstring "
+                             f"and config.PROFILE_PLANS['cpu'] for a complete one") from None
+
+    @classmethod
+    def _from_plan(cls, name: str, plan: dict[str, Any], where: str, file: Path | None) -> "Study":
         unknown = set(plan) - set(STUDY_KEYS)
         if unknown:
             raise StudyError(f"{where}: unknown key(s) {sorted(unknown)}; a study has: {', '.join(STUDY_KEYS)}")
@@ -165,9 +196,19 @@ class Study:
         if profile not in PROFILES:
             raise StudyError(f"{where}: profile {profile!r} is not a configuration profile; available: "
                              f"{', '.join(PROFILES)} (a study file names one with \"profile\")")
-        if not plan.get("datasets"):
-            raise StudyError(f"{where}: a study needs \"datasets\", e.g. [\"cifar10\"]")
+        for needed, example in (("datasets", '["cifar10"]'), ("seeds", "[0, 1, 2]")):
+            if not plan.get(needed):
+                raise StudyError(f"{where}: a study needs \"{needed}\", e.g. {example}")
         datasets = tuple(plan["datasets"])
+        for ds in datasets:
+            try:
+                dataset_config(profile, ds)
+            except ConfigError as exc:
+                raise StudyError(f"{where}: dataset {ds!r}: {exc}") from None
+        stray = set(plan.get("per_dataset", {})) - set(datasets)
+        if stray:
+            raise StudyError(f"{where}['per_dataset']: {sorted(stray)} not among the study's datasets "
+                             f"({', '.join(datasets)})")
         per_dataset = {}
         for ds in datasets:
             changed = plan.get("per_dataset", {}).get(ds, {})
@@ -179,15 +220,21 @@ class Study:
                         "seeds": tuple(changed.get("seeds", plan.get("seeds", []))),
                         "methods": tuple(changed.get("methods", plan.get("methods", list(METHODS))))}
             bad = [m for m in resolved["methods"] if m not in METHODS]
-            if bad:
-                raise StudyError(f"{where}: unknown method(s) {bad} for {ds}; available: {', '.join(METHODS)}")
+            if bad or not resolved["methods"]:
+                raise StudyError(f"{where}: unknown method(s) {bad} for {ds}; available: {', '.join(METHODS)}"
+                                 if bad else f"{where}: no method for {ds}; available: {', '.join(METHODS)}")
+            if not resolved["teacher_seeds"] or not resolved["seeds"]:
+                raise StudyError(f"{where}: {ds} needs at least one teacher seed and one student seed")
             per_dataset[ds] = resolved
         primary = None
         if plan.get("primary"):
             p = plan["primary"]
-            if len(p["methods"]) != 2 or p["dataset"] not in datasets:
-                raise StudyError(f"{where}['primary']: needs two methods [reference, method] on one of the study's "
-                                 f"datasets ({', '.join(datasets)}); it has {p['methods']} on {p['dataset']!r}")
+            if len(p["methods"]) != 2 or p["dataset"] not in datasets or not set(p["methods"]) <= set(METHODS):
+                raise StudyError(f"{where}['primary']: needs two methods [reference, method] of config.METHODS "
+                                 f"({', '.join(METHODS)}) on one of the study's datasets ({', '.join(datasets)}); "
+                                 f"it has {p['methods']} on {p['dataset']!r}")
+            if not p["seeds"]:
+                raise StudyError(f"{where}['primary']: needs seeds, e.g. [100, 101, 102, 103]")
             primary = Comparison(p["dataset"], p["methods"][0], p["methods"][1], tuple(p["seeds"]))
         pilot = None
         if plan.get("pilot"):
@@ -195,23 +242,30 @@ class Study:
             pilot = Pilot(p["dataset"], p["teacher_seed"], tuple(p["seeds"]), tuple(p["methods"]),
                           bool(p.get("settled")), tuple(p.get("adopted", [])), p.get("baseline", {}),
                           p.get("variants", {}))
+            unknown = set(pilot.methods) - set(METHODS) | set(pilot.variants) - set(pilot.methods)
+            if pilot.dataset not in datasets or unknown:
+                raise StudyError(f"{where}['pilot']: its dataset must be one of the study's ({', '.join(datasets)}) "
+                                 f"and its methods and variants' methods among config.METHODS and its own methods; "
+                                 f"it has {pilot.dataset!r}, unknown {sorted(unknown)}")
         groups = tuple(plan.get("ablation_groups") or ABLATIONS)
         bad = [g for g in groups if g not in ABLATIONS]
         if bad:
             raise StudyError(f"{where}: unknown ablation group(s) {bad}; available: {', '.join(ABLATIONS)}")
-        store = find_root() / plan["store"] if plan.get("store") else None
+        store = plan.get("store") or None
         study = TeacherStudy.from_plan(profile, plan["teacher_study"]) if plan.get("teacher_study") else None
         conf = (Confirmatory.from_plan(profile, plan["confirmatory"], store, where)
                 if plan.get("confirmatory") else None)
         return cls(name, profile, datasets, per_dataset, primary, pilot, tuple(plan.get("ablation_seeds", ())),
-                   groups, store, study, conf)
+                   groups, store, study, conf, where, file)
 
     def with_store(self, store: Path | None) -> "Study":
-        """The same study reading and keeping its artefacts in `store` (None: no store)."""
+        """The same study reading and keeping its artefacts in `store` (None: no store): its
+        finished runs are then looked up there too (the pilot's check, the widening rules, the reports)."""
         from dataclasses import replace
 
-        conf = replace(self.confirmatory, store=store) if self.confirmatory else None
-        return replace(self, store=store, confirmatory=conf)
+        declared = None if store is None else str(Path(store).resolve())
+        conf = replace(self.confirmatory, declared_store=declared) if self.confirmatory else None
+        return replace(self, declared_store=declared, confirmatory=conf)
 
     # --- what it runs ---------------------------------------------------------------------------
 
@@ -293,8 +347,8 @@ class Study:
 
     def unsettled(self) -> PilotNotSettled:
         return PilotNotSettled(f"the {self.name} study's final runs wait for its pilot: run it (`python -m "
-                               f"tmkd_core.plan --profile {self.name}`), then settle it as docs/protocol.md, "
-                               f"'Settling the pilot', says")
+                               f"tmkd_core.plan {self.command}`), then settle it as docs/protocol.md, "
+                               f"'Settling the pilot', says ({self.where}['pilot'])")
 
     def check_settled(self, settled_only: bool = True) -> None:
         """PilotNotSettled unless the pilot has settled and its decisions hold (with `settled_only`)."""
@@ -345,8 +399,9 @@ class Study:
 
     @property
     def figures_dir(self) -> str:
-        """Where its reports go unless told: the committed figures/ for the cpu study, else build/<name>/figures."""
-        return "figures" if self.name == "cpu" else f"build/{self.name}/figures"
+        """Where its reports go unless told: the committed figures/ for the built-in cpu study,
+        else build/<name>/figures (a study file named cpu.json included)."""
+        return "figures" if self.name == "cpu" and self.file is None else f"build/{self.name}/figures"
 
 
 def finished_record(spec: RunSpec, profile: str, store: Path | None) -> dict | None:

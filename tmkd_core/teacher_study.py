@@ -142,11 +142,11 @@ class Confirmatory:
     fusion_candidate: tuple[tuple[str, Any], ...] | None = None  # the fusion screen's candidate
     fusion_settled: bool = False  # the candidate's student check is decided (or there is none)
     fusion_adopted: tuple[tuple[str, Any], ...] | None = None  # what TMKD's final runs add
-    store: Path | None = None  # the study's artefact store, where finished runs are read too
+    declared_store: str | None = None  # the study's artefact store (Study.declared_store): finished runs are read there too
     where: str = "the study's confirmatory entry"  # where it is declared, for the errors that name a setting
 
     @classmethod
-    def from_plan(cls, profile: str, plan: dict[str, Any], store: Path | None = None,
+    def from_plan(cls, profile: str, plan: dict[str, Any], store: str | None = None,
                   where: str | None = None) -> "Confirmatory":
         """From a study's `confirmatory` entry (tmkd_core.study)."""
         tmkd = plan.get("tmkd_variant")
@@ -190,6 +190,12 @@ class Confirmatory:
         """Each candidate variant at each of the confirmatory dataset's study seeds."""
         seeds = dict(study.teacher_seeds)[self.dataset]
         return [t for t in study.teachers(self.dataset) if t.variant in study.candidates and t.teacher_seed in seeds]
+
+    @property
+    def store(self) -> Path | None:
+        from .study import resolve_store
+
+        return resolve_store(self.declared_store)
 
     def finished_record(self, spec) -> dict | None:
         from .study import finished_record
