@@ -142,9 +142,11 @@ out.figure(fig, "teachers_gradcam")
 # (`choice`).
 
 # %%
+from tmkd_core.plan import restore
 from tmkd_core.teacher_study import write_teacher_report
 
 if study.teacher_study is not None:
+    restore(study, ["teachers"])  # a fresh clone: the store's finished teachers, as the plan restores them
     stores = [study.store] if study.store else []
     study_report = write_teacher_report(study.teacher_study, out.figures, stores, study.confirmatory)
     print("not trained yet:", study_report["missing"])

@@ -120,6 +120,15 @@ def plan_tasks(study: Study, parts: Iterable[str] = ("pilot", "main", "ablations
     return list(tasks.values())
 
 
+def restore(study: Study, parts: Iterable[str]) -> int:
+    """Copy into the data root what the study's store keeps of `parts` and the data root
+    lacks (its finished teachers and runs, `store.restore_artefacts`), as a plan does first:
+    for a report or a notebook on a fresh clone, before anything is read. How many were copied."""
+    if study.store is None:
+        return 0
+    return restore_artefacts(plan_tasks(study, parts, costs=False), study.store)
+
+
 def default_parts(study: Study) -> list[str]:
     """The parts a plan runs unless told: all once the pilot has settled, else the pilot."""
     return list(PARTS) if study.pilot_settled else ["pilot"]
@@ -170,7 +179,7 @@ def _study_reports(study: Study, out_dir: str | None, teachers: bool, confirmato
         return 2
     if store is not None:  # a fresh clone: the stored teachers and runs into data/
         try:
-            restore_artefacts(plan_tasks(study, ["teachers", "confirmatory"], costs=False), store)
+            restore(study, ["teachers", "confirmatory"])
         except (PilotNotSettled, DecisionMismatch) as exc:
             print(f"[plan] {exc}", file=sys.stderr)
             return 2
@@ -279,7 +288,7 @@ def main(argv=None) -> int:
         return 0
     if args.pilot_report:
         if store is not None:
-            restore_artefacts(plan_tasks(study, ["pilot"], costs=False), store)
+            restore(study, ["pilot"])
         out_dir = args.out_dir or study.figures_dir
         summary = write_pilot_report(study, out_dir)
         if summary is None:
