@@ -588,12 +588,16 @@ def test_a_new_study_is_declared_in_one_file_and_the_plans_dry_run_lists_its_tas
         plan.main(["--study", str(path), "--dry-run"])
     err = capsys.readouterr().err
     assert str(path) in err and "unknown method(s) ['TMDK']" in err and "available: CE, KD" in err
+    assert "usage:" not in err  # the message alone, not the usage text above it
     from tmkd_core.study import StudyError
 
     for wrong, says in [({"seed": [0]}, r"unknown key\(s\) \['seed'\]; a study has: profile, datasets"),
                         ({"datasets": ["cifar11"]}, r"dataset 'cifar11': .*valid values: cifar10, cifar100"),
                         ({"seeds": []}, r"a study needs \"seeds\""),
-                        ({"primary": {"dataset": "cifar10", "methods": ["KD", "TMKD"]}}, r"lacks the key 'seeds'"),
+                        ({"primary": {"dataset": "cifar10", "methods": ["KD", "TMKD"]}},
+                         r"\['primary'\]: needs \"seeds\""),
+                        ({"primary": {**declared["primary"], "seedz": [2]}}, r"\['primary'\]: unknown key\(s\) \['seedz'\]"),
+                        ({"pilot": {"dataset": "cifar10", "methods": ["KD"]}}, r"lacks the key 'teacher_seed'"),
                         ({"teacher_study": {"teacher_seeds": {"cifar10": [0]}, "variants": ["mv_ft100"],
                                             "reference": "rgb", "candidates": []}}, r"available: rgb, rgb_ft1"),
                         ({"per_dataset": {"cifar100": {"seeds": [0]}}}, r"\['cifar100'\] not among the study's")]:

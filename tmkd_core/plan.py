@@ -187,7 +187,7 @@ def _study_reports(study: Study, out_dir: str | None, teachers: bool, confirmato
     if teachers:
         payload = write_teacher_report(teacher_study, out_dir, [store] if store is not None else [], conf)
         for t in payload["missing"]:
-            print(f"[plan] not trained yet: {t}")
+            print(f"[plan] not trained yet: {t}", file=sys.stderr)
         if conf is not None and not conf.chosen:  # the choice reads validation alone: so does its reader
             print("[plan] the confirmatory comparison's teacher is not chosen yet: the choice below reads validation "
                   f"accuracies only; the test accuracies are in {out_dir}/tables/teacher_study.md")
@@ -199,6 +199,9 @@ def _study_reports(study: Study, out_dir: str | None, teachers: bool, confirmato
         print(f"written: {out_dir}/tables/teacher_study.md, {out_dir}/teacher_study.png, "
               f"{out_dir}/results/teacher_study.json")
         code = int(bool(payload["missing"]))
+        if code:
+            print(f"[plan] the teacher study is incomplete: {len(payload['missing'])} teacher(s) not trained yet "
+                  "(exit status 1; the files above hold what has trained)", file=sys.stderr)
     if confirmatory:
         report = write_confirmatory_report(conf, out_dir)
         if isinstance(report, list):
@@ -269,8 +272,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         study = Study.load(args.study) if args.study else Study.of(args.profile)
-    except StudyError as exc:
-        parser.error(str(exc))
+    except StudyError as exc:  # the file and the fix, without the usage text above it
+        parser.exit(2, f"{parser.prog}: {exc}\n")
     # the study's store is relative to the project root, where it is kept in git
     if args.store is not None:
         study = study.with_store(None if args.store == "none" else Path(args.store))
@@ -369,6 +372,9 @@ def main(argv=None) -> int:
             print(f"{state}  {hms(progress.estimate(t)) if state == 'todo' else '-':>7}  {t.title}")
         for path in stale:
             print(f"stale  {path} (no unfinished task resumes from it: --prune-store removes it)")
+        print("(done: in data/; kept: in the store, restored at the start; todo: to train, its estimate; skip: a "
+              "teacher-output cache no run left to train reads. An ensemble's second RGB teacher has teacher seed "
+              "500 + t.)")
         print(f"{len(tasks)} tasks, {len(pending)} to run, estimated {hms(progress.left(pending, {}))} on {args.jobs} "
               f"workers (at {rate / 1e9:.1f} GFLOP/s per worker, measured now: a busy machine reads slower)")
         if store is not None:

@@ -1,7 +1,7 @@
 """A study, resolved once: what it runs, what it compares, and where its records are kept.
 
     study = Study.of("cpu")                      # a built-in study (config.PROFILE_PLANS)
-    study = Study.load("studies/mine.json")      # or one declared in a file of the same keys
+    study = Study.load("mine.json")              # or one declared in a file of the same keys
     study.main_runs()                            # notebook 04's runs, the primary pairs widened
     study.primary                                # Comparison(dataset, reference, method, seeds)
     study.pilot, study.teacher_study, study.confirmatory
@@ -37,6 +37,14 @@ from .teacher_study import Confirmatory, TeacherStudy
 STUDY_KEYS = ("profile", "datasets", "teacher_seeds", "seeds", "methods", "per_dataset", "primary", "pilot",
               "ablation_seeds", "ablation_groups", "store", "teacher_study", "confirmatory")
 PER_DATASET_KEYS = ("teacher_seeds", "seeds", "methods")
+PRIMARY_KEYS = ("dataset", "methods", "seeds")
+PILOT_KEYS = ("dataset", "teacher_seed", "seeds", "methods", "settled", "adopted", "baseline", "variants")
+
+
+def _check_keys(entry: dict, known: tuple, where: str) -> None:
+    unknown = set(entry) - set(known)
+    if unknown:
+        raise StudyError(f"{where}: unknown key(s) {sorted(unknown)}; available: {', '.join(known)}")
 
 
 class StudyError(ValueError):
@@ -229,16 +237,21 @@ class Study:
         primary = None
         if plan.get("primary"):
             p = plan["primary"]
-            if len(p["methods"]) != 2 or p["dataset"] not in datasets or not set(p["methods"]) <= set(METHODS):
+            _check_keys(p, PRIMARY_KEYS, f"{where}['primary']")
+            if p.get("dataset") not in datasets:
+                raise StudyError(f"{where}['primary']: its dataset {p.get('dataset')!r} is not one of the study's "
+                                 f"({', '.join(datasets)})")
+            methods = p.get("methods", [])
+            if len(methods) != 2 or not set(methods) <= set(METHODS):
                 raise StudyError(f"{where}['primary']: needs two methods [reference, method] of config.METHODS "
-                                 f"({', '.join(METHODS)}) on one of the study's datasets ({', '.join(datasets)}); "
-                                 f"it has {p['methods']} on {p['dataset']!r}")
-            if not p["seeds"]:
-                raise StudyError(f"{where}['primary']: needs seeds, e.g. [100, 101, 102, 103]")
+                                 f"({', '.join(METHODS)}); it has {methods}")
+            if not p.get("seeds"):
+                raise StudyError(f"{where}['primary']: needs \"seeds\", e.g. [100, 101, 102, 103]")
             primary = Comparison(p["dataset"], p["methods"][0], p["methods"][1], tuple(p["seeds"]))
         pilot = None
         if plan.get("pilot"):
             p = plan["pilot"]
+            _check_keys(p, PILOT_KEYS, f"{where}['pilot']")
             pilot = Pilot(p["dataset"], p["teacher_seed"], tuple(p["seeds"]), tuple(p["methods"]),
                           bool(p.get("settled")), tuple(p.get("adopted", [])), p.get("baseline", {}),
                           p.get("variants", {}))
