@@ -143,7 +143,7 @@ out.figure(fig, "teachers_gradcam")
 
 # %%
 from tmkd_core.plan import restore
-from tmkd_core.teacher_study import write_teacher_report
+from tmkd_core.teacher_report import write_teacher_report
 
 if study.teacher_study is not None:
     restore(study, ["teachers"])  # a fresh clone: the store's finished teachers, as the plan restores them

@@ -45,7 +45,7 @@ from tmkd_core.experiment import Pipeline
 from tmkd_core.explorer import draw_step_trace, step_trace_tables
 from tmkd_core.protocol import DECISION_MARGIN, KD_FLOOR, pilot_summary
 from tmkd_core.study import Study
-from tmkd_core.teacher_study import write_confirmatory_report
+from tmkd_core.teacher_report import write_confirmatory_report
 from tmkd_core.figures import distillation_forest
 from tmkd_core.report import (GAIN_STEPS, PRIMARY_CAPTION, Outputs, enter_project_root, gain_decomposition,
                               group_runs, method_table, primary_comparison, primary_table, run_record)

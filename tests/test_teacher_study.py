@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from tmkd_core import teacher_study
+from tmkd_core import teacher_eval, teacher_report, teacher_study
 from tmkd_core.config import TEACHER_VARIANTS, dataset_config, with_overrides
 from tmkd_core.experiment import Pipeline
 from tmkd_core.report import teacher_level_comparison
 from tmkd_core.study import Study
-from tmkd_core.teacher_study import (TeacherVariant, choose_variant, evaluation_name,
-                                     fusion_screen, write_teacher_report)
+from tmkd_core.teacher_eval import evaluation_name
+from tmkd_core.teacher_report import choose_variant, fusion_screen, write_teacher_report
+from tmkd_core.teacher_study import TeacherVariant
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,9 +41,10 @@ def test_the_studys_teachers_already_trained_keep_their_stored_keys():
     for t in old:
         [cfg] = t.configs
         assert f"{t.variant.stage}_{Pipeline(cfg).key(t.variant.stage)}.final.pt" in stored, t.title
-    # a longer fine-tuning is another teacher, not a stored one
-    [mv10] = [t for t in study.teachers("cifar100") if t.variant.name == "mv_ft10" and t.teacher_seed == 0]
-    assert f"multiview_teacher_{Pipeline(mv10.configs[0]).key('multiview_teacher')}.final.pt" not in stored
+    # a longer fine-tuning is another teacher (its own key), not the one-epoch teacher stored before
+    [mv1, mv10] = [t for v in ("mv_ft1", "mv_ft10") for t in study.teachers("cifar100")
+                   if t.variant.name == v and t.teacher_seed == 0]
+    assert Pipeline(mv10.configs[0]).key("multiview_teacher") != Pipeline(mv1.configs[0]).key("multiview_teacher")
 
 
 def test_the_confirmatory_runs_kd_first_then_the_fusion_check_then_tmkd():
@@ -126,7 +128,7 @@ def test_the_choice_reads_validation_only_and_takes_the_cheaper_of_a_tie():
 def test_the_fusion_screen_names_a_candidate_only_above_the_margin():
     def grid(default, best):
         return [{"score": s, "tau_w": t, "label_conditioned": best if (s, t) == ("class_prob", 0.03) else default,
-                 "pred_conditioned": 0.0} for s, t in teacher_study.FUSION_GRID]
+                 "pred_conditioned": 0.0} for s, t in teacher_eval.FUSION_GRID]
 
     records = [_record("mv_ft10", s, 60.0, grid=grid(70.0, 70.3)) for s in (0, 1, 2)]
     assert fusion_screen(records, "mv_ft10", "cifar100", [0, 1, 2])["candidate"] is None  # +0.3: not more
@@ -174,8 +176,8 @@ def test_each_teachers_evaluation_against_the_pipelines_own_and_by_hand(cifar_cf
     assert by["rgb_ens2", 0]["compute_view_epochs"] == 2 * cifar_cfg.teacher.optim.epochs
     # kept: a second report reads every evaluation back from the store
     kept = sorted((tmp_path / "store" / "evals").glob("*.json"))
-    assert len(kept) == 4 and json.loads(kept[0].read_text())["eval_version"] == teacher_study.EVAL_VERSION
-    monkeypatch.setattr(teacher_study, "evaluate_teacher", lambda *a: pytest.fail("recomputed a kept evaluation"))
+    assert len(kept) == 4 and json.loads(kept[0].read_text())["eval_version"] == teacher_eval.EVAL_VERSION
+    monkeypatch.setattr(teacher_eval, "evaluate_teacher", lambda *a: pytest.fail("recomputed a kept evaluation"))
     for place in kept:
         (Path(cifar_cfg.data.root) / "evals" / place.name).unlink()  # the data root's copies gone: the store's are read
     assert write_teacher_report(study, tmp_path / "figures", [tmp_path / "store"])["teachers"] == payload["teachers"]
@@ -194,39 +196,39 @@ def test_kd_runs_finished_before_the_fusion_check_do_not_stop_the_plan(monkeypat
 def test_the_plan_refuses_a_confirmatory_decision_the_rules_did_not_make(monkeypatch):
     study = Study.of("cpu").teacher_study
     grid = [{"score": s, "tau_w": t, "label_conditioned": 70.5 if (s, t) == ("class_prob", 0.03) else 70.0,
-             "pred_conditioned": 0.0} for s, t in teacher_study.FUSION_GRID]
+             "pred_conditioned": 0.0} for s, t in teacher_eval.FUSION_GRID]
 
     def record(teacher, cache_dirs=()):
         val = {"mv_ft10": 61.0, "mv_scratch20": 60.0}[teacher.variant.name]
         return {**_record(teacher.variant.name, teacher.teacher_seed, val, grid=grid), "dataset": teacher.dataset}
 
-    monkeypatch.setattr(teacher_study, "teacher_record", record)
-    check = teacher_study.check_confirmatory_decisions
+    monkeypatch.setattr(teacher_report, "teacher_record", record)
+    check = teacher_report.check_confirmatory_decisions
     base = Study.of("cpu").confirmatory
     check(base, study)  # nothing chosen, nothing set
-    with pytest.raises(teacher_study.DecisionMismatch, match="before its teacher is chosen"):
+    with pytest.raises(teacher_report.DecisionMismatch, match="before its teacher is chosen"):
         check(replace(base, fusion_settled=True), study)
     candidate = (("fusion.score", "class_prob"), ("fusion.tau_w", 0.03))
     right = replace(base, tmkd_variant=TeacherVariant.named("mv_ft10"), fusion_candidate=candidate)
     check(right, study)
-    with pytest.raises(teacher_study.DecisionMismatch, match="the validation rule chooses 'mv_ft10'"):
+    with pytest.raises(teacher_report.DecisionMismatch, match="the validation rule chooses 'mv_ft10'"):
         check(replace(right, tmkd_variant=TeacherVariant.named("mv_scratch20")), study)
-    with pytest.raises(teacher_study.DecisionMismatch, match="is not a candidate"):
+    with pytest.raises(teacher_report.DecisionMismatch, match="is not a candidate"):
         check(replace(right, tmkd_variant=TeacherVariant.named("mv_ft1")), study)
-    with pytest.raises(teacher_study.DecisionMismatch, match="the fusion screen gives"):
+    with pytest.raises(teacher_report.DecisionMismatch, match="the fusion screen gives"):
         check(replace(right, fusion_candidate=None), study)
-    with pytest.raises(teacher_study.DecisionMismatch, match="set before the fusion check has settled"):
+    with pytest.raises(teacher_report.DecisionMismatch, match="set before the fusion check has settled"):
         check(replace(right, fusion_adopted=candidate), study)
     # settled: adopted exactly when the student check adopts
     adopt = {"adopt": True}
-    monkeypatch.setattr(teacher_study, "fusion_check_summary", lambda conf, seeds: adopt)
+    monkeypatch.setattr(teacher_report, "fusion_check_summary", lambda conf, seeds: adopt)
     check(replace(right, fusion_settled=True, fusion_adopted=candidate), study)
-    with pytest.raises(teacher_study.DecisionMismatch, match="the fusion check adopts"):
+    with pytest.raises(teacher_report.DecisionMismatch, match="the fusion check adopts"):
         check(replace(right, fusion_settled=True), study)
     adopt["adopt"] = False
     check(replace(right, fusion_settled=True), study)
-    with pytest.raises(teacher_study.DecisionMismatch, match="does not adopt"):
+    with pytest.raises(teacher_report.DecisionMismatch, match="does not adopt"):
         check(replace(right, fusion_settled=True, fusion_adopted=candidate), study)
-    monkeypatch.setattr(teacher_study, "fusion_check_summary", lambda conf, seeds: None)
-    with pytest.raises(teacher_study.DecisionMismatch, match="have not all finished"):
+    monkeypatch.setattr(teacher_report, "fusion_check_summary", lambda conf, seeds: None)
+    with pytest.raises(teacher_report.DecisionMismatch, match="have not all finished"):
         check(replace(right, fusion_settled=True), study)

@@ -51,7 +51,7 @@ def teacher_study_figure(records: list[dict], variants: Sequence[str], reference
     students see it (label-conditioned), with 95% intervals."""
     import matplotlib.pyplot as plt
 
-    from .teacher_study import measure, paired_to_reference
+    from .teacher_report import measure, paired_to_reference
 
     fig, axes = plt.subplots(len(datasets), 2, figsize=(10, 3.4 * len(datasets)), squeeze=False,
                              layout="constrained", width_ratios=(1, 1.15))

@@ -38,7 +38,7 @@ from .protocol import pilot_progress, pilot_summary, write_pilot_report, write_p
 from .scheduler import Progress, Task, hms, needed, run_plan
 from .store import plan_wall_time, restore_artefacts, stale_partials, stored_copy
 from .study import PilotNotSettled, Study, StudyError
-from .teacher_study import DecisionMismatch, check_confirmatory_decisions
+from .teacher_report import DecisionMismatch, check_confirmatory_decisions
 
 
 def _title(stage: str, cfg: ExperimentConfig) -> str:
@@ -169,7 +169,7 @@ def widened_pairs(study: Study, parts: list[str]) -> Callable[[], list[Task]] | 
 
 def _study_reports(study: Study, out_dir: str | None, teachers: bool, confirmatory: bool) -> int:
     """--teacher-report and --confirmatory-report: 0 when written, 1 when a part is missing."""
-    from .teacher_study import write_confirmatory_report, write_teacher_report
+    from .teacher_report import write_confirmatory_report, write_teacher_report
 
     out_dir, store = out_dir or study.figures_dir, study.store
     teacher_study, conf = study.teacher_study, study.confirmatory

@@ -1,0 +1,281 @@
+"""The teacher study's report and decisions, and the confirmatory comparison's report
+(docs/protocol.md, "Amendment: powerful teachers"): the study's table and figure
+(`write_teacher_report`), the validation choice of TMKD's teacher (`choose_variant`), the
+fusion-setting rule (`fusion_screen`, `fusion_check_summary`), the check that the study's
+committed settings are what those rules decide (`check_confirmatory_decisions`), and the
+confirmatory statistic (`write_confirmatory_report`).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .teacher_eval import FUSION_GRID, teacher_record
+from .teacher_study import Confirmatory, TeacherStudy
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+MEASURES = ("deployed", "label_conditioned", "uniform", "view_rgb", "view_edge", "view_hf")
+
+
+TIE_POINTS = 0.1  # the protocol's tie between candidates, in points of validation accuracy
+
+
+SCREEN_POINTS = 0.3  # the fusion-setting screen's margin (docs/protocol.md)
+
+
+DEFAULT_FUSION = ("cosine", 0.1)
+
+
+def study_records(study: TeacherStudy, cache_dirs=()) -> tuple[list[dict], list[str]]:
+    """Every trained teacher's `teacher_record`, and the titles of those not trained yet."""
+    from .experiment import TeacherNotTrained
+
+    records, missing = [], []
+    for teacher in study.teachers():
+        try:
+            records.append(teacher_record(teacher, cache_dirs))
+        except TeacherNotTrained:
+            missing.append(teacher.title)
+    return records, missing
+
+
+def measure(record: dict, split: str, name: str) -> float:
+    """A teacher's accuracy (%) by one measure; an RGB-kind teacher or an ensemble has one
+    output, which stands for every measure (what its students would learn from, too)."""
+    values = record[split]
+    return values.get(name, values["deployed"])
+
+
+def paired_to_reference(records: list[dict], variant: str, reference: str, split: str = "test",
+                        name: str = "deployed") -> dict[str, Any] | None:
+    """`variant` − `reference` over the teacher seeds both have on one dataset's records, in
+    points: mean, sd, 95% t-interval with the teacher seed as the unit; None under 2 seeds."""
+    from .report import paired_difference
+
+    a = {r["teacher_seed"]: measure(r, split, name) for r in records if r["variant"] == variant}
+    b = {r["teacher_seed"]: measure(r, split, name) for r in records if r["variant"] == reference}
+    seeds = sorted(set(a) & set(b))
+    if len(seeds) < 2:
+        return None
+    d = paired_difference([a[s] for s in seeds], [b[s] for s in seeds])
+    return {"teacher_seeds": seeds, "diff": d["diff"], "sd": d["diff_sd"], "ci_low": d["ci_low"],
+            "ci_high": d["ci_high"]}
+
+
+def study_table(records: list[dict], study: TeacherStudy) -> "pd.DataFrame":
+    """One row per dataset and variant: compute, measured training time, test accuracy as
+    deployed and as TMKD's students see it (label-conditioned), each with its paired difference
+    to the compute-matched RGB teacher over teacher seeds (95% CI; as deployed, to the RGB
+    teacher `rgb` too), uniform fusion and each view."""
+    import numpy as np
+    import pandas as pd
+
+    rows = []
+    for dataset in study.datasets:
+        mine = [r for r in records if r["dataset"] == dataset]
+        for v in study.variants:
+            rs = [r for r in mine if r["variant"] == v.name]
+            if not rs:
+                continue
+            row = {"dataset": dataset, "variant": v.name, "kind": v.kind, "teacher seeds": len(rs),
+                   "compute (view-epochs)": rs[0]["compute_view_epochs"],
+                   "train time (h)": float(np.mean([r["train_time_s"] for r in rs])) / 3600}
+            for name, label in (("deployed", "deployed"), ("label_conditioned", "label-conditioned")):
+                values = [measure(r, "test", name) for r in rs]
+                row[f"{label} (%)"] = f"{np.mean(values):.2f} ± {np.std(values, ddof=1) if len(values) > 1 else 0:.2f}"
+                for ref in [study.reference.name] + (["rgb"] if name == "deployed" else []):
+                    d = paired_to_reference(mine, v.name, ref, "test", name)
+                    row[f"{label} Δ vs {ref}"] = "" if d is None or v.name == ref else (
+                        f"{d['diff']:+.2f} [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]")
+            for name in ("uniform", "view_rgb", "view_edge", "view_hf"):
+                row[name.replace("_", " ") + " (%)"] = (f"{np.mean([r['test'][name] for r in rs]):.2f}"
+                                                        if v.kind == "multiview" and all(name in r["test"] for r in rs)
+                                                        else "")
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def choose_variant(records: list[dict], study: TeacherStudy, dataset: str, seeds) -> dict[str, Any]:
+    """docs/protocol.md's choice of the confirmatory comparison's multi-view teacher, on
+    validation only: the candidate with the highest mean validation accuracy as deployed over
+    `seeds`; within TIE_POINTS of the best, the cheapest by measured training time. `chosen`
+    None while a candidate lacks a seed."""
+    import numpy as np
+
+    seeds = sorted(seeds)
+    means, times = {}, {}
+    for v in study.candidates:
+        rs = {r["teacher_seed"]: r for r in records if r["dataset"] == dataset and r["variant"] == v.name}
+        if sorted(set(rs) & set(seeds)) != seeds:
+            return {"chosen": None, "waiting_for": v.name, "val_deployed": means}
+        means[v.name] = float(np.mean([rs[s]["val"]["deployed"] for s in seeds]))
+        times[v.name] = float(np.mean([rs[s]["train_time_s"] for s in seeds]))
+    best = max(means.values())
+    tied = [name for name, m in means.items() if m >= best - TIE_POINTS]
+    return {"chosen": min(tied, key=times.get), "val_deployed": means, "train_time_s": times, "tied": tied,
+            "seeds": seeds, "dataset": dataset}
+
+
+def fusion_screen(records: list[dict], variant: str, dataset: str, seeds) -> dict[str, Any]:
+    """Step 1 of the protocol's fusion-setting rule: for `variant`, each FUSION_GRID setting's
+    label-conditioned validation accuracy, mean over `seeds`, and the candidate (the best,
+    if it beats DEFAULT_FUSION by more than SCREEN_POINTS), else None."""
+    import numpy as np
+
+    rs = [r for r in records if r["dataset"] == dataset and r["variant"] == variant and r["teacher_seed"] in seeds]
+    grid = {}
+    for score, tau_w in FUSION_GRID:
+        grid[score, tau_w] = float(np.mean([next(g["label_conditioned"] for g in r["val"]["fusion_grid"]
+                                                 if (g["score"], g["tau_w"]) == (score, tau_w)) for r in rs]))
+    best = max(grid, key=grid.get)
+    candidate = best if grid[best] > grid[DEFAULT_FUSION] + SCREEN_POINTS else None
+    return {"grid": [{"score": s, "tau_w": t, "label_conditioned_val": v} for (s, t), v in grid.items()],
+            "default": {"score": DEFAULT_FUSION[0], "tau_w": DEFAULT_FUSION[1]},
+            "candidate": None if candidate is None else {"score": candidate[0], "tau_w": candidate[1]}}
+
+
+def write_teacher_report(study: TeacherStudy, out_dir, cache_dirs=(), conf: Confirmatory | None = None) -> dict:
+    """The teacher study as far as it has trained: tables/teacher_study.{md,csv,tex},
+    teacher_study.{png,pdf} and results/teacher_study.json (every teacher's record, the paired
+    differences to the reference, the validation choice of the confirmatory comparison's
+    teacher and the fusion-setting screen once their teachers are there). Accuracies in %."""
+    from .figures import teacher_study_figure
+    from .report import Outputs
+
+    records, missing = study_records(study, cache_dirs)
+    out = Outputs(out_dir)
+    out.table(study_table(records, study), "teacher_study",
+              "Teacher study: test accuracy (%), mean ± sd over teacher seeds; Δ: paired difference to the "
+              f"compute-matched RGB teacher ({study.reference.name}), 95% t-interval over teacher seeds")
+    references = [study.reference.name, "rgb"]  # the compute-matched RGB teacher, and KD's teacher so far
+    diffs = [{"dataset": d, "variant": v.name, "measure": name, "split": split, "reference": ref, **found}
+             for ref in references for d in study.datasets for v in study.variants if v.name != ref
+             for name in MEASURES for split in ("val", "test")
+             if (found := paired_to_reference([r for r in records if r["dataset"] == d], v.name, ref, split,
+                                              name)) is not None]
+    # the protocol's reading: more powerful when the deployed test accuracy's interval against the
+    # compute-matched RGB teacher lies above 0
+    more_powerful = {f"{d['dataset']}/{d['variant']}": d["ci_low"] > 0 for d in diffs
+                     if d["reference"] == study.reference.name and d["measure"] == "deployed" and d["split"] == "test"}
+    payload: dict[str, Any] = {"units": "percent", "teachers": records, "missing": missing, "paired_differences": diffs,
+                               "more_powerful_than_reference": more_powerful,
+                               "reference": study.reference.name,
+                               "variants": {v.name: {"kind": v.kind, "stage": v.stage, "overrides": v.settings(),
+                                                     "why": v.why} for v in study.variants}}
+    if conf is not None:
+        seeds = dict(study.teacher_seeds)[conf.dataset]
+        payload["choice"] = choose_variant(records, study, conf.dataset, seeds)
+        if payload["choice"]["chosen"] is not None:
+            payload["fusion_screen"] = fusion_screen(records, payload["choice"]["chosen"], conf.dataset, seeds)
+        payload["fusion_check"] = fusion_check_summary(conf, seeds)
+    if records:
+        out.figure(teacher_study_figure(records, [v.name for v in study.variants], study.reference.name,
+                                        study.datasets), "teacher_study")
+    out.results_json("teacher_study", payload)
+    return payload
+
+
+CONFIRMATORY_CAPTION = ("Confirmatory comparison (docs/protocol.md, 'Amendment: powerful teachers'): test accuracy "
+                        "(%), mean ± sd over pairs; Δ: the mean over teachers of each teacher's mean paired "
+                        "difference, 95% t-interval over teachers")
+
+
+def write_confirmatory_report(conf: Confirmatory, out_dir) -> tuple[Any, dict] | list:
+    """The confirmatory comparison, once every pair of its teachers (the widening rule
+    applied) has finished: tables/confirmatory.{md,csv,tex} and results/confirmatory.json
+    (`runs`: dataset, method, seed, teacher_seed, teacher_variant, val_acc, test_acc, run_key;
+    `confirmatory`: `report.teacher_level_comparison`). Returns (table, statistic), or the
+    runs still missing (all of TMKD's before its teacher is chosen)."""
+    import numpy as np
+    import pandas as pd
+
+    from .report import Outputs, run_record, teacher_level_comparison
+
+    teachers = conf.widened_teacher_seeds()
+    specs = conf.runs(teachers)
+    found = [(spec, conf.finished_record(spec)) for spec in specs]
+    missing = [spec for spec, record in found if record is None]
+    if not conf.chosen or missing:
+        return [s.title for s in missing] + ([] if conf.chosen else ["TMKD's runs: its teacher is not chosen yet"])
+    runs = [{**run_record(spec.dataset, spec.method, record, spec.setting),
+             "teacher_variant": spec.setting.removeprefix("teacher=")} for spec, record in found]
+    statistic = teacher_level_comparison(runs, "TMKD", "KD")
+    acc = {m: [100 * r["test_acc"] for r in runs if r["method"] == m] for m in ("KD", "TMKD")}
+    table = pd.DataFrame([{
+        "dataset": conf.dataset, "teachers": statistic["teachers"], "pairs": statistic["pairs"],
+        f"KD from {conf.kd_variant.name} (%)": f"{np.mean(acc['KD']):.2f} ± {np.std(acc['KD'], ddof=1):.2f}",
+        f"TMKD from {conf.tmkd_variant.name} (%)": f"{np.mean(acc['TMKD']):.2f} ± {np.std(acc['TMKD'], ddof=1):.2f}",
+        "Δ TMKD − KD": f"{statistic['diff']:+.2f}", "95% CI": f"[{statistic['ci_low']:+.2f}, {statistic['ci_high']:+.2f}]",
+        "half-width": statistic["half_width"],
+        "per teacher": ", ".join(f"{t}: {v:+.2f}" for t, v in statistic["per_teacher_diff"].items()),
+        "reading": statistic["verdict"]}])
+    out = Outputs(out_dir)
+    out.table(table, "confirmatory", CONFIRMATORY_CAPTION)
+    out.results_json("confirmatory", {"confirmatory": statistic, "teacher_seeds": teachers, "dataset": conf.dataset,
+                                      "kd_variant": conf.kd_variant.name, "tmkd_variant": conf.tmkd_variant.name},
+                     runs=runs)
+    return table, statistic
+
+
+def fusion_check_summary(conf: Confirmatory, teacher_seeds) -> dict[str, Any] | None:
+    """Step 2 of the fusion-setting rule: TMKD with the candidate − TMKD with the default, in
+    points of validation accuracy, per teacher seed and their mean; `adopt` if the mean exceeds
+    SCREEN_POINTS. None without a candidate, or while a check run is missing."""
+    runs = conf.fusion_check_runs(teacher_seeds)
+    if not runs:
+        return None
+    records = [conf.finished_record(spec) for spec in runs]
+    if None in records:
+        return None
+    val = {(spec.teacher_seed, spec.setting.endswith("default")): r["val_acc"] for spec, r in zip(runs, records)}
+    diffs = {t: 100 * (val[t, False] - val[t, True]) for t in sorted(teacher_seeds)}
+    mean = sum(diffs.values()) / len(diffs)
+    return {"candidate": dict(conf.fusion_candidate), "val_diff_per_teacher": diffs, "val_diff": mean,
+            "adopt": mean > SCREEN_POINTS}
+
+
+class DecisionMismatch(RuntimeError):
+    """The profile's confirmatory settings are not what the protocol's rules decide."""
+
+
+def check_confirmatory_decisions(conf: Confirmatory, study: TeacherStudy, cache_dirs=()) -> None:
+    """Once `tmkd_variant` is written into the profile: that it is a candidate and what
+    `choose_variant` decides from the stored validation evaluations; that `fusion_candidate`
+    is `fusion_screen`'s; and once `fusion_settled`, that `fusion_adopted` is the candidate
+    exactly when `fusion_check_summary` adopts it (None without a candidate).
+    DecisionMismatch otherwise, naming the setting to change: TMKD's final runs never start
+    from a choice the rules did not make."""
+    if not conf.chosen:
+        if conf.fusion_settled or conf.fusion_candidate is not None or conf.fusion_adopted is not None:
+            raise DecisionMismatch("the confirmatory comparison's fusion settings are set before its teacher is "
+                                   "chosen: reset fusion_candidate, fusion_settled and fusion_adopted in "
+                                   f"{conf.where}")
+        return
+    where = conf.where
+    if conf.tmkd_variant not in study.candidates:
+        raise DecisionMismatch(f"{where}['tmkd_variant'] = {conf.tmkd_variant.name!r} is not a candidate "
+                               f"({', '.join(v.name for v in study.candidates)})")
+    seeds = dict(study.teacher_seeds)[conf.dataset]
+    records = [teacher_record(t, cache_dirs) for t in conf.candidate_teachers(study)]
+    choice = choose_variant(records, study, conf.dataset, seeds)
+    if choice["chosen"] != conf.tmkd_variant.name:
+        raise DecisionMismatch(f"{where}['tmkd_variant'] = {conf.tmkd_variant.name!r}, but the validation rule "
+                               f"chooses {choice['chosen']!r} ({choice})")
+    screen = fusion_screen(records, conf.tmkd_variant.name, conf.dataset, seeds)["candidate"]
+    want = None if screen is None else {"fusion.score": screen["score"], "fusion.tau_w": screen["tau_w"]}
+    have = None if conf.fusion_candidate is None else dict(conf.fusion_candidate)
+    if have != want:
+        raise DecisionMismatch(f"{where}['fusion_candidate'] = {have}, but the fusion screen gives {want}")
+    if conf.fusion_settled:
+        check = fusion_check_summary(conf, seeds)
+        if want is not None and check is None:
+            raise DecisionMismatch(f"{where}['fusion_settled'] is True, but the fusion check's runs have not all "
+                                   "finished")
+        adopted = None if conf.fusion_adopted is None else dict(conf.fusion_adopted)
+        if adopted != (want if check is not None and check["adopt"] else None):
+            raise DecisionMismatch(f"{where}['fusion_adopted'] = {adopted}, but the fusion check "
+                                   f"{'adopts' if check and check['adopt'] else 'does not adopt'} {want} ({check})")
+    elif conf.fusion_adopted is not None:
+        raise DecisionMismatch(f"{where}['fusion_adopted'] is set before the fusion check has settled")
