@@ -108,11 +108,12 @@ def plan_tasks(study: Study, parts: Iterable[str] = ("pilot", "main", "ablations
     first = set(confirmatory)
     for spec in specs:
         add(Pipeline(study.config(spec)), "student", spec.title, study.is_primary(spec) or spec in first)
+    deciding = conf.choice_reads(teachers) if conf and teachers else []  # until TMKD's teacher is chosen
     for teacher in teachers.teachers() if teachers else []:
         for i, cfg in enumerate(teacher.configs):  # an ensemble's second teacher is titled as an RGB teacher
             key = add(Pipeline(cfg), teacher.variant.stage, None if i else teacher.title,
                       primary=conf is not None and teacher.dataset == conf.dataset)
-            tasks[key].decides |= conf is not None and teacher in conf.choice_reads(teachers)
+            tasks[key].decides |= teacher in deciding
     for cfg in configs:  # teachers no run reads come last: notebook 02's control, notebook 03's generic prompts
         pipe = Pipeline(cfg)
         add(pipe, "multiview_teacher" if pipe.uses("multiview_teacher") else "rgb_teacher")
