@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -41,6 +41,22 @@ def widen_pairs(seeds: list[int], diffs: dict[int, float], n_teachers: int, most
             break
         seeds += list(range(max(seeds) + 1, max(seeds) + 1 + max(n_teachers, 1)))[: most - len(seeds)]
     return seeds
+
+
+def widen_from_records(seeds: list[int], diff_of: Callable[[int], float | None], n_teachers: int,
+                       most: int | None = None) -> list[int]:
+    """`widen_pairs` applied until it adds nothing: `diff_of(seed)` is a seed's paired
+    difference in points, None while its runs have not all finished; a widening step reads
+    the seeds it added, since they may have finished too."""
+    seeds, diffs = list(seeds), {}
+    while True:
+        for seed in set(seeds) - set(diffs):
+            if (d := diff_of(seed)) is not None:
+                diffs[seed] = d
+        wider = widen_pairs(seeds, diffs, n_teachers, most)
+        if wider == seeds:
+            return seeds
+        seeds = wider
 
 
 def check_pilot_decisions(study: Study) -> None:

@@ -375,19 +375,15 @@ class Study:
     def primary_seeds(self) -> list[int]:
         """The primary comparison's student seeds: the study's (sized by the pilot), widened
         by `protocol.widen_pairs` from the test accuracies of the finished pairs."""
-        from .protocol import widen_pairs
+        from .protocol import widen_from_records
 
         p = self.primary
-        seeds, diffs = list(p.seeds), {}
-        while True:  # a widening step reads the pairs it added: they may have finished too
-            for seed in set(seeds) - set(diffs):
-                pair = [self.finished_record(spec) for spec in self.runs(p.dataset, [p.method, p.reference], [seed])]
-                if None not in pair:
-                    diffs[seed] = 100 * (pair[0]["test_acc"] - pair[1]["test_acc"])
-            wider = widen_pairs(seeds, diffs, len(self.teacher_seeds(p.dataset)))
-            if wider == seeds:
-                return seeds
-            seeds = wider
+
+        def diff(seed: int) -> float | None:
+            pair = [self.finished_record(spec) for spec in self.runs(p.dataset, [p.method, p.reference], [seed])]
+            return None if None in pair else 100 * (pair[0]["test_acc"] - pair[1]["test_acc"])
+
+        return widen_from_records(list(p.seeds), diff, len(self.teacher_seeds(p.dataset)))
 
     def is_primary(self, spec: RunSpec) -> bool:
         """Whether the run is one of the primary comparison's (its seeds hold every final seed

@@ -207,24 +207,21 @@ class Confirmatory:
         `max_teachers`) from the teacher-level mean differences TMKD - KD of the teachers whose
         runs have all finished (docs/protocol.md, "Amendment: powerful teachers"). Until TMKD's
         final runs may start (its teacher chosen and the fusion setting settled), the study's seeds."""
-        from .protocol import widen_pairs
+        from .protocol import widen_from_records
 
-        seeds = list(self.teacher_seeds)
         if not (self.chosen and self.fusion_settled):
-            return seeds
-        means: dict[int, float] = {}
-        while True:  # a widening step reads the teachers it added: they may have finished too
-            for t in set(seeds) - set(means):
-                specs = self.runs([t])
-                records = [self.finished_record(spec) for spec in specs]
-                if None not in records:
-                    acc = {(spec.method, spec.seed): r["test_acc"] for spec, r in zip(specs, records)}
-                    students = self.student_seeds(t)
-                    means[t] = 100 * sum(acc["TMKD", s] - acc["KD", s] for s in students) / len(students)
-            wider = widen_pairs(seeds, means, 2, self.max_teachers)
-            if wider == seeds:
-                return seeds
-            seeds = wider
+            return list(self.teacher_seeds)
+
+        def teacher_mean(t: int) -> float | None:
+            specs = self.runs([t])
+            records = [self.finished_record(spec) for spec in specs]
+            if None in records:
+                return None
+            acc = {(spec.method, spec.seed): r["test_acc"] for spec, r in zip(specs, records)}
+            students = self.student_seeds(t)
+            return 100 * sum(acc["TMKD", s] - acc["KD", s] for s in students) / len(students)
+
+        return widen_from_records(list(self.teacher_seeds), teacher_mean, 2, self.max_teachers)
 
     FUSION_CHECK_SEED = 900  # student seed 900 + t under teacher t: validation only, never a final seed
 
