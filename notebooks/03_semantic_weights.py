@@ -38,6 +38,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from IPython.display import display
 
 from tmkd_core import priors
 from tmkd_core.analysis import fusion_weights, weight_sweep, weights_against_views
@@ -181,6 +182,32 @@ out.figure(fig, "explorer_changed")
 # %%
 explorer.widget(dataset, explore_index) if interactive else None
 
+# %% [markdown]
+# ## The teacher study's multi-view teachers: do their weights select?
+# The tables above read the primary comparison's one-epoch teacher. The teacher study
+# (notebook 02) trains stronger multi-view teachers; for each of them and each teacher seed,
+# the same questions on the validation split, from the evaluation the study keeps of every
+# teacher (`<store>/evals/`): each view's mean weight and the correlation of its weight with
+# its probability of the label, how often the largest weight lands on the most confident
+# view, and the fused accuracy with text, uniform and confidence weights. `chosen` marks the
+# confirmatory comparison's teacher once the validation rule has chosen it. A fusion setting
+# that selects better (scores, `tau_w`) is adopted only through the protocol's rule
+# (docs/teacher_study.md), never from this table.
+
+# %%
+from tmkd_core.plan import restore
+from tmkd_core.teacher_report import SELECTIVITY_CAPTION, selectivity_table, study_records
+
+selectivity = None
+if study.teacher_study is not None:
+    restore(study, ["teachers"])  # a fresh clone: the store's finished teachers, as the plan restores them
+    study_teachers, _ = study_records(study.teacher_study, [study.store] if study.store else [])
+    chosen = study.confirmatory.tmkd_variant.name if study.confirmatory and study.confirmatory.chosen else None
+    selectivity = selectivity_table(study_teachers, chosen)
+    if len(selectivity):
+        out.table(selectivity, "teacher_weights", SELECTIVITY_CAPTION)
+        display(selectivity)
+
 # %% tags=["nbval-check"]
 # NBVAL_CHECK_OUTPUT
 sums_to_one = bool(np.allclose(w.sum(0), 1, atol=1e-5))
@@ -189,5 +216,7 @@ assert sums_to_one, f"fusion weights summing to {w.sum(0).min():.6f}..{w.sum(0).
 assert sweep["entropy"].between(-1e-6, np.log(len(views)) + 1e-6).all(), f"entropies outside [0, ln V]:\n{sweep}"
 
 # %%
+study_weights = None if selectivity is None else selectivity.to_dict("records")
 out.results_json("03_semantic_weights", {"dataset": dataset, "mean_weights_by_class": per_class.to_dict("records"),
-                                         "weights_vs_views": follow, "tau_sweep": rows}, cfg)  # no student runs
+                                         "weights_vs_views": follow, "tau_sweep": rows,
+                                         "study_teachers_weights": study_weights}, cfg)  # no student runs

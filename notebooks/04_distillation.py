@@ -46,9 +46,10 @@ from tmkd_core.explorer import draw_step_trace, step_trace_tables
 from tmkd_core.protocol import DECISION_MARGIN, KD_FLOOR, pilot_summary
 from tmkd_core.study import Study
 from tmkd_core.teacher_report import write_confirmatory_report
-from tmkd_core.figures import distillation_forest
+from tmkd_core.figures import distillation_forest, teacher_differences_figure
 from tmkd_core.report import (GAIN_STEPS, PRIMARY_CAPTION, Outputs, enter_project_root, gain_decomposition,
-                              group_runs, method_table, primary_comparison, primary_table, run_record)
+                              group_runs, method_table, primary_comparison, primary_table, run_record,
+                              teacher_level_comparison)
 
 out = Outputs(enter_project_root() / out_dir)
 study = Study.of(profile)
@@ -216,6 +217,34 @@ out.figure(fig, "distillation_curves")
 fig = distillation_forest(records, (p.dataset, p.method, p.reference) if primary is not None else None, GAIN_STEPS)
 out.figure(fig, "distillation_forest")
 
+# %% [markdown]
+# ## Per teacher: the teacher as the unit of replication
+# Student seeds under one teacher share that teacher's strengths and flaws, so the claim about
+# teachers in general rests on the teacher means D(t) (docs/protocol.md, "Amendment: powerful
+# teachers"). Each teacher seed is a row: its student seeds' paired differences (dots, their
+# range a line) and their mean (ringed); on top the mean over teachers with its 95%
+# t-interval over teachers. The grey band is the tie margin ±0.5 point. Left, the primary
+# comparison with the one-epoch multi-view teacher, re-read with the teacher as the unit;
+# right, once its runs have finished, the confirmatory comparison.
+
+# %%
+panels = []
+primary_by_teacher = None
+if primary is not None and len(primary["teacher_seeds"]) >= 2:
+    primary_by_teacher = teacher_level_comparison(
+        [r for r in records if r["dataset"] == p.dataset and not r.get("setting")], p.method, p.reference)
+    panels.append((f"{p.dataset} (primary): {p.method} − {p.reference}, one-epoch multi-view teacher",
+                   primary_by_teacher))
+if confirmatory is not None:
+    panels.append((f"{conf.dataset} (confirmatory): TMKD from {conf.tmkd_variant.name} − KD from "
+                   f"{conf.kd_variant.name}", confirmatory))
+if panels:
+    out.figure(teacher_differences_figure(panels), "teacher_differences")
+    for title, s in panels:
+        print(f"{title}: {s['diff']:+.2f} [{s['ci_low']:+.2f}, {s['ci_high']:+.2f}] over {s['teachers']} teachers "
+              f"({s['pairs']} pairs); within-teacher sd {s['within_teacher_sd']:.2f}, between-teacher sd "
+              f"{s['between_teacher_sd']:.2f}")
+
 # %% tags=["nbval-check"]
 # NBVAL_CHECK_OUTPUT
 print("rows:", len(main), "methods:", list(METHODS))
@@ -225,5 +254,6 @@ assert main["mean"].between(0, 100).all(), f"mean accuracies outside [0, 100]:\n
 # %%
 out.results_json("04_distillation", {"datasets": datasets, "table": main.to_dict("records"), "primary": primary,
                                      "gain_decomposition": decomposition.to_dict("records"),
-                                     "pilot_runs": pilot_records, "confirmatory": confirmatory},
+                                     "pilot_runs": pilot_records, "confirmatory": confirmatory,
+                                     "primary_by_teacher": primary_by_teacher},
                  study.dataset_config(datasets[0]), sorted({r["seed"] for r in records}), runs=records)

@@ -9,6 +9,7 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -232,3 +233,53 @@ def test_the_plan_refuses_a_confirmatory_decision_the_rules_did_not_make(monkeyp
     monkeypatch.setattr(teacher_report, "fusion_check_summary", lambda conf, seeds: None)
     with pytest.raises(teacher_report.DecisionMismatch, match="have not all finished"):
         check(replace(right, fusion_settled=True), study)
+
+
+def test_the_weights_table_reads_each_multiview_teachers_selectivity():
+    from tmkd_core.analysis import weights_against_views
+    from tmkd_core.teacher_report import selectivity_table
+
+    # 4 samples, 2 views, 3 classes: view 0 right on samples 0-1, view 1 on 2-3; the weights follow
+    labels = torch.tensor([0, 1, 2, 0])
+    logits = torch.full((2, 4, 3), -2.0)
+    for v, samples in ((0, (0, 1)), (1, (2, 3))):
+        for n in samples:
+            logits[v, n, labels[n]] = 3.0
+    weights = torch.tensor([[0.8, 0.7, 0.3, 0.2], [0.2, 0.3, 0.7, 0.8]])
+    sel = weights_against_views(weights, logits, labels, ["rgb", "edge"])
+    teacher = {"dataset": "cifar100", "kind": "multiview", "teacher_seed": 1, "val": {"selectivity": sel}}
+    records = [{**teacher, "variant": "mv_ft10"}, {**teacher, "variant": "mv_scratch20", "teacher_seed": 0},
+               {"dataset": "cifar100", "kind": "rgb", "variant": "rgb_ft30", "teacher_seed": 0, "val": {}}]
+    table = selectivity_table(records, chosen="mv_ft10")
+    assert list(zip(table["variant"], table["teacher seed"], table["chosen"])) == [
+        ("mv_ft10", 1, "yes"), ("mv_scratch20", 0, "")]  # the RGB teacher has no weights
+    row = table.iloc[0]
+    assert row["mean weight (rgb / edge)"] == "0.500 / 0.500"
+    assert row["top weight on most confident view (%)"] == 100.0  # the largest weight always on the right view
+    assert row["corr(w, p(label)) (rgb / edge)"].startswith("+0.9")
+    assert row["text − uniform (points)"] == pytest.approx(row["fused: text weights (%)"] - row["fused: uniform (%)"],
+                                                           abs=0.011)
+
+
+def test_the_per_teacher_figure_draws_each_teachers_mean_and_the_interval_over_teachers():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from tmkd_core.figures import teacher_differences_figure
+
+    diffs = {0: [1.0, 1.2, 0.8], 1: [0.0, 0.2, -0.2], 2: [0.5, 0.5, 0.5]}  # points; teacher means 1, 0, 0.5
+    records = [{"method": m, "teacher_seed": t, "seed": 200 + 10 * t + i,
+                "test_acc": 0.5 + (d / 100 if m == "TMKD" else 0.0)}
+               for t, ds in diffs.items() for i, d in enumerate(ds) for m in ("KD", "TMKD")]
+    s = teacher_level_comparison(records)
+    fig = teacher_differences_figure([("a", s), ("b", s)])
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == [
+        "teacher seed 2 (3 students)", "teacher seed 1 (3 students)", "teacher seed 0 (3 students)",
+        "mean over 3 teachers (95% CI)"]
+    drawn = {(tuple(np.round(line.get_xdata(), 6)), tuple(int(y) for y in line.get_ydata())) for line in ax.get_lines()}
+    assert ((round(s["ci_low"], 6), round(s["ci_high"], 6)), (3, 3)) in drawn  # the interval, on the top row
+    assert ((0.5,), (3,)) in drawn  # the mean over teachers
+    assert {((0.8, 1.2), (2, 2)), ((1.0,), (2,))} <= drawn  # teacher 0: its students' range and its mean
+    assert {((-0.2, 0.2), (1, 1)), ((0.0,), (1,)), ((0.5,), (0,))} <= drawn  # teachers 1 and 2
+    assert len(fig.axes) == 2

@@ -176,3 +176,41 @@ def ablation_forest(kd: Sequence[dict], tmkd: Sequence[dict], table) -> "plt.Fig
     forest(ax, rows, "Δ test accuracy to TMKD's default setting (points)")
     ax.set_title("Ablations of TMKD, paired by seed (95% t-intervals)", loc="left", fontsize=10)
     return fig
+
+
+def teacher_forest(ax, statistic: dict[str, Any], title: str, tie_margin: float = 0.5) -> None:
+    """One comparison with the teacher as the unit (`report.teacher_level_comparison`): a row
+    per teacher seed, its student seeds' paired differences as dots, their range as a line and
+    their mean D(t) as a ringed point; on top, the mean over teachers with its 95% t-interval
+    (T − 1 degrees of freedom). The band is the protocol's tie margin ±`tie_margin`."""
+    teachers = list(statistic["per_teacher_pairs"])
+    n = len(teachers)
+    ax.axvspan(-tie_margin, tie_margin, color="0.92", zorder=0)
+    ax.axvline(0, color="grey", lw=1, ls="--", zorder=1)
+    rng = np.random.default_rng(0)  # fixed jitter: the same figure on every rerun
+    for i, t in enumerate(teachers):
+        y, pairs, colour = n - 1 - i, np.asarray(statistic["per_teacher_pairs"][t], float), seed_colour(t, teachers)
+        ax.plot([pairs.min(), pairs.max()], [y, y], color=colour, lw=1.5, zorder=2)
+        ax.scatter(pairs, y + rng.uniform(-0.15, 0.15, len(pairs)), s=14, color=colour, alpha=0.8, linewidths=0,
+                   zorder=3)
+        ax.plot([statistic["per_teacher_diff"][t]], [y], marker="o", ms=8, mfc="white", mec=colour, mew=2, zorder=4)
+    ax.plot([statistic["ci_low"], statistic["ci_high"]], [n, n], color="black", lw=2, zorder=3)
+    ax.plot([statistic["diff"]], [n], marker="D", color="black", ms=7, zorder=4)
+    labels = [f"teacher seed {t} ({len(statistic['per_teacher_pairs'][t])} students)" for t in teachers]
+    ax.set_yticks(range(n + 1), labels[::-1] + [f"mean over {n} teachers (95% CI)"])
+    ax.set_ylim(-0.6, n + 0.6)
+    ax.set_title(title, loc="left", fontsize=10)
+    ax.set_xlabel(f"Δ {statistic['metric'].removesuffix('_acc')} accuracy (points)")
+
+
+def teacher_differences_figure(panels: Sequence[tuple[str, dict[str, Any]]]) -> "plt.Figure":
+    """Notebook 04's per-teacher picture: one `teacher_forest` per comparison (title,
+    `teacher_level_comparison`), side by side, each on its own scale."""
+    import matplotlib.pyplot as plt
+
+    rows = max(len(s["per_teacher_pairs"]) for _, s in panels) + 1
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 0.45 * rows + 1.6), layout="constrained",
+                             squeeze=False)
+    for ax, (title, statistic) in zip(axes[0], panels):
+        teacher_forest(ax, statistic, title)
+    return fig

@@ -97,6 +97,43 @@ def study_table(records: list[dict], study: TeacherStudy) -> "pd.DataFrame":
     return pd.DataFrame(rows)
 
 
+SELECTIVITY_CAPTION = ("Do the text weights of the teacher study's multi-view teachers follow which view is right? "
+                       "Validation split, one row per teacher seed: each view's mean weight and the correlation "
+                       "over samples of its weight with its probability of the label; how often the largest "
+                       "weight falls on the view most confident of the label (chance 33.3%); the label-"
+                       "conditioned fused accuracy with the text weights, uniform weights and confidence "
+                       "weights w_v ∝ p_v(y) (a reference, not a method)")
+
+
+def selectivity_table(records: list[dict], chosen: str | None = None, split: str = "val") -> "pd.DataFrame":
+    """Issue #24's step 2 per multi-view teacher (dataset, variant, teacher seed) from the
+    `selectivity` of its evaluation (`analysis.weights_against_views` with the default fusion):
+    the weights follow the right view when corr(w_v, p_v(y)) > 0 for each view, the largest
+    weight lands on the most confident view well above chance, and the text-weighted fusion
+    beats the uniform one. `chosen` marks the confirmatory comparison's teacher."""
+    import pandas as pd
+
+    rows = []
+    for r in sorted((r for r in records if r["kind"] == "multiview"),
+                    key=lambda r: (r["dataset"], r["variant"], r["teacher_seed"])):
+        sel = r[split]["selectivity"]
+        views = [v["view"] for v in sel["per_view"]]
+        top, fused = sel["top_view"], sel["fused"]
+        rows.append({
+            "dataset": r["dataset"], "variant": r["variant"], "teacher seed": r["teacher_seed"],
+            "chosen": "yes" if r["variant"] == chosen else "",
+            "mean weight (" + " / ".join(views) + ")": " / ".join(f"{v['mean_weight']:.3f}" for v in sel["per_view"]),
+            "corr(w, p(label)) (" + " / ".join(views) + ")": " / ".join(
+                "n/a" if v["corr_weight_p_label"] is None else f"{v['corr_weight_p_label']:+.2f}"
+                for v in sel["per_view"]),
+            "top weight on most confident view (%)": round(100 * top["top_weight_on_most_confident"], 1),
+            "fused: text weights (%)": round(fused["fusion_weights"], 2),
+            "fused: uniform (%)": round(fused["uniform"], 2),
+            "fused: confidence weights (%)": round(fused["confidence_weights"], 2),
+            "text − uniform (points)": round(fused["fusion_weights"] - fused["uniform"], 2)})
+    return pd.DataFrame(rows)
+
+
 def choose_variant(records: list[dict], study: TeacherStudy, dataset: str, seeds) -> dict[str, Any]:
     """docs/protocol.md's choice of the confirmatory comparison's multi-view teacher, on
     validation only: the candidate with the highest mean validation accuracy as deployed over
