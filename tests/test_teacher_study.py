@@ -234,6 +234,19 @@ def test_the_plan_refuses_a_confirmatory_decision_the_rules_did_not_make(monkeyp
     with pytest.raises(teacher_report.DecisionMismatch, match="have not all finished"):
         check(replace(right, fusion_settled=True), study)
 
+    # a choice written before a candidate it reads has trained: refused, naming the teacher
+    from tmkd_core.experiment import TeacherNotTrained
+
+    def untrained(teacher, cache_dirs=()):
+        if (teacher.variant.name, teacher.teacher_seed) == ("mv_scratch20", 2):
+            raise TeacherNotTrained("no checkpoint")
+        return record(teacher, cache_dirs)
+
+    monkeypatch.setattr(teacher_report, "teacher_record", untrained)
+    with pytest.raises(teacher_report.DecisionMismatch, match=r"reads teacher mv_scratch20 \(cifar100 teacher seed 2\)"
+                                                              r", not trained yet: set it back to None"):
+        check(right, study)
+
 
 def test_the_weights_table_reads_each_multiview_teachers_selectivity():
     from tmkd_core.analysis import weights_against_views

@@ -294,8 +294,17 @@ def check_confirmatory_decisions(conf: Confirmatory, study: TeacherStudy, cache_
     if conf.tmkd_variant not in study.candidates:
         raise DecisionMismatch(f"{where}['tmkd_variant'] = {conf.tmkd_variant.name!r} is not a candidate "
                                f"({', '.join(v.name for v in study.candidates)})")
+    from .experiment import TeacherNotTrained
+
     seeds = dict(study.teacher_seeds)[conf.dataset]
-    records = [teacher_record(t, cache_dirs) for t in conf.candidate_teachers(study)]
+    records = []
+    for teacher in conf.candidate_teachers(study):
+        try:
+            records.append(teacher_record(teacher, cache_dirs))
+        except TeacherNotTrained:
+            raise DecisionMismatch(f"{where}['tmkd_variant'] = {conf.tmkd_variant.name!r}, but the choice reads "
+                                   f"{teacher.title}, not trained yet: set it back to None until every candidate "
+                                   f"has trained at teacher seeds {seeds}") from None
     choice = choose_variant(records, study, conf.dataset, seeds)
     if choice["chosen"] != conf.tmkd_variant.name:
         raise DecisionMismatch(f"{where}['tmkd_variant'] = {conf.tmkd_variant.name!r}, but the validation rule "
