@@ -184,7 +184,7 @@ explorer.widget(dataset, explore_index) if interactive else None
 
 # %% [markdown]
 # ## The teacher study's multi-view teachers: do their weights select?
-# The tables above read the primary comparison's one-epoch teacher. The teacher study
+# The tables above read the primary comparison's multi-view teacher. The teacher study
 # (notebook 02) trains stronger multi-view teachers; for each of them and each teacher seed,
 # the same questions on the validation split, from the evaluation the study keeps of every
 # teacher (`<store>/evals/`): each view's mean weight and the correlation of its weight with
@@ -196,16 +196,17 @@ explorer.widget(dataset, explore_index) if interactive else None
 
 # %%
 from tmkd_core.plan import restore
-from tmkd_core.teacher_report import SELECTIVITY_CAPTION, selectivity_table, study_records
+from tmkd_core.teacher_report import selectivity_caption, selectivity_table, study_records
 
 selectivity = None
 if study.teacher_study is not None:
     restore(study, ["teachers"])  # a fresh clone: the store's finished teachers, as the plan restores them
     study_teachers, _ = study_records(study.teacher_study, [study.store] if study.store else [])
-    chosen = study.confirmatory.tmkd_variant.name if study.confirmatory and study.confirmatory.chosen else None
+    conf = study.confirmatory
+    chosen = (conf.dataset, conf.tmkd_variant.name) if conf is not None and conf.chosen else None
     selectivity = selectivity_table(study_teachers, chosen)
     if len(selectivity):
-        out.table(selectivity, "teacher_weights", SELECTIVITY_CAPTION)
+        out.table(selectivity, "teacher_weights", selectivity_caption("val"))
         display(selectivity)
 
 # %% tags=["nbval-check"]

@@ -224,7 +224,7 @@ out.figure(fig, "distillation_forest")
 # teachers"). Each teacher seed is a row: its student seeds' paired differences (dots, their
 # range a line) and their mean (ringed); on top the mean over teachers with its 95%
 # t-interval over teachers. The grey band is the tie margin ±0.5 point. Left, the primary
-# comparison with the one-epoch multi-view teacher, re-read with the teacher as the unit;
+# comparison with its multi-view teacher, re-read with the teacher as the unit;
 # right, once its runs have finished, the confirmatory comparison.
 
 # %%
@@ -233,8 +233,9 @@ primary_by_teacher = None
 if primary is not None and len(primary["teacher_seeds"]) >= 2:
     primary_by_teacher = teacher_level_comparison(
         [r for r in records if r["dataset"] == p.dataset and not r.get("setting")], p.method, p.reference)
-    panels.append((f"{p.dataset} (primary): {p.method} − {p.reference}, one-epoch multi-view teacher",
-                   primary_by_teacher))
+    epochs = study.dataset_config(p.dataset).teacher.multiview_optim.epochs
+    panels.append((f"{p.dataset} (primary): {p.method} − {p.reference}, multi-view teacher fine-tuned "
+                   f"{epochs} epoch{'s' if epochs > 1 else ''}", primary_by_teacher))
 if confirmatory is not None:
     panels.append((f"{conf.dataset} (confirmatory): TMKD from {conf.tmkd_variant.name} − KD from "
                    f"{conf.kd_variant.name}", confirmatory))

@@ -252,26 +252,36 @@ def test_the_weights_table_reads_each_multiview_teachers_selectivity():
     from tmkd_core.analysis import weights_against_views
     from tmkd_core.teacher_report import selectivity_table
 
-    # 4 samples, 2 views, 3 classes: view 0 right on samples 0-1, view 1 on 2-3; the weights follow
+    # 4 samples, 2 views, 3 classes. The right view puts logit 3 on the label, the wrong view 4
+    # on another class, so the fused target is right iff the right view's weight exceeds 6/11:
+    # text weights get samples 0, 1, 3 (75%), uniform none, confidence weights all.
     labels = torch.tensor([0, 1, 2, 0])
+    right_view = [0, 0, 0, 1]  # rgb right on samples 0-2, edge on sample 3
     logits = torch.full((2, 4, 3), -2.0)
-    for v, samples in ((0, (0, 1)), (1, (2, 3))):
-        for n in samples:
-            logits[v, n, labels[n]] = 3.0
-    weights = torch.tensor([[0.8, 0.7, 0.3, 0.2], [0.2, 0.3, 0.7, 0.8]])
-    sel = weights_against_views(weights, logits, labels, ["rgb", "edge"])
-    teacher = {"dataset": "cifar100", "kind": "multiview", "teacher_seed": 1, "val": {"selectivity": sel}}
-    records = [{**teacher, "variant": "mv_ft10"}, {**teacher, "variant": "mv_scratch20", "teacher_seed": 0},
+    for n, v in enumerate(right_view):
+        logits[v, n, labels[n]] = 3.0
+        logits[1 - v, n, (labels[n] + 1) % 3] = 4.0
+    rgb = torch.tensor([0.9, 0.8, 0.4, 0.3])  # sample 2: the largest weight on the wrong view
+    sel = weights_against_views(torch.stack([rgb, 1 - rgb]), logits, labels, ["rgb", "edge"])
+    flat = weights_against_views(torch.full((2, 4), 0.5), logits, labels, ["rgb", "edge"])
+    p_label = logits.softmax(-1)[:, torch.arange(4), labels].numpy()
+    corr = [np.corrcoef(w, p)[0, 1] for w, p in zip(torch.stack([rgb, 1 - rgb]).numpy(), p_label)]
+    teacher = {"kind": "multiview", "variant": "mv_ft10", "val": {"selectivity": sel}, "test": {"selectivity": flat}}
+    records = [{**teacher, "dataset": "cifar100", "teacher_seed": 1},
+               {**teacher, "dataset": "cifar10", "teacher_seed": 0},
                {"dataset": "cifar100", "kind": "rgb", "variant": "rgb_ft30", "teacher_seed": 0, "val": {}}]
-    table = selectivity_table(records, chosen="mv_ft10")
-    assert list(zip(table["variant"], table["teacher seed"], table["chosen"])) == [
-        ("mv_ft10", 1, "yes"), ("mv_scratch20", 0, "")]  # the RGB teacher has no weights
-    row = table.iloc[0]
-    assert row["mean weight (rgb / edge)"] == "0.500 / 0.500"
-    assert row["top weight on most confident view (%)"] == 100.0  # the largest weight always on the right view
-    assert row["corr(w, p(label)) (rgb / edge)"].startswith("+0.9")
-    assert row["text − uniform (points)"] == pytest.approx(row["fused: text weights (%)"] - row["fused: uniform (%)"],
-                                                           abs=0.011)
+    table = selectivity_table(records, chosen=("cifar100", "mv_ft10"))
+    assert list(zip(table["dataset"], table["teacher seed"], table["chosen"])) == [
+        ("cifar10", 0, ""), ("cifar100", 1, "yes")]  # chosen on its dataset only; the RGB teacher has no weights
+    row = table.iloc[1]
+    assert row["mean weight (rgb / edge)"] == "0.600 / 0.400"
+    assert row["corr(w, p(label)) (rgb / edge)"] == f"{corr[0]:+.2f} / {corr[1]:+.2f}"
+    assert (row["top weight on most confident view (%)"], row["at random (%)"]) == (75.0, 50.0)
+    assert (row["fused: text weights (%)"], row["fused: uniform (%)"], row["fused: confidence weights (%)"],
+            row["text − uniform (points)"]) == (75.0, 0.0, 100.0, 75.0)
+    test = selectivity_table(records, split="test").iloc[1]  # the split asked for: uniform weights there
+    assert test["mean weight (rgb / edge)"] == "0.500 / 0.500" and test["fused: text weights (%)"] == 0.0
+    assert test["corr(w, p(label)) (rgb / edge)"] == "n/a / n/a"  # constant weights: no correlation
 
 
 def test_the_per_teacher_figure_draws_each_teachers_mean_and_the_interval_over_teachers():

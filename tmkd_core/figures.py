@@ -178,14 +178,14 @@ def ablation_forest(kd: Sequence[dict], tmkd: Sequence[dict], table) -> "plt.Fig
     return fig
 
 
-def teacher_forest(ax, statistic: dict[str, Any], title: str, tie_margin: float = 0.5) -> None:
+def teacher_forest(ax, statistic: dict[str, Any], title: str) -> None:
     """One comparison with the teacher as the unit (`report.teacher_level_comparison`): a row
     per teacher seed, its student seeds' paired differences as dots, their range as a line and
     their mean D(t) as a ringed point; on top, the mean over teachers with its 95% t-interval
-    (T − 1 degrees of freedom). The band is the protocol's tie margin ±`tie_margin`."""
+    (T − 1 degrees of freedom). The band is the tie margin the statistic was read with."""
     teachers = list(statistic["per_teacher_pairs"])
     n = len(teachers)
-    ax.axvspan(-tie_margin, tie_margin, color="0.92", zorder=0)
+    ax.axvspan(-statistic["tie_margin"], statistic["tie_margin"], color="0.92", zorder=0)
     ax.axvline(0, color="grey", lw=1, ls="--", zorder=1)
     rng = np.random.default_rng(0)  # fixed jitter: the same figure on every rerun
     for i, t in enumerate(teachers):

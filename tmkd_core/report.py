@@ -175,7 +175,7 @@ def teacher_level_comparison(records: Sequence[dict], method: str = "TMKD", refe
             "metric": metric, "diff": mean, "teacher_means_sd": sd, "ci_low": mean - half, "ci_high": mean + half,
             "half_width": half, "per_teacher_diff": {t: float(np.mean(d[t])) for t in teachers},
             "per_teacher_pairs": {t: d[t] for t in teachers}, "within_teacher_sd": s_w, "between_teacher_sd": between,
-            "verdict": reading(mean - half, mean + half, method, reference, tie_margin)}
+            "tie_margin": tie_margin, "verdict": reading(mean - half, mean + half, method, reference, tie_margin)}
 
 
 def primary_comparison(records: Sequence[dict], method: str = "TMKD", reference: str = "KD",

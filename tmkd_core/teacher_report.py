@@ -97,20 +97,24 @@ def study_table(records: list[dict], study: TeacherStudy) -> "pd.DataFrame":
     return pd.DataFrame(rows)
 
 
-SELECTIVITY_CAPTION = ("Do the text weights of the teacher study's multi-view teachers follow which view is right? "
-                       "Validation split, one row per teacher seed: each view's mean weight and the correlation "
-                       "over samples of its weight with its probability of the label; how often the largest "
-                       "weight falls on the view most confident of the label (chance 33.3%); the label-"
-                       "conditioned fused accuracy with the text weights, uniform weights and confidence "
-                       "weights w_v ∝ p_v(y) (a reference, not a method)")
+def selectivity_caption(split: str = "val") -> str:
+    """The caption of `selectivity_table` for one split."""
+    return ("Do the text weights of the teacher study's multi-view teachers follow which view is right? "
+            f"{'Validation' if split == 'val' else 'Test'} split, one row per teacher seed: each view's mean weight "
+            "and the correlation over samples of its weight with its probability of the label; how often the "
+            "largest weight falls on the view most confident of the label (1/V were it to fall on a view at random, "
+            "V views); the fused accuracy with the text weights, uniform weights and confidence weights "
+            "w_v ∝ p_v(y) (a reference, not a method), all conditioned on the label as the students see it")
 
 
-def selectivity_table(records: list[dict], chosen: str | None = None, split: str = "val") -> "pd.DataFrame":
-    """Issue #24's step 2 per multi-view teacher (dataset, variant, teacher seed) from the
-    `selectivity` of its evaluation (`analysis.weights_against_views` with the default fusion):
-    the weights follow the right view when corr(w_v, p_v(y)) > 0 for each view, the largest
-    weight lands on the most confident view well above chance, and the text-weighted fusion
-    beats the uniform one. `chosen` marks the confirmatory comparison's teacher."""
+def selectivity_table(records: list[dict], chosen: tuple[str, str] | None = None,
+                      split: str = "val") -> "pd.DataFrame":
+    """Issue #24's step 2, one row per multi-view teacher (dataset, variant, teacher seed),
+    from the `selectivity` its evaluation keeps (`analysis.weights_against_views` under the
+    teacher configuration's own fusion, conditioned on the label). A table, not a verdict:
+    weights that select would show corr(w_v, p_v(y)) > 0 for each view, the largest weight on
+    the most confident view well above 1/V, and text-weighted fusion above uniform fusion.
+    `chosen` = (dataset, variant) marks the confirmatory comparison's teacher."""
     import pandas as pd
 
     rows = []
@@ -121,12 +125,13 @@ def selectivity_table(records: list[dict], chosen: str | None = None, split: str
         top, fused = sel["top_view"], sel["fused"]
         rows.append({
             "dataset": r["dataset"], "variant": r["variant"], "teacher seed": r["teacher_seed"],
-            "chosen": "yes" if r["variant"] == chosen else "",
+            "chosen": "yes" if (r["dataset"], r["variant"]) == chosen else "",
             "mean weight (" + " / ".join(views) + ")": " / ".join(f"{v['mean_weight']:.3f}" for v in sel["per_view"]),
             "corr(w, p(label)) (" + " / ".join(views) + ")": " / ".join(
                 "n/a" if v["corr_weight_p_label"] is None else f"{v['corr_weight_p_label']:+.2f}"
                 for v in sel["per_view"]),
             "top weight on most confident view (%)": round(100 * top["top_weight_on_most_confident"], 1),
+            "at random (%)": round(100 * top["chance"], 1),
             "fused: text weights (%)": round(fused["fusion_weights"], 2),
             "fused: uniform (%)": round(fused["uniform"], 2),
             "fused: confidence weights (%)": round(fused["confidence_weights"], 2),
@@ -281,9 +286,9 @@ def check_confirmatory_decisions(conf: Confirmatory, study: TeacherStudy, cache_
     """Once `tmkd_variant` is written into the profile: that it is a candidate and what
     `choose_variant` decides from the stored validation evaluations; that `fusion_candidate`
     is `fusion_screen`'s; and once `fusion_settled`, that `fusion_adopted` is the candidate
-    exactly when `fusion_check_summary` adopts it (None without a candidate).
-    DecisionMismatch otherwise, naming the setting to change: TMKD's final runs never start
-    from a choice the rules did not make."""
+    exactly when `fusion_check_summary` adopts it (None without a candidate); and that every
+    candidate teacher the choice reads has trained. DecisionMismatch otherwise, naming the
+    setting to change: TMKD's final runs never start from a choice the rules did not make."""
     if not conf.chosen:
         if conf.fusion_settled or conf.fusion_candidate is not None or conf.fusion_adopted is not None:
             raise DecisionMismatch("the confirmatory comparison's fusion settings are set before its teacher is "
@@ -304,7 +309,7 @@ def check_confirmatory_decisions(conf: Confirmatory, study: TeacherStudy, cache_
         except TeacherNotTrained:
             raise DecisionMismatch(f"{where}['tmkd_variant'] = {conf.tmkd_variant.name!r}, but the choice reads "
                                    f"{teacher.title}, not trained yet: set it back to None until every candidate "
-                                   f"has trained at teacher seeds {seeds}") from None
+                                   f"has trained at teacher seeds {', '.join(map(str, seeds))}") from None
     choice = choose_variant(records, study, conf.dataset, seeds)
     if choice["chosen"] != conf.tmkd_variant.name:
         raise DecisionMismatch(f"{where}['tmkd_variant'] = {conf.tmkd_variant.name!r}, but the validation rule "
