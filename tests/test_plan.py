@@ -368,13 +368,48 @@ def test_the_primary_comparisons_runs_teachers_and_caches_are_marked_to_go_first
     assert {t.cfg.student.distiller for t in later if t.stage == "student"} == {"kd"}  # TMKD's teacher: not chosen
     # among them, the candidates whose choice TMKD's side waits on start before KD's side
     deciding = [t for t in later if t.decides]
+    seeds = PROFILE_PLANS["cpu"]["teacher_study"]["teacher_seeds"][confirmatory["dataset"]]
     assert sorted(t.title.split(" (")[0] for t in deciding) == sorted(
-        f"teacher {v}" for v in PROFILE_PLANS["cpu"]["teacher_study"]["candidates"]
-        for _ in PROFILE_PLANS["cpu"]["teacher_study"]["teacher_seeds"][confirmatory["dataset"]])
+        [f"teacher {v}" for v in PROFILE_PLANS["cpu"]["teacher_study"]["candidates"] for _ in seeds]
+        + ["RGB teacher" for _ in seeds])  # and the RGB teachers mv_ft10 is fine-tuned from
+    deciding = [t for t in deciding if t.title.startswith("teacher ")]
     pending = [t for t in whole_plan(cpu()) if t.primary]
     behind = work_behind(pending, {t.key: 1.0 for t in pending})
     kd_teacher = max((t for t in later if not t.decides), key=lambda t: behind[t.key])  # KD's teacher, runs behind it
     assert behind[kd_teacher.key] > 0 and next_task([kd_teacher, deciding[0]], behind) is deciding[0]
+
+
+def test_once_tmkds_teacher_is_chosen_the_fusion_check_and_tmkds_teachers_go_first_tmkds_runs_wait(monkeypatch):
+    """Chosen, fusion not settled: the fusion check's runs (and the caches they read) decide
+    the setting TMKD's final runs wait on, and TMKD's teachers and caches, which no fusion
+    setting enters, train meanwhile; all of them are marked to go first, TMKD's runs are not
+    planned. Settled: TMKD's runs read the same teacher and cache keys."""
+    from dataclasses import replace
+
+    from tmkd_core.teacher_study import TeacherVariant
+
+    monkeypatch.setattr("tmkd_core.plan.check_confirmatory_decisions", lambda *a, **k: None)  # no teacher here
+    candidate = (("fusion.score", "cosine"), ("fusion.tau_w", 0.03))
+    study = cpu()
+    chosen = replace(study, confirmatory=replace(study.confirmatory, tmkd_variant=TeacherVariant.named("mv_ft10"),
+                                                 fusion_candidate=candidate))
+    tasks = plan_tasks(chosen, ["teachers", "confirmatory"], costs=False)
+    tmkd = [t for t in tasks if t.stage == "student" and t.cfg.student.distiller == "tmkd"]
+    assert sorted(t.cfg.seed for t in tmkd) == [900, 900, 901, 901, 902, 902]  # the check only
+    assert all(t.decides and t.primary for t in tmkd)
+    by_key = {t.key: t for t in tasks}
+    assert all(by_key[n].decides for t in tmkd for n in t.needs)  # the caches they read
+    mv = [t for t in tasks if t.stage == "multiview_teacher" and t.cfg.data.name == "cifar100"
+          and t.cfg.teacher.multiview_optim.epochs == 10 and len(t.cfg.views.views) == 3]
+    assert sorted(t.cfg.teacher.seed for t in mv) == [0, 1, 2, 3]  # the study's three, and 3 for TMKD's side
+    caches = [t for t in tasks if t.stage == "teacher_cache" and any(n in {m.key for m in mv} for n in t.needs)]
+    assert len(caches) == 4 and all(t.decides and t.primary for t in caches)
+    assert not any(t.decides for t in tasks if t.stage == "student" and t.cfg.student.distiller == "kd")
+    settled = replace(chosen, confirmatory=replace(chosen.confirmatory, fusion_settled=True))
+    final = plan_tasks(settled, ["teachers", "confirmatory"], costs=False)
+    runs = [t for t in final if t.stage == "student" and t.cfg.student.distiller == "tmkd"]
+    assert len(runs) == 12 and {n for t in runs for n in t.needs} == {t.key for t in caches + mv}
+    assert not any(t.decides for t in final if t.stage == "student")
 
 
 def test_primary_comparison_and_the_seed_rule():

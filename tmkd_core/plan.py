@@ -104,16 +104,31 @@ def plan_tasks(study: Study, parts: Iterable[str] = ("pilot", "main", "ablations
         tasks[key].primary |= primary  # a teacher a secondary run listed first is the primary's too
         return key
 
+    def decides(key: str) -> None:
+        """A pending decision reads this task: it, and what it is built from, go first."""
+        tasks[key].decides = True
+        for need in tasks[key].needs:
+            decides(need)
+
     # the confirmatory comparison, and the teachers its choice reads, go first as the primary's do
     first = set(confirmatory)
+    checking = set(conf.fusion_check_runs(dict(teachers.teacher_seeds)[conf.dataset])) if conf and teachers else set()
     for spec in specs:
-        add(Pipeline(study.config(spec)), "student", spec.title, study.is_primary(spec) or spec in first)
+        key = add(Pipeline(study.config(spec)), "student", spec.title, study.is_primary(spec) or spec in first)
+        if spec in checking and not conf.fusion_settled:  # TMKD's final runs wait on the fusion check
+            decides(key)
+    if conf is not None and conf.chosen and not conf.fusion_settled:
+        # TMKD's teachers and their caches do not depend on the fusion setting: they train
+        # while it is being checked, so that TMKD's runs can start as soon as it is settled
+        for spec in conf.tmkd_teacher_runs(conf.widened_teacher_seeds()):
+            decides(add(Pipeline(study.config(spec)), "teacher_cache", primary=True))  # its runs: not planned yet
     deciding = conf.choice_reads(teachers) if conf and teachers else []  # until TMKD's teacher is chosen
     for teacher in teachers.teachers() if teachers else []:
         for i, cfg in enumerate(teacher.configs):  # an ensemble's second teacher is titled as an RGB teacher
             key = add(Pipeline(cfg), teacher.variant.stage, None if i else teacher.title,
                       primary=conf is not None and teacher.dataset == conf.dataset)
-            tasks[key].decides |= teacher in deciding
+            if teacher in deciding:
+                decides(key)
     for cfg in configs:  # teachers no run reads come last: notebook 02's control, notebook 03's generic prompts
         pipe = Pipeline(cfg)
         add(pipe, "multiview_teacher" if pipe.uses("multiview_teacher") else "rgb_teacher")

@@ -181,6 +181,19 @@ class Confirmatory:
         return [RunSpec(self.dataset, method, s, t, frozen(overrides), f"teacher={v.name}")
                 for t in teacher_seeds for s in self.student_seeds(t) for method, overrides, v in sides]
 
+    def tmkd_teacher_runs(self, teacher_seeds) -> list:
+        """Once TMKD's teacher is chosen: one TMKD run (study.RunSpec, default fusion) per
+        teacher seed, never run itself, that names the chosen teacher and its teacher-output
+        cache at that seed; the fusion setting enters neither key, so the plan builds them while
+        the setting is still being checked."""
+        from .study import RunSpec, frozen
+
+        if not self.chosen:
+            return []
+        return [RunSpec(self.dataset, "TMKD", self.student_seeds(t)[0], t,
+                        frozen(self.tmkd_variant.student_overrides()), f"teacher={self.tmkd_variant.name}")
+                for t in teacher_seeds]
+
     def choice_reads(self, study: TeacherStudy) -> list[StudyTeacher]:
         """The study's teachers the choice of TMKD's teacher reads (each candidate at each of
         the dataset's study seeds); none once the choice is committed."""
