@@ -361,9 +361,15 @@ def test_the_primary_comparisons_runs_teachers_and_caches_are_marked_to_go_first
     students = [t for t in first if t.stage == "student"]
     assert len(students) == 2 * len(primary["seeds"]) and {t.cfg.seed for t in students} == set(primary["seeds"])
     assert not any(t.primary for t in tasks if t.cfg.data.name != primary["dataset"] or "[" in t.title)
-    # the whole plan: the confirmatory comparison and the teachers its choice reads go first too
+    # the whole plan, as it stood before TMKD's teacher was chosen: the confirmatory comparison
+    # and the teachers its choice reads go first too
+    from dataclasses import replace
+
     confirmatory = PROFILE_PLANS["cpu"]["confirmatory"]
-    later = [t for t in whole_plan(cpu()) if t.primary and t.key not in {f.key for f in first}]
+    study = cpu()
+    unchosen = replace(study, confirmatory=replace(study.confirmatory, tmkd_variant=None, fusion_candidate=None,
+                                                   fusion_settled=False, fusion_adopted=None))
+    later = [t for t in whole_plan(unchosen) if t.primary and t.key not in {f.key for f in first}]
     assert later and all(t.cfg.data.name == confirmatory["dataset"] for t in later)
     assert {t.cfg.student.distiller for t in later if t.stage == "student"} == {"kd"}  # TMKD's teacher: not chosen
     # among them, the candidates whose choice TMKD's side waits on start before KD's side
@@ -373,7 +379,7 @@ def test_the_primary_comparisons_runs_teachers_and_caches_are_marked_to_go_first
         [f"teacher {v}" for v in PROFILE_PLANS["cpu"]["teacher_study"]["candidates"] for _ in seeds]
         + ["RGB teacher" for _ in seeds])  # and the RGB teachers mv_ft10 is fine-tuned from
     deciding = [t for t in deciding if t.title.startswith("teacher ")]
-    pending = [t for t in whole_plan(cpu()) if t.primary]
+    pending = [t for t in whole_plan(unchosen) if t.primary]
     behind = work_behind(pending, {t.key: 1.0 for t in pending})
     kd_teacher = max((t for t in later if not t.decides), key=lambda t: behind[t.key])  # KD's teacher, runs behind it
     assert behind[kd_teacher.key] > 0 and next_task([kd_teacher, deciding[0]], behind) is deciding[0]
@@ -404,6 +410,7 @@ def test_once_tmkds_teacher_is_chosen_the_fusion_check_and_tmkds_teachers_go_fir
     assert sorted(t.cfg.teacher.seed for t in mv) == [0, 1, 2, 3]  # the study's three, and 3 for TMKD's side
     caches = [t for t in tasks if t.stage == "teacher_cache" and any(n in {m.key for m in mv} for n in t.needs)]
     assert len(caches) == 4 and all(t.decides and t.primary for t in caches)
+    assert needed(caches, done=lambda t: False) == caches  # no run planned reads seed 3's: kept all the same
     assert not any(t.decides for t in tasks if t.stage == "student" and t.cfg.student.distiller == "kd")
     settled = replace(chosen, confirmatory=replace(chosen.confirmatory, fusion_settled=True))
     final = plan_tasks(settled, ["teachers", "confirmatory"], costs=False)

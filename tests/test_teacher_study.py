@@ -49,8 +49,7 @@ def test_the_studys_teachers_already_trained_keep_their_stored_keys():
 
 
 def test_the_confirmatory_runs_kd_first_then_the_fusion_check_then_tmkd():
-    conf = Study.of("cpu").confirmatory
-    assert not conf.chosen  # as committed before the teacher study has chosen
+    conf = replace(Study.of("cpu").confirmatory, tmkd_variant=None, fusion_candidate=None)  # before the choice
     runs = conf.runs(conf.teacher_seeds)
     assert {r.method for r in runs} == {"KD"} and len(runs) == 4 * 3
     assert len({r.seed for r in runs}) == 12  # student seeds are never shared between teachers
@@ -205,7 +204,8 @@ def test_the_plan_refuses_a_confirmatory_decision_the_rules_did_not_make(monkeyp
 
     monkeypatch.setattr(teacher_report, "teacher_record", record)
     check = teacher_report.check_confirmatory_decisions
-    base = Study.of("cpu").confirmatory
+    base = replace(Study.of("cpu").confirmatory, tmkd_variant=None, fusion_candidate=None, fusion_settled=False,
+                   fusion_adopted=None)
     check(base, study)  # nothing chosen, nothing set
     with pytest.raises(teacher_report.DecisionMismatch, match="before its teacher is chosen"):
         check(replace(base, fusion_settled=True), study)

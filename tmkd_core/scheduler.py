@@ -128,10 +128,11 @@ def finish_seconds(pending: list[Task], running_left: dict[str, float], jobs: in
 
 def needed(tasks: list[Task], done=Task.done) -> list[Task]:
     """The tasks to run: every one not `done`, less the teacher-output caches that no task
-    left to run reads (after a restore, their students are finished)."""
+    left to run reads (after a restore, their students are finished) and no work not planned
+    yet waits on (`Task.decides`)."""
     pending = [t for t in tasks if not done(t)]
     wanted = {n for t in pending for n in t.needs}
-    return [t for t in pending if t.stage != "teacher_cache" or t.key in wanted]
+    return [t for t in pending if t.stage != "teacher_cache" or t.key in wanted or t.decides]
 
 
 def launch_threads(free: int, ready: int, running: int, per_worker: int) -> int:
