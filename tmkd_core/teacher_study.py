@@ -169,30 +169,29 @@ class Confirmatory:
         """The student seeds under one teacher: seed_base + 10 t + i, never shared between teachers."""
         return [self.seed_base + 10 * teacher_seed + i for i in range(self.students_per_teacher)]
 
+    def _run(self, method: str, variant: TeacherVariant, teacher_seed: int, seed: int, fusion=()):
+        """One student run (study.RunSpec) distilled from `variant`'s teacher at `teacher_seed`."""
+        from .study import RunSpec, frozen
+
+        return RunSpec(self.dataset, method, seed, teacher_seed, frozen({**variant.student_overrides(), **dict(fusion)}),
+                       f"teacher={variant.name}")
+
     def runs(self, teacher_seeds) -> list:
         """The student runs (study.RunSpec) at `teacher_seeds`: KD's always; TMKD's once its
         teacher is chosen and the fusion setting settled (with `fusion_adopted`)."""
-        from .study import RunSpec, frozen
-
-        sides = [("KD", self.kd_variant.student_overrides(), self.kd_variant)]
+        sides = [("KD", self.kd_variant, ())]
         if self.chosen and self.fusion_settled:
-            sides.append(("TMKD", {**self.tmkd_variant.student_overrides(), **dict(self.fusion_adopted or ())},
-                          self.tmkd_variant))
-        return [RunSpec(self.dataset, method, s, t, frozen(overrides), f"teacher={v.name}")
-                for t in teacher_seeds for s in self.student_seeds(t) for method, overrides, v in sides]
+            sides.append(("TMKD", self.tmkd_variant, self.fusion_adopted or ()))
+        return [self._run(method, v, t, s, fusion)
+                for t in teacher_seeds for s in self.student_seeds(t) for method, v, fusion in sides]
 
     def tmkd_teacher_runs(self, teacher_seeds) -> list:
-        """Once TMKD's teacher is chosen: one TMKD run (study.RunSpec, default fusion) per
-        teacher seed, never run itself, that names the chosen teacher and its teacher-output
-        cache at that seed; the fusion setting enters neither key, so the plan builds them while
-        the setting is still being checked."""
-        from .study import RunSpec, frozen
-
+        """Once TMKD's teacher is chosen: one TMKD run (default fusion) per teacher seed, never
+        run itself, that names the chosen teacher and its teacher-output cache at that seed; the
+        fusion setting enters neither key, so the plan builds them while it is being checked."""
         if not self.chosen:
             return []
-        return [RunSpec(self.dataset, "TMKD", self.student_seeds(t)[0], t,
-                        frozen(self.tmkd_variant.student_overrides()), f"teacher={self.tmkd_variant.name}")
-                for t in teacher_seeds]
+        return [self._run("TMKD", self.tmkd_variant, t, self.student_seeds(t)[0]) for t in teacher_seeds]
 
     def choice_reads(self, study: TeacherStudy) -> list[StudyTeacher]:
         """The study's teachers the choice of TMKD's teacher reads (each candidate at each of
