@@ -417,6 +417,15 @@ def test_once_tmkds_teacher_is_chosen_the_fusion_check_and_tmkds_teachers_go_fir
     runs = [t for t in final if t.stage == "student" and t.cfg.student.distiller == "tmkd"]
     assert len(runs) == 12 and {n for t in runs for n in t.needs} == {t.key for t in caches + mv}
     assert not any(t.decides for t in final if t.stage == "student")
+    # the study's other teachers (its rows, read by no run) wait for the comparison's runs,
+    # even the longest of them: the comparison's answer is not held up by the study's rest
+    reads = {n for t in final if t.primary for n in t.needs} | {t.key for t in final if t.primary}
+    rest = [t for t in final if t.stage.endswith("teacher") and t.key not in reads]
+    assert rest and not any(t.primary for t in rest)
+    assert {t.cfg.data.name for t in rest} == {"cifar10", "cifar100"}  # e.g. rgb_ens2 and mv_ft1 on CIFAR-100 too
+    behind = work_behind(final, {t.key: 1.0 for t in final})
+    longest = max(rest, key=lambda t: behind[t.key])
+    assert next_task([longest, runs[0]], {**behind, runs[0].key: 0.0}) is runs[0]
 
 
 def test_primary_comparison_and_the_seed_rule():

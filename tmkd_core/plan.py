@@ -124,9 +124,10 @@ def plan_tasks(study: Study, parts: Iterable[str] = ("pilot", "main", "ablations
             decides(add(Pipeline(study.config(spec)), "teacher_cache", primary=True))  # its runs: not planned yet
     deciding = conf.choice_reads(teachers) if conf and teachers else []  # until TMKD's teacher is chosen
     for teacher in teachers.teachers() if teachers else []:
+        # a teacher the comparison reads is primary through its runs above; the rest of the
+        # study (its rows and nothing else) waits until the comparison's work is taken
         for i, cfg in enumerate(teacher.configs):  # an ensemble's second teacher is titled as an RGB teacher
-            key = add(Pipeline(cfg), teacher.variant.stage, None if i else teacher.title,
-                      primary=conf is not None and teacher.dataset == conf.dataset)
+            key = add(Pipeline(cfg), teacher.variant.stage, None if i else teacher.title, primary=teacher in deciding)
             if teacher in deciding:
                 decides(key)
     for cfg in configs:  # teachers no run reads come last: notebook 02's control, notebook 03's generic prompts
