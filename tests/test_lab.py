@@ -7,6 +7,7 @@ The browser tests need Chromium (Debian: `apt-get install chromium`) and the pla
 package (installed by `make setup`); they are skipped, saying so, where either is absent."""
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -135,6 +136,23 @@ def test_a_click_on_a_py_notebook_opens_a_notebook_and_executed_ones_show_their_
     page.close()
 
 
+def test_the_html_reports_figures_say_what_they_show_in_their_alt_text(tmp_path):
+    """Each image output's alt text names its notebook and the heading it stands under,
+    instead of nbconvert's placeholder; markup in a heading is escaped."""
+    png = base64.b64encode(bytes.fromhex(
+        "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489"
+        "0000000d49444154789c6360000002000100e221bc330000000049454e44ae426082")).decode()
+    nb = nbformat.v4.new_notebook()
+    shown = [nbformat.v4.new_output("display_data", data={"image/png": png})]
+    nb.cells = [nbformat.v4.new_code_cell("before", outputs=shown), nbformat.v4.new_markdown_cell("# 03\n## Weights & <views>"),
+                nbformat.v4.new_code_cell("a", outputs=shown * 2), nbformat.v4.new_code_cell("text only")]
+    nbformat.write(nb, tmp_path / "03_weights.ipynb")
+    body = html_report([tmp_path / "03_weights.ipynb"], tmp_path / "report.html").read_text()
+    assert re.findall(r'<img alt="([^"]*)"', body) == [
+        "Figure of 03_weights: 03_weights"] + 2 * ["Figure of 03_weights: Weights &amp; &lt;views&gt;"]
+    assert "No description" not in body
+
+
 def test_the_html_report_opens_from_disk_with_every_image(browser):
     paths = [EXECUTED / f"{n}.ipynb" for n in NOTEBOOKS]
     expected = sum(image_outputs(nbformat.read(p, as_version=4)) for p in paths)
@@ -143,6 +161,8 @@ def test_the_html_report_opens_from_disk_with_every_image(browser):
     page.goto(report.resolve().as_uri(), wait_until="load")
     images = page.evaluate("[...document.images].map(i => i.complete && i.naturalWidth > 0)")
     assert len(images) >= expected > 0 and all(images), f"{images.count(False)} of {len(images)} images failed"
+    alts = page.evaluate("[...document.querySelectorAll('.jp-RenderedImage img')].map(i => i.alt)")
+    assert len(alts) == expected and all(a.startswith("Figure of 0") for a in alts), alts  # named, not a placeholder
     page.locator("img").nth(expected // 2).scroll_into_view_if_needed()
     page.screenshot(path=str(SHOTS / "report.png"))
     # the answer's forest plots (notebooks 04 and 05): the first image after each heading is loaded

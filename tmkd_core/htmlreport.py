@@ -7,6 +7,8 @@ require.js) come from a CDN: offline, equations show as TeX source.
 from __future__ import annotations
 
 import argparse
+import html
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -17,6 +19,25 @@ def image_outputs(notebook) -> int:
     """How many image outputs (PNG, JPEG, SVG) an executed notebook holds."""
     return sum(1 for cell in notebook.cells if cell.cell_type == "code" for out in cell.get("outputs", [])
                if any(k.startswith("image/") for k in out.get("data", {})))
+
+
+# where nbconvert's lab template writes an image output, with its placeholder alt text if any
+_IMAGE_OUTPUT = re.compile(r'(<div class="jp-RenderedImage[^"]*"[^>]*>\s*<img)(?: alt="[^"]*")?')
+
+
+def image_alts(notebook, name: str) -> list[str]:
+    """One alt text per image output of a notebook, in page order: the notebook and the
+    heading the figure stands under, which says what it shows."""
+    heading, alts = name, []
+    for cell in notebook.cells:
+        if cell.cell_type == "markdown":
+            heads = [line.lstrip("#").strip() for line in cell.source.splitlines() if line.startswith("#")]
+            heading = heads[-1] if heads else heading
+        elif cell.cell_type == "code":
+            for out in cell.get("outputs", []):
+                if any(k.startswith("image/") for k in out.get("data", {})):
+                    alts.append(f"Figure of {name}: {heading}")
+    return alts
 
 
 def html_report(paths: Sequence[str | Path], out: str | Path, title: str = "TMKD companion: executed notebooks") -> Path:
@@ -33,6 +54,7 @@ def html_report(paths: Sequence[str | Path], out: str | Path, title: str = "TMKD
             raise FileNotFoundError(f"executed notebook {p.resolve()} not found: run `make reproduce` first")
     notebooks = [nbformat.read(p, as_version=4) for p in paths]
     merged = nbformat.v4.new_notebook(metadata=notebooks[0].metadata)
+    alts = [alt for p, nb in zip(paths, notebooks) for alt in image_alts(nb, p.stem)]
     toc = [f"# {title}", "", "Executed by `make reproduce`; every table and figure below was computed in that run.", ""]
     toc += [f"- [{p.stem}](#{p.stem})" for p in paths]
     merged.cells.append(nbformat.v4.new_markdown_cell("\n".join(toc)))
@@ -41,6 +63,12 @@ def html_report(paths: Sequence[str | Path], out: str | Path, title: str = "TMKD
         merged.cells.extend(nb.cells)
     body, _ = HTMLExporter(template_name="lab", embed_images=True).from_notebook_node(
         merged, resources={"metadata": {"name": title}})  # the page's <title>
+    found = len(_IMAGE_OUTPUT.findall(body))
+    if found != len(alts):
+        raise RuntimeError(f"html_report: nbconvert wrote {found} image outputs for the {len(alts)} of {paths}; "
+                           "its lab template changed: update htmlreport._IMAGE_OUTPUT")
+    texts = iter(alts)
+    body = _IMAGE_OUTPUT.sub(lambda m: f'{m.group(1)} alt="{html.escape(next(texts))}"', body)
     return atomic_write_text(body, out)
 
 
