@@ -114,7 +114,8 @@ out.table(fused_by_weighting, "fused_by_weighting",
           f"The fused teacher's accuracy by weighting ({dataset}, validation)")
 top = follow["top_view"]
 print(f"largest weight on the view most confident of the label: {top['top_weight_on_most_confident']:.1%} "
-      f"(chance {top['chance']:.1%}); on a view that is wrong: {top['top_weight_on_wrong_view']:.1%}")
+      f"(chance {top['chance']:.1%}; always on {top['one_view']}, the view most often most confident: "
+      f"{top['one_view_always']:.1%}); on a view that is wrong: {top['top_weight_on_wrong_view']:.1%}")
 per_view
 
 # %% [markdown]

@@ -58,6 +58,9 @@ def test_weights_against_views_by_hand():
     assert a["corr_weight_p_label"] == pytest.approx(13 ** -0.5)
     assert got["top_view"]["top_weight_on_most_confident"] == pytest.approx(2 / 3)  # samples 1 and 2
     assert got["top_view"]["top_weight_on_wrong_view"] == pytest.approx(1 / 3)      # sample 0
+    # "a" is the most confident view on samples 0 and 1: always weighting it highest does as well
+    assert got["top_view"]["most_confident_share"] == pytest.approx({"a": 2 / 3, "b": 1 / 3})
+    assert got["top_view"]["one_view"] == "a" and got["top_view"]["one_view_always"] == pytest.approx(2 / 3)
     # z_T = sum_v w_v z_v: text weights give (2, 4), (2, 6), (3.5, 3): samples 1 and 2 right;
     # uniform gives (5, 2.5), (2.5, 5), (2.5, 5): samples 0 and 1 right; confidence weights
     # follow the right view on each sample

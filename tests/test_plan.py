@@ -398,7 +398,7 @@ def test_once_tmkds_teacher_is_chosen_the_fusion_check_and_tmkds_teachers_go_fir
     candidate = (("fusion.score", "cosine"), ("fusion.tau_w", 0.03))
     study = cpu()
     chosen = replace(study, confirmatory=replace(study.confirmatory, tmkd_variant=TeacherVariant.named("mv_ft10"),
-                                                 fusion_candidate=candidate))
+                                                 fusion_candidate=candidate, fusion_settled=False, fusion_adopted=None))
     tasks = plan_tasks(chosen, ["teachers", "confirmatory"], costs=False)
     tmkd = [t for t in tasks if t.stage == "student" and t.cfg.student.distiller == "tmkd"]
     assert sorted(t.cfg.seed for t in tmkd) == [900, 900, 901, 901, 902, 902]  # the check only

@@ -49,7 +49,8 @@ def test_the_studys_teachers_already_trained_keep_their_stored_keys():
 
 
 def test_the_confirmatory_runs_kd_first_then_the_fusion_check_then_tmkd():
-    conf = replace(Study.of("cpu").confirmatory, tmkd_variant=None, fusion_candidate=None)  # before the choice
+    conf = replace(Study.of("cpu").confirmatory, tmkd_variant=None, fusion_candidate=None, fusion_settled=False,
+                   fusion_adopted=None)  # before the choice
     runs = conf.runs(conf.teacher_seeds)
     assert {r.method for r in runs} == {"KD"} and len(runs) == 4 * 3
     assert len({r.seed for r in runs}) == 12  # student seeds are never shared between teachers
@@ -176,7 +177,7 @@ def test_each_teachers_evaluation_against_the_pipelines_own_and_by_hand(cifar_cf
     assert by["rgb_ens2", 0]["compute_view_epochs"] == 2 * cifar_cfg.teacher.optim.epochs
     # kept: a second report reads every evaluation back from the store
     kept = sorted((tmp_path / "store" / "evals").glob("*.json"))
-    assert len(kept) == 4 and json.loads(kept[0].read_text())["eval_version"] == teacher_eval.EVAL_VERSION
+    assert len(kept) == 4 and {json.loads(k.read_text())["eval_version"] for k in kept} == set(teacher_eval.EVAL_VERSION.values())
     monkeypatch.setattr(teacher_eval, "evaluate_teacher", lambda *a: pytest.fail("recomputed a kept evaluation"))
     for place in kept:
         (Path(cifar_cfg.data.root) / "evals" / place.name).unlink()  # the data root's copies gone: the store's are read
@@ -277,6 +278,7 @@ def test_the_weights_table_reads_each_multiview_teachers_selectivity():
     assert row["mean weight (rgb / edge)"] == "0.600 / 0.400"
     assert row["corr(w, p(label)) (rgb / edge)"] == f"{corr[0]:+.2f} / {corr[1]:+.2f}"
     assert (row["top weight on most confident view (%)"], row["at random (%)"]) == (75.0, 50.0)
+    assert row["one view always (%)"] == "75.0 (rgb)"  # rgb most confident on 3 of 4: the weights do no better
     assert (row["fused: text weights (%)"], row["fused: uniform (%)"], row["fused: confidence weights (%)"],
             row["text − uniform (points)"]) == (75.0, 0.0, 100.0, 75.0)
     test = selectivity_table(records, split="test").iloc[1]  # the split asked for: uniform weights there

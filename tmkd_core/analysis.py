@@ -131,7 +131,11 @@ def weights_against_views(weights: torch.Tensor, view_logits: torch.Tensor, labe
                    samples, over those it gets right and over those it gets wrong, the Pearson
                    correlation corr(w_v, p_v) over samples (None where either is constant)
         top_view   how often the largest weight falls on the view with the largest p_v
-                   (chance: 1/V), and how often it falls on a view that is wrong
+                   (chance: 1/V), and how often it falls on a view that is wrong; how often
+                   each view has the largest p_v (`most_confident_share`), and the best rule
+                   that ignores the sample: always the largest weight on the one view most
+                   often most confident (`one_view_always`, `one_view`), the bar weights that
+                   select per sample have to clear
         fused      accuracy of z_T = sum_v w_v z_v for the given weights (`fusion_weights`:
                    the text weights by default, whatever `fusion.weights` gives), for uniform
                    weights 1/V, and for confidence weights w_v = p_v / sum_u p_u (label-
@@ -163,11 +167,14 @@ def weights_against_views(weights: torch.Tensor, view_logits: torch.Tensor, labe
                  "weight_when_wrong": mean_where(weights[v], ~correct[v]),
                  "corr_weight_p_label": corr(weights[v], p_true[v])}
                 for v, name in enumerate(view_names)]
-    top = weights.argmax(0)
+    top, most_confident = weights.argmax(0), p_true.argmax(0)
     samples = torch.arange(len(labels))
-    top_view = {"top_weight_on_most_confident": float((top == p_true.argmax(0)).double().mean()),
+    share = {name: float((most_confident == v).double().mean()) for v, name in enumerate(view_names)}
+    one_view = max(share, key=share.get)
+    top_view = {"top_weight_on_most_confident": float((top == most_confident).double().mean()),
                 "top_weight_on_wrong_view": float((~correct[top, samples]).double().mean()),
-                "chance": 1 / n_views}
+                "chance": 1 / n_views, "most_confident_share": share,
+                "one_view": one_view, "one_view_always": share[one_view]}
 
     def fused_acc(w: torch.Tensor) -> float:
         return 100 * float(((w.unsqueeze(-1) * view_logits).sum(0).argmax(-1) == labels).double().mean())

@@ -18,7 +18,9 @@ FUSION_GRID = (("cosine", 0.03), ("cosine", 0.1), ("cosine", 0.3),
                ("class_prob", 0.03), ("class_prob", 0.1), ("class_prob", 0.3))
 
 
-EVAL_VERSION = 1  # bumped when what an evaluation computes changes: cached evaluations are redone
+# per teacher stage, bumped when what its evaluation computes changes: cached evaluations are
+# redone. multiview_teacher 2: `selectivity` gained the one-view-always baseline
+EVAL_VERSION = {"rgb_teacher": 1, "multiview_teacher": 2}
 
 
 def _multiview_outputs(cfg: ExperimentConfig, split: str):
@@ -121,7 +123,8 @@ def evaluation_name(teacher: StudyTeacher, keys: list[str] | None = None) -> str
     from .config import config_hash
 
     keys = stage_keys(teacher) if keys is None else keys
-    return f"teacher_{config_hash({'keys': keys, 'version': EVAL_VERSION, 'grid': FUSION_GRID}, length=16)}.json"
+    version = EVAL_VERSION[teacher.variant.stage]
+    return f"teacher_{config_hash({'keys': keys, 'version': version, 'grid': FUSION_GRID}, length=16)}.json"
 
 
 def teacher_record(teacher: StudyTeacher, cache_dirs=()) -> dict[str, Any]:
@@ -148,7 +151,7 @@ def teacher_record(teacher: StudyTeacher, cache_dirs=()) -> dict[str, Any]:
                   "compute_view_epochs": teacher.variant.compute(teacher.configs[0]),
                   "train_time_s": train_time_s(teacher),
                   "val": evaluate_teacher(teacher, "val"), "test": evaluate_teacher(teacher, "test"),
-                  "eval_version": EVAL_VERSION}
+                  "eval_version": EVAL_VERSION[teacher.variant.stage]}
         record["val_acc"], record["test_acc"] = record["val"]["deployed"], record["test"]["deployed"]
     text = json.dumps(record, indent=1, sort_keys=True) + "\n"
     for place in places:

@@ -103,7 +103,7 @@ def selectivity_caption(split: str = "val") -> str:
             f"{'Validation' if split == 'val' else 'Test'} split, one row per teacher seed: each view's mean weight "
             "and the correlation over samples of its weight with its probability of the label; how often the "
             "largest weight falls on the view most confident of the label (1/V were it to fall on a view at random, "
-            "V views); the fused accuracy with the text weights, uniform weights and confidence weights "
+            "V views; 'one view always': were it always on the view most often most confident, named); the fused accuracy with the text weights, uniform weights and confidence weights "
             "w_v ∝ p_v(y) (a reference, not a method), all conditioned on the label as the students see it")
 
 
@@ -113,7 +113,9 @@ def selectivity_table(records: list[dict], chosen: tuple[str, str] | None = None
     from the `selectivity` its evaluation keeps (`analysis.weights_against_views` under the
     teacher configuration's own fusion, conditioned on the label). A table, not a verdict:
     weights that select would show corr(w_v, p_v(y)) > 0 for each view, the largest weight on
-    the most confident view well above 1/V, and text-weighted fusion above uniform fusion.
+    the most confident view well above 1/V and above always weighting one view highest (`one
+    view always`: the most often most confident view, named), and text-weighted fusion above
+    uniform fusion.
     `chosen` = (dataset, variant) marks the confirmatory comparison's teacher."""
     import pandas as pd
 
@@ -132,6 +134,7 @@ def selectivity_table(records: list[dict], chosen: tuple[str, str] | None = None
                 for v in sel["per_view"]),
             "top weight on most confident view (%)": round(100 * top["top_weight_on_most_confident"], 1),
             "at random (%)": round(100 * top["chance"], 1),
+            "one view always (%)": f"{100 * top['one_view_always']:.1f} ({top['one_view']})",
             "fused: text weights (%)": round(fused["fusion_weights"], 2),
             "fused: uniform (%)": round(fused["uniform"], 2),
             "fused: confidence weights (%)": round(fused["confidence_weights"], 2),
