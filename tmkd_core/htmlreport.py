@@ -17,8 +17,7 @@ from .utils import atomic_write_text
 
 def image_outputs(notebook) -> int:
     """How many image outputs (PNG, JPEG, SVG) an executed notebook holds."""
-    return sum(1 for cell in notebook.cells if cell.cell_type == "code" for out in cell.get("outputs", [])
-               if any(k.startswith("image/") for k in out.get("data", {})))
+    return len(image_alts(notebook, ""))
 
 
 # where nbconvert's lab template writes an image output, with its placeholder alt text if any
