@@ -651,7 +651,9 @@ def test_a_new_study_is_declared_in_one_file_and_the_plans_dry_run_lists_its_tas
                         ({"pilot": {"dataset": "cifar10", "methods": ["KD"]}}, r"lacks the key 'teacher_seed'"),
                         ({"teacher_study": {"teacher_seeds": {"cifar10": [0]}, "variants": ["mv_ft100"],
                                             "reference": "rgb", "candidates": []}}, r"available: rgb, rgb_ft1"),
-                        ({"per_dataset": {"cifar100": {"seeds": [0]}}}, r"\['cifar100'\] not among the study's")]:
+                        ({"per_dataset": {"cifar100": {"seeds": [0]}}}, r"\['cifar100'\] not among the study's"),
+                        ({"secondary_confirmatory": PROFILE_PLANS["cpu"]["secondary_confirmatory"]},
+                         r"\['secondary_confirmatory'\]: .* the study's \"confirmatory\" entry, which it lacks")]:
         path.write_text(json.dumps({**declared, **wrong}))
         with pytest.raises(StudyError, match=says) as caught:
             Study.load(path)
@@ -660,3 +662,36 @@ def test_a_new_study_is_declared_in_one_file_and_the_plans_dry_run_lists_its_tas
     (tmp_path / "cpu.json").write_text(json.dumps(declared))
     assert Study.load(tmp_path / "cpu.json").figures_dir == "build/cpu/figures" and cpu().figures_dir == "figures"
     assert Study.load(tmp_path / "cpu.json").command == f"--study {tmp_path / 'cpu.json'}"
+
+
+def test_the_secondary_comparison_runs_after_the_rest_of_the_plan(monkeypatch):
+    """docs/protocol.md fixes its order: after the teacher study's rows. Its runs, and the
+    teachers and caches only it reads, are `later`: a free worker takes them only when no
+    other task can start, however much work waits behind them; the teacher study's CIFAR-10
+    rows it reads too keep their place."""
+    monkeypatch.setattr("tmkd_core.plan.check_confirmatory_decisions", lambda *a, **k: None)  # no check run here
+    tasks = plan_tasks(cpu(), ["teachers", "confirmatory", "secondary"], costs=False)
+    later = [t for t in tasks if t.later]
+    secondary = PROFILE_PLANS["cpu"]["secondary_confirmatory"]
+    students = [t for t in later if t.stage == "student"]
+    assert len(students) == 2 * 4 * 3 and {t.cfg.data.name for t in later} == {"cifar10"}
+    assert sorted({t.cfg.seed for t in students}) == [secondary["seed_base"] + 10 * t + i
+                                                      for t in range(4) for i in range(3)]
+    assert not any(t.primary for t in later)
+    teachers = [t for t in later if t.stage.endswith("teacher")]
+    assert sorted({t.cfg.teacher.seed for t in teachers}) == [2, 3]  # 0-1 are the teacher study's rows
+    rows = [t for t in tasks if t.stage == "multiview_teacher" and t.cfg.data.name == "cifar10"
+            and t.cfg.teacher.multiview_optim.epochs in (10, 30) and t.cfg.teacher.teacher_init != "scratch"]
+    assert sorted((t.cfg.teacher.seed, t.later) for t in rows) == [
+        (0, False), (0, False), (1, False), (1, False), (2, True), (2, True), (3, True), (3, True)]
+    by_key = {t.key: t for t in tasks}
+    assert {n for t in students for n in t.needs if by_key[n].stage == "teacher_cache"} <= {t.key for t in later}
+    rest = [t for t in tasks if not t.later and not t.primary]
+    behind = work_behind(tasks, {t.key: 1.0 for t in tasks})
+    first_teacher = max(teachers, key=lambda t: behind[t.key])
+    row = min(rest, key=lambda t: behind[t.key])
+    assert behind[first_teacher.key] > behind[row.key]  # more waits behind it, and yet
+    assert next_task([first_teacher, row], behind) is row
+    assert next_task([first_teacher], behind) is first_teacher  # no worker is left idle for the order
+    # without the part, none of it is planned
+    assert not any(t.later for t in plan_tasks(cpu(), ["teachers", "confirmatory"], costs=False))

@@ -308,3 +308,55 @@ def test_the_per_teacher_figure_draws_each_teachers_mean_and_the_interval_over_t
     assert {((0.8, 1.2), (2, 2)), ((1.0,), (2,))} <= drawn  # teacher 0: its students' range and its mean
     assert {((-0.2, 0.2), (1, 1)), ((0.0,), (1,)), ((0.5,), (0,))} <= drawn  # teachers 1 and 2
     assert len(fig.axes) == 2
+
+
+def test_the_secondary_comparison_is_the_confirmatory_one_on_cifar10_fixed_beforehand(monkeypatch):
+    """docs/protocol.md, "Secondary confirmatory comparison (CIFAR-10)": the confirmatory
+    comparison's teacher and default fusion, teacher seeds 0-3, student seeds 300 + 10 t + i,
+    no widening rule; any other setting is refused, naming it."""
+    study = Study.of("cpu")
+    secondary, conf = study.secondary_confirmatory, study.confirmatory
+    assert secondary.secondary and not conf.secondary and secondary.name == "secondary_confirmatory"
+    runs = secondary.runs(secondary.teacher_seeds)
+    assert len(runs) == 24 and {r.dataset for r in runs} == {"cifar10"}
+    assert sorted({r.seed for r in runs}) == [300 + 10 * t + i for t in range(4) for i in range(3)]
+    default = dataset_config("cpu", "cifar10").fusion
+    for r in runs:
+        cfg = r.config("cpu")
+        assert (cfg.fusion.score, cfg.fusion.tau_w) == (default.score, default.tau_w)  # no new screen
+        assert cfg.teacher.multiview_optim.epochs == (10 if r.method == "TMKD" else 30) and cfg.score_test
+    spread = {0: 2.0, 1: -2.0, 2: 1.5, 3: -1.5}  # a half-width far above 0.5: no teacher added all the same
+    monkeypatch.setattr("tmkd_core.study.finished_record", lambda spec, profile, store: {
+        "test_acc": 0.5 + (spread[spec.teacher_seed] / 100 if spec.method == "TMKD" else 0.0)})
+    assert secondary.widened_teacher_seeds() == [0, 1, 2, 3]
+    check = teacher_report.check_secondary_decisions
+    check(secondary, conf)
+    for wrong, says in [(dict(tmkd_variant=TeacherVariant.named("mv_scratch20")), "makes no new choice"),
+                        (dict(fusion_adopted=(("fusion.tau_w", 0.03),)), "uses the default fusion"),
+                        (dict(max_teachers=8), r"\['max_teachers'\] = 8, but a secondary comparison has no widening")]:
+        with pytest.raises(teacher_report.DecisionMismatch, match=says) as caught:
+            check(replace(secondary, **wrong), conf)
+        assert "PROFILE_PLANS['cpu']['secondary_confirmatory']" in str(caught.value)  # the setting is named
+    with pytest.raises(teacher_report.DecisionMismatch, match="not decided yet"):
+        check(secondary, replace(conf, tmkd_variant=None, fusion_settled=False))
+
+
+def test_the_secondary_report_writes_its_own_files(monkeypatch, tmp_path):
+    from tmkd_core.teacher_report import write_confirmatory_report
+
+    secondary = Study.of("cpu").secondary_confirmatory
+    monkeypatch.setattr("tmkd_core.study.finished_record", lambda spec, profile, store: None)
+    assert len(write_confirmatory_report(secondary, tmp_path)) == 24  # every run still missing, nothing written
+    assert not (tmp_path / "tables").exists()
+    diffs = {0: 0.3, 1: -0.3, 2: 0.1, 3: -0.1}
+    monkeypatch.setattr("tmkd_core.study.finished_record", lambda spec, profile, store: {
+        "test_acc": 0.8 + (diffs[spec.teacher_seed] / 100 if spec.method == "TMKD" else 0.0), "val_acc": 0.8,
+        "train_time_s": 1.0, "run_key": f"{spec.method}{spec.seed}", "seed": spec.seed,
+        "config": {"teacher": {"seed": spec.teacher_seed}}})
+    table, statistic = write_confirmatory_report(secondary, tmp_path)
+    assert statistic["teachers"] == 4 and statistic["diff"] == pytest.approx(0.0, abs=1e-9)
+    assert "Secondary confirmatory comparison" in (tmp_path / "tables" / "secondary_confirmatory.tex").read_text()
+    assert "| cifar10 " in (tmp_path / "tables" / "secondary_confirmatory.md").read_text()
+    saved = json.loads((tmp_path / "results" / "secondary_confirmatory.json").read_text())
+    assert saved["secondary"] and saved["dataset"] == "cifar10" and len(saved["runs"]) == 24
+    assert not (tmp_path / "tables" / "confirmatory.md").exists()  # the CIFAR-100 comparison's files untouched

@@ -465,7 +465,15 @@ PROFILE_PLANS: dict[str, dict[str, Any]] = {
                              "fusion_candidate": {"fusion.score": "cosine", "fusion.tau_w": 0.03},
                              "fusion_settled": True, "fusion_adopted": None,
                              "teacher_seeds": [0, 1, 2, 3], "students_per_teacher": 3, "seed_base": 200,
-                             "max_teachers": 8}},
+                             "max_teachers": 8},
+            # docs/protocol.md, "Secondary confirmatory comparison (CIFAR-10)", fixed before its runs:
+            # the confirmatory comparison's teacher (mv_ft10, no new choice) and default fusion (no new
+            # screen) on CIFAR-10; 4 teachers and no widening rule (max_teachers = 4); its tasks start
+            # after the rest of the plan (`Task.later`)
+            "secondary_confirmatory": {"dataset": "cifar10", "kd_variant": "rgb_ft30", "tmkd_variant": "mv_ft10",
+                                       "fusion_candidate": None, "fusion_settled": True, "fusion_adopted": None,
+                                       "teacher_seeds": [0, 1, 2, 3], "students_per_teacher": 3, "seed_base": 300,
+                                       "max_teachers": 4}},
     "paper": {"datasets": ["cifar100"], "teacher_seeds": [0], "seeds": [0, 1, 2], "ablation_seeds": [0, 1, 2]},
 }
 

@@ -7,10 +7,11 @@ the time left for the whole plan.
     python -m tmkd_core.plan --study mine.json --dry-run   # a study declared in a file (study.py)
 
 What runs is the study's (`study.Study`: the runs of its pilot, notebook 04, the ablations,
-the teacher study and the confirmatory comparison); the notebooks ask the same object, so
+the teacher study and the confirmatory comparisons); the notebooks ask the same object, so
 that after the plan has run they find every artefact and train nothing. Here the runs become
 tasks (`plan_tasks`: one stage of one configuration each, `Pipeline.BUILT_STAGES`), marked
-`primary` when a pre-registered comparison reads them; the scheduler (scheduler.py) runs
+`primary` when a pre-registered comparison reads them and `later` when only the secondary
+confirmatory comparison does (pre-registered to run after the rest); the scheduler (scheduler.py) runs
 them, the store (store.py) keeps what finished, the cost model (costs.py) estimates the time.
 Whenever the primary comparison's pairs have all finished, docs/protocol.md's widening rule
 (`protocol.widen_pairs`) may add pairs, which the plan runs next (`widened_pairs`).
@@ -38,7 +39,7 @@ from .protocol import pilot_progress, pilot_summary, write_pilot_report, write_p
 from .scheduler import Progress, Task, hms, needed, run_plan
 from .store import plan_wall_time, restore_artefacts, stale_partials, stored_copy
 from .study import PilotNotSettled, Study, StudyError
-from .teacher_report import DecisionMismatch, check_confirmatory_decisions
+from .teacher_report import DecisionMismatch, check_confirmatory_decisions, check_secondary_decisions
 
 
 def _title(stage: str, cfg: ExperimentConfig) -> str:
@@ -74,6 +75,11 @@ def plan_tasks(study: Study, parts: Iterable[str] = ("pilot", "main", "ablations
     conf = study.confirmatory if "confirmatory" in parts else None
     if conf is not None:
         check_confirmatory_decisions(conf, study.teacher_study, [study.store] if study.store else [])
+    # the secondary comparison reads the confirmatory comparison's decisions: not planned before them
+    decided = study.confirmatory is not None and study.confirmatory.chosen and study.confirmatory.fusion_settled
+    secondary = study.secondary_confirmatory if "secondary" in parts and decided else None
+    if secondary is not None:
+        check_secondary_decisions(secondary, study.confirmatory)
     if "main" in parts:
         for cfg in study.teacher_configs():  # notebook 02: both teachers and the control
             configs += [cfg, method_config(cfg, "TMKD")]
@@ -94,14 +100,15 @@ def plan_tasks(study: Study, parts: Iterable[str] = ("pilot", "main", "ablations
     specs = study.in_plan_order(specs + confirmatory)
     tasks: dict[str, Task] = {}
 
-    def add(pipe: Pipeline, stage: str, title: str | None = None, primary: bool = False) -> str:
+    def add(pipe: Pipeline, stage: str, title: str | None = None, primary: bool = False, later: bool = False) -> str:
         key = f"{stage}:{pipe.key(stage)}"
-        needs = [add(pipe, s, primary=primary) for s in pipe.after(stage) if s in Pipeline.BUILT_STAGES]
+        needs = [add(pipe, s, primary=primary, later=later) for s in pipe.after(stage) if s in Pipeline.BUILT_STAGES]
         if key not in tasks:
             tasks[key] = Task(stage, pipe.cfg, title or _title(stage, pipe.cfg), key, pipe.artefact(stage), needs,
                               stage_flop(pipe, stage) if costs else 0.0, pipe.partial_checkpoint(stage), primary,
-                              pipe.events_dir(stage))
+                              pipe.events_dir(stage), later=later)
         tasks[key].primary |= primary  # a teacher a secondary run listed first is the primary's too
+        tasks[key].later &= later  # a teacher the rest of the plan reads too is not left for later
         return key
 
     def decides(key: str) -> None:
@@ -133,6 +140,9 @@ def plan_tasks(study: Study, parts: Iterable[str] = ("pilot", "main", "ablations
     for cfg in configs:  # teachers no run reads come last: notebook 02's control, notebook 03's generic prompts
         pipe = Pipeline(cfg)
         add(pipe, "multiview_teacher" if pipe.uses("multiview_teacher") else "rgb_teacher")
+    # the secondary comparison after everything else: what the rest of the plan reads keeps its place
+    for spec in study.in_plan_order(secondary.runs(secondary.teacher_seeds)) if secondary else []:
+        add(Pipeline(study.config(spec)), "student", spec.title, later=True)
     # each dependency just before the first task that needs it: plan order is the order of need
     return list(tasks.values())
 
@@ -196,7 +206,7 @@ def _study_reports(study: Study, out_dir: str | None, teachers: bool, confirmato
         return 2
     if store is not None:  # a fresh clone: the stored teachers and runs into data/
         try:
-            restore(study, ["teachers", "confirmatory"])
+            restore(study, ["teachers", "confirmatory", "secondary"])
         except (PilotNotSettled, DecisionMismatch) as exc:
             print(f"[plan] {exc}", file=sys.stderr)
             return 2
@@ -219,18 +229,20 @@ def _study_reports(study: Study, out_dir: str | None, teachers: bool, confirmato
         if code:
             print(f"[plan] the teacher study is incomplete: {len(payload['missing'])} teacher(s) not trained yet "
                   "(exit status 1; the files above hold what has trained)", file=sys.stderr)
-    if confirmatory:
-        report = write_confirmatory_report(conf, out_dir)
+    for comparison in study.confirmatory_comparisons if confirmatory else ():
+        report = write_confirmatory_report(comparison, out_dir)
+        label = comparison.name.replace("_", " ")
         if isinstance(report, list):
-            print(f"[plan] the confirmatory comparison waits for {len(report)} run(s): " + "; ".join(report),
-                  file=sys.stderr)
-            return 1
+            print(f"[plan] the {label} comparison waits for {len(report)} run(s): " + "; ".join(report[:3])
+                  + ("; ..." if len(report) > 3 else ""), file=sys.stderr)
+            code = 1
+            continue
         print(report[0].T.to_string(header=False))
-        print(f"written: {out_dir}/tables/confirmatory.md, {out_dir}/results/confirmatory.json")
+        print(f"written: {out_dir}/tables/{comparison.name}.md, {out_dir}/results/{comparison.name}.json")
     return code
 
 
-PARTS = ("pilot", "main", "ablations", "teachers", "confirmatory")
+PARTS = ("pilot", "main", "ablations", "teachers", "confirmatory", "secondary")
 
 
 def main(argv=None) -> int:
@@ -252,7 +264,8 @@ def main(argv=None) -> int:
                         help="pilot: the validation pilot; main: the teachers and notebook 04's runs (the primary "
                              "comparison first); ablations: notebook 05's runs; teachers: the teacher study; "
                              "confirmatory: the CIFAR-100 confirmatory comparison (KD's side until TMKD's teacher "
-                             "is chosen). Default: all, or the pilot alone while it has not settled")
+                             "is chosen); secondary: the secondary CIFAR-10 confirmatory comparison, after the rest. "
+                             "Default: all, or the pilot alone while it has not settled")
     parser.add_argument("--pilot-report", action="store_true",
                         help="the pilot's validation table and what the protocol's rules decide from it, "
                              "written to <out-dir>/tables/pilot.md and <out-dir>/results/pilot.json (for cpu: the "
@@ -268,7 +281,8 @@ def main(argv=None) -> int:
                              "results/teacher_study.json; each teacher's evaluation is kept in <store>/evals")
     parser.add_argument("--confirmatory-report", action="store_true",
                         help="the confirmatory comparison once all its runs have finished: "
-                             "<out-dir>/tables/confirmatory.md and results/confirmatory.json")
+                             "<out-dir>/tables/confirmatory.md and results/confirmatory.json; likewise the secondary "
+                             "one (secondary_confirmatory.md/.json) once its runs have finished")
     parser.add_argument("--out-dir", default=None,
                         help="where the --*-report flags write (default: figures for cpu, overwriting the "
                              "committed files, else build/<study>/figures)")

@@ -4,7 +4,7 @@
     study = Study.load("mine.json")              # or one declared in a file of the same keys
     study.main_runs()                            # notebook 04's runs, the primary pairs widened
     study.primary                                # Comparison(dataset, reference, method, seeds)
-    study.pilot, study.teacher_study, study.confirmatory
+    study.pilot, study.teacher_study, study.confirmatory, study.secondary_confirmatory
 
 A study is data (open_clip's "configurations are data"): the keys of a `config.PROFILE_PLANS`
 entry, read here and nowhere else. A new study or comparison is declared in one place, a
@@ -18,9 +18,9 @@ every method of config.METHODS); `per_dataset` (any of these changed for one dat
 `primary` ({dataset, methods: [reference, method], seeds}: docs/protocol.md's primary
 comparison, its seeds widened by the rule of `protocol.widen_pairs`); `pilot` (the validation
 pilot, see `Pilot`); `ablation_seeds` and `ablation_groups` (notebook 05, groups of
-config.ABLATIONS); `store` (the artefact store, relative to the project root); `teacher_study`
-and `confirmatory` (tmkd_core.teacher_study); `profile` (a file's configuration profile;
-default: the study's name).
+config.ABLATIONS); `store` (the artefact store, relative to the project root); `teacher_study`,
+`confirmatory` and `secondary_confirmatory` (tmkd_core.teacher_study); `profile` (a file's
+configuration profile; default: the study's name).
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from .settings import ConfigError
 from .teacher_study import Confirmatory, TeacherStudy
 
 STUDY_KEYS = ("profile", "datasets", "teacher_seeds", "seeds", "methods", "per_dataset", "primary", "pilot",
-              "ablation_seeds", "ablation_groups", "store", "teacher_study", "confirmatory")
+              "ablation_seeds", "ablation_groups", "store", "teacher_study", "confirmatory", "secondary_confirmatory")
 PER_DATASET_KEYS = ("teacher_seeds", "seeds", "methods")
 PRIMARY_KEYS = ("dataset", "methods", "seeds")
 PILOT_KEYS = ("dataset", "teacher_seed", "seeds", "methods", "settled", "adopted", "baseline", "variants")
@@ -147,6 +147,7 @@ class Study:
     declared_store: str | None = None  # as declared: relative to the project root, or absolute
     teacher_study: TeacherStudy | None = None
     confirmatory: Confirmatory | None = None
+    secondary_confirmatory: Confirmatory | None = None  # the same comparison on another dataset, after the rest
     where: str = ""  # where it is declared: "PROFILE_PLANS['cpu']" or the study file's path
     file: Path | None = None  # the study file (Study.load), None for a built-in study
 
@@ -268,8 +269,18 @@ class Study:
         study = TeacherStudy.from_plan(profile, plan["teacher_study"]) if plan.get("teacher_study") else None
         conf = (Confirmatory.from_plan(profile, plan["confirmatory"], store, where)
                 if plan.get("confirmatory") else None)
+        secondary = None
+        if plan.get("secondary_confirmatory"):
+            if conf is None:
+                raise StudyError(f"{where}['secondary_confirmatory']: a secondary comparison takes its teacher and "
+                                 "fusion setting from the study's \"confirmatory\" entry, which it lacks")
+            secondary = Confirmatory.from_plan(profile, plan["secondary_confirmatory"], store, where,
+                                               "secondary_confirmatory")
+            if secondary.dataset not in datasets:
+                raise StudyError(f"{where}['secondary_confirmatory']: its dataset {secondary.dataset!r} is not one of "
+                                 f"the study's ({', '.join(datasets)})")
         return cls(name, profile, datasets, per_dataset, primary, pilot, tuple(plan.get("ablation_seeds", ())),
-                   groups, store, study, conf, where, file)
+                   groups, store, study, conf, secondary, where, file)
 
     def with_store(self, store: Path | None) -> "Study":
         """The same study reading and keeping its artefacts in `store` (None: no store): its
@@ -277,8 +288,14 @@ class Study:
         from dataclasses import replace
 
         declared = None if store is None else str(Path(store).resolve())
-        conf = replace(self.confirmatory, declared_store=declared) if self.confirmatory else None
-        return replace(self, declared_store=declared, confirmatory=conf)
+        conf, secondary = (replace(c, declared_store=declared) if c else None
+                           for c in (self.confirmatory, self.secondary_confirmatory))
+        return replace(self, declared_store=declared, confirmatory=conf, secondary_confirmatory=secondary)
+
+    @property
+    def confirmatory_comparisons(self) -> list[Confirmatory]:
+        """The confirmatory comparison and the secondary one, those it declares."""
+        return [c for c in (self.confirmatory, self.secondary_confirmatory) if c is not None]
 
     # --- what it runs ---------------------------------------------------------------------------
 

@@ -225,11 +225,15 @@ def write_teacher_report(study: TeacherStudy, out_dir, cache_dirs=(), conf: Conf
 CONFIRMATORY_CAPTION = ("Confirmatory comparison (docs/protocol.md, 'Amendment: powerful teachers'): test accuracy "
                         "(%), mean ± sd over pairs; Δ: the mean over teachers of each teacher's mean paired "
                         "difference, 95% t-interval over teachers")
+SECONDARY_CAPTION = ("Secondary confirmatory comparison (docs/protocol.md, 'Secondary confirmatory comparison "
+                     "(CIFAR-10)'; secondary, no widening rule): test accuracy (%), mean ± sd over pairs; Δ: the "
+                     "mean over teachers of each teacher's mean paired difference, 95% t-interval over teachers")
 
 
 def write_confirmatory_report(conf: Confirmatory, out_dir) -> tuple[Any, dict] | list:
     """The confirmatory comparison, once every pair of its teachers (the widening rule
-    applied) has finished: tables/confirmatory.{md,csv,tex} and results/confirmatory.json
+    applied) has finished: tables/<name>.{md,csv,tex} and results/<name>.json (`conf.name`:
+    confirmatory, or secondary_confirmatory)
     (`runs`: dataset, method, seed, teacher_seed, teacher_variant, val_acc, test_acc, run_key;
     `confirmatory`: `report.teacher_level_comparison`). Returns (table, statistic), or the
     runs still missing (all of TMKD's before its teacher is chosen)."""
@@ -257,10 +261,10 @@ def write_confirmatory_report(conf: Confirmatory, out_dir) -> tuple[Any, dict] |
         "per teacher": ", ".join(f"{t}: {v:+.2f}" for t, v in statistic["per_teacher_diff"].items()),
         "reading": statistic["verdict"]}])
     out = Outputs(out_dir)
-    out.table(table, "confirmatory", CONFIRMATORY_CAPTION)
-    out.results_json("confirmatory", {"confirmatory": statistic, "teacher_seeds": teachers, "dataset": conf.dataset,
-                                      "kd_variant": conf.kd_variant.name, "tmkd_variant": conf.tmkd_variant.name},
-                     runs=runs)
+    out.table(table, conf.name, SECONDARY_CAPTION if conf.secondary else CONFIRMATORY_CAPTION)
+    out.results_json(conf.name, {"confirmatory": statistic, "teacher_seeds": teachers, "dataset": conf.dataset,
+                                 "kd_variant": conf.kd_variant.name, "tmkd_variant": conf.tmkd_variant.name,
+                                 "secondary": conf.secondary}, runs=runs)
     return table, statistic
 
 
@@ -333,3 +337,23 @@ def check_confirmatory_decisions(conf: Confirmatory, study: TeacherStudy, cache_
                                    f"{'adopts' if check and check['adopt'] else 'does not adopt'} {want} ({check})")
     elif conf.fusion_adopted is not None:
         raise DecisionMismatch(f"{where}['fusion_adopted'] is set before the fusion check has settled")
+
+
+def check_secondary_decisions(secondary: Confirmatory, conf: Confirmatory) -> None:
+    """A secondary confirmatory comparison as docs/protocol.md fixed it: the confirmatory
+    comparison's teacher once chosen (no new choice), the default fusion (no new screen) and
+    its teacher seeds without widening. DecisionMismatch otherwise, naming the setting."""
+    where = secondary.where
+    if not (conf.chosen and conf.fusion_settled):
+        raise DecisionMismatch(f"{where} reads the confirmatory comparison's teacher and fusion setting, not "
+                               f"decided yet in {conf.where}: leave it out of the plan until they are")
+    if secondary.tmkd_variant != conf.tmkd_variant:
+        have = secondary.tmkd_variant.name if secondary.tmkd_variant else None
+        raise DecisionMismatch(f"{where}['tmkd_variant'] = {have!r}, but the confirmatory comparison's teacher is "
+                               f"{conf.tmkd_variant.name!r}: a secondary comparison makes no new choice")
+    if secondary.fusion_candidate is not None or secondary.fusion_adopted is not None or not secondary.fusion_settled:
+        raise DecisionMismatch(f"{where}: a secondary comparison uses the default fusion (no new screen): set "
+                               "fusion_candidate and fusion_adopted to None and fusion_settled to True")
+    if secondary.max_teachers != len(secondary.teacher_seeds):
+        raise DecisionMismatch(f"{where}['max_teachers'] = {secondary.max_teachers}, but a secondary comparison has "
+                               f"no widening rule: set it to its {len(secondary.teacher_seeds)} teacher seeds")

@@ -5,6 +5,7 @@ teachers"), each resolved once by its study (tmkd_core.study.Study) into one typ
     study.teachers()                          # every (dataset, variant, seed) and its configurations
     conf = Study.of("cpu").confirmatory       # KD from `kd_variant` vs TMKD from `tmkd_variant`
     conf.runs(conf.teacher_seeds)             # the student runs, teacher seed by teacher seed
+    Study.of("cpu").secondary_confirmatory    # the same on another dataset, its teacher fixed beforehand
 
 A variant (`config.TEACHER_VARIANTS`) is a teacher's training recipe as overrides of a
 dataset's configuration. Its compute is counted in view-epochs, one forward and backward pass
@@ -129,7 +130,11 @@ class TeacherStudy:
 @dataclass(frozen=True)
 class Confirmatory:
     """docs/protocol.md's confirmatory comparison: TMKD from `tmkd_variant` against KD from
-    `kd_variant`, with the teacher seed as the unit of replication."""
+    `kd_variant`, with the teacher seed as the unit of replication. A study's
+    `secondary_confirmatory` is one too (`name` "secondary_confirmatory"): the same comparison
+    on another dataset, with the confirmatory comparison's teacher and fusion setting and no
+    widening rule (`max_teachers` = its teacher seeds), checked by
+    `teacher_report.check_secondary_decisions`."""
 
     profile: str  # the configuration profile (Study.profile)
     dataset: str
@@ -144,11 +149,12 @@ class Confirmatory:
     fusion_adopted: tuple[tuple[str, Any], ...] | None = None  # what TMKD's final runs add
     declared_store: str | None = None  # the study's artefact store (Study.declared_store): finished runs are read there too
     where: str = "the study's confirmatory entry"  # where it is declared, for the errors that name a setting
+    name: str = "confirmatory"  # its study key, and the stem of its report's files
 
     @classmethod
     def from_plan(cls, profile: str, plan: dict[str, Any], store: str | None = None,
-                  where: str | None = None) -> "Confirmatory":
-        """From a study's `confirmatory` entry (tmkd_core.study)."""
+                  where: str | None = None, name: str = "confirmatory") -> "Confirmatory":
+        """From a study's `confirmatory` (or `secondary_confirmatory`) entry (tmkd_core.study)."""
         tmkd = plan.get("tmkd_variant")
 
         def items(d):
@@ -159,7 +165,11 @@ class Confirmatory:
                    plan["students_per_teacher"], plan["seed_base"], plan["max_teachers"],
                    items(plan.get("fusion_candidate")), bool(plan.get("fusion_settled")),
                    items(plan.get("fusion_adopted")), store,
-                   f"{where}['confirmatory']" if where else cls.where)
+                   f"{where}[{name!r}]" if where else f"the study's {name} entry", name)
+
+    @property
+    def secondary(self) -> bool:
+        return self.name != "confirmatory"
 
     @property
     def chosen(self) -> bool:
