@@ -693,5 +693,18 @@ def test_the_secondary_comparison_runs_after_the_rest_of_the_plan(monkeypatch):
     assert behind[first_teacher.key] > behind[row.key]  # more waits behind it, and yet
     assert next_task([first_teacher, row], behind) is row
     assert next_task([first_teacher], behind) is first_teacher  # no worker is left idle for the order
-    # without the part, none of it is planned
-    assert not any(t.later for t in plan_tasks(cpu(), ["teachers", "confirmatory"], costs=False))
+    # nor does it reorder the rest: no work of its counts behind a row it reads too
+    for row in rows[:4]:
+        assert by_key[row.key].later is False and behind[row.key] == work_behind(
+            [t for t in tasks if not t.later], {t.key: 1.0 for t in tasks})[row.key]
+    assert {r.key for r in rows[:4]} <= {n for t in later for n in t.needs}  # though its caches read them
+    # without the part, none of it is planned, and the rest is the same plan
+    without = plan_tasks(cpu(), ["teachers", "confirmatory"], costs=False)
+    assert not any(t.later for t in without)
+    assert [(t.key, t.primary, t.decides) for t in without] == [(t.key, t.primary, t.decides) for t in tasks
+                                                               if not t.later]
+    # its order needs the teacher study's rows in the plan
+    from tmkd_core.teacher_report import DecisionMismatch
+
+    with pytest.raises(DecisionMismatch, match="add `teachers` to --parts"):
+        plan_tasks(cpu(), ["confirmatory", "secondary"], costs=False)

@@ -333,7 +333,10 @@ def test_the_secondary_comparison_is_the_confirmatory_one_on_cifar10_fixed_befor
     check(secondary, conf)
     for wrong, says in [(dict(tmkd_variant=TeacherVariant.named("mv_scratch20")), "makes no new choice"),
                         (dict(fusion_adopted=(("fusion.tau_w", 0.03),)), "uses the default fusion"),
-                        (dict(max_teachers=8), r"\['max_teachers'\] = 8, but a secondary comparison has no widening")]:
+                        (dict(max_teachers=8), r"\['max_teachers'\] = 8, but a secondary comparison has no widening"),
+                        (dict(dataset="cifar100"), "on another dataset than 'cifar100'; it has 'cifar100'"),
+                        (dict(kd_variant=TeacherVariant.named("rgb")), "rgb_ft30 for KD"),
+                        (dict(students_per_teacher=2), "3 students per teacher")]:
         with pytest.raises(teacher_report.DecisionMismatch, match=says) as caught:
             check(replace(secondary, **wrong), conf)
         assert "PROFILE_PLANS['cpu']['secondary_confirmatory']" in str(caught.value)  # the setting is named

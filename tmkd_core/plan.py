@@ -69,7 +69,7 @@ def plan_tasks(study: Study, parts: Iterable[str] = ("pilot", "main", "ablations
     False leaves `cost_flop` 0 and reads no dataset."""
     configs: list[ExperimentConfig] = []
     parts = list(parts)
-    if {"main", "ablations", "teachers", "confirmatory"} & set(parts) and not study.pilot_settled:
+    if {"main", "ablations", "teachers", "confirmatory", "secondary"} & set(parts) and not study.pilot_settled:
         raise study.unsettled()
     teachers = study.teacher_study if "teachers" in parts else None
     conf = study.confirmatory if "confirmatory" in parts else None
@@ -80,6 +80,9 @@ def plan_tasks(study: Study, parts: Iterable[str] = ("pilot", "main", "ablations
     secondary = study.secondary_confirmatory if "secondary" in parts and decided else None
     if secondary is not None:
         check_secondary_decisions(secondary, study.confirmatory)
+        if study.teacher_study is not None and "teachers" not in parts:  # its order needs the rows in the plan
+            raise DecisionMismatch("the secondary comparison runs after the teacher study's rows (docs/protocol.md): "
+                                   "add `teachers` to --parts (rows already trained are skipped)")
     if "main" in parts:
         for cfg in study.teacher_configs():  # notebook 02: both teachers and the control
             configs += [cfg, method_config(cfg, "TMKD")]
@@ -282,7 +285,8 @@ def main(argv=None) -> int:
     parser.add_argument("--confirmatory-report", action="store_true",
                         help="the confirmatory comparison once all its runs have finished: "
                              "<out-dir>/tables/confirmatory.md and results/confirmatory.json; likewise the secondary "
-                             "one (secondary_confirmatory.md/.json) once its runs have finished")
+                             "one (secondary_confirmatory.md/.json) once its runs have finished. Exit status 1 while "
+                             "either waits for runs (what has finished is written all the same)")
     parser.add_argument("--out-dir", default=None,
                         help="where the --*-report flags write (default: figures for cpu, overwriting the "
                              "committed files, else build/<study>/figures)")
@@ -400,12 +404,13 @@ def main(argv=None) -> int:
         to_run = {t.key for t in pending}
         for t in tasks:
             state = "done" if t.done() else "kept" if stored(t) else "todo" if t.key in to_run else "skip"
-            print(f"{state}  {hms(progress.estimate(t)) if state == 'todo' else '-':>7}  {t.title}")
+            print(f"{state}  {hms(progress.estimate(t)) if state == 'todo' else '-':>7}  {t.title}"
+                  + ("  [after the rest]" if t.later and state == "todo" else ""))
         for path in stale:
             print(f"stale  {path} (no unfinished task resumes from it: --prune-store removes it)")
         print("(done: in data/; kept: in the store, restored at the start; todo: to train, its estimate; skip: a "
-              "teacher-output cache no run left to train reads. An ensemble's second RGB teacher has teacher seed "
-              "500 + t.)")
+              "teacher-output cache no run left to train reads; [after the rest]: started only when no other task can "
+              "start. An ensemble's second RGB teacher has teacher seed 500 + t.)")
         print(f"{len(tasks)} tasks, {len(pending)} to run, estimated {hms(progress.left(pending, {}))} on {args.jobs} "
               f"workers (at {rate / 1e9:.1f} GFLOP/s per worker, measured now: a busy machine reads slower)")
         if store is not None:

@@ -72,7 +72,8 @@ def ready_tasks(pending: list[Task], done_keys: set[str]) -> list[Task]:
 def work_behind(tasks: list[Task], seconds: dict[str, float]) -> dict[str, float]:
     """For each task, the longest chain of work that waits on it: b(t) = max over the
     tasks d that need t of (seconds(d) + b(d)), 0 for a task nothing needs (a student run).
-    A chain, not the sum: what waits on a teacher in parallel does not lengthen it."""
+    A chain, not the sum: what waits on a teacher in parallel does not lengthen it. Work
+    marked `later` does not count behind a task that is not: it does not reorder the rest."""
     after: dict[str, list[Task]] = {}
     for task in tasks:
         for need in task.needs:
@@ -81,7 +82,8 @@ def work_behind(tasks: list[Task], seconds: dict[str, float]) -> dict[str, float
 
     def chain(task: Task) -> float:
         if task.key not in behind:
-            behind[task.key] = max((seconds[d.key] + chain(d) for d in after.get(task.key, ())), default=0.0)
+            behind[task.key] = max((seconds[d.key] + chain(d) for d in after.get(task.key, ()) if d.later <= task.later),
+                                   default=0.0)
         return behind[task.key]
 
     for task in tasks:

@@ -341,8 +341,9 @@ def check_confirmatory_decisions(conf: Confirmatory, study: TeacherStudy, cache_
 
 def check_secondary_decisions(secondary: Confirmatory, conf: Confirmatory) -> None:
     """A secondary confirmatory comparison as docs/protocol.md fixed it: the confirmatory
-    comparison's teacher once chosen (no new choice), the default fusion (no new screen) and
-    its teacher seeds without widening. DecisionMismatch otherwise, naming the setting."""
+    comparison on another dataset, with its KD teacher, students per teacher and teacher once
+    chosen (no new choice), the default fusion (no new screen) and its teacher seeds without
+    widening. DecisionMismatch otherwise, naming the setting."""
     where = secondary.where
     if not (conf.chosen and conf.fusion_settled):
         raise DecisionMismatch(f"{where} reads the confirmatory comparison's teacher and fusion setting, not "
@@ -354,6 +355,12 @@ def check_secondary_decisions(secondary: Confirmatory, conf: Confirmatory) -> No
     if secondary.fusion_candidate is not None or secondary.fusion_adopted is not None or not secondary.fusion_settled:
         raise DecisionMismatch(f"{where}: a secondary comparison uses the default fusion (no new screen): set "
                                "fusion_candidate and fusion_adopted to None and fusion_settled to True")
+    if secondary.dataset == conf.dataset or secondary.kd_variant != conf.kd_variant \
+            or secondary.students_per_teacher != conf.students_per_teacher:
+        raise DecisionMismatch(f"{where}: a secondary comparison is the confirmatory one ({conf.kd_variant.name} for KD, "
+                               f"{conf.students_per_teacher} students per teacher) on another dataset than "
+                               f"{conf.dataset!r}; it has {secondary.dataset!r}, {secondary.kd_variant.name}, "
+                               f"{secondary.students_per_teacher}")
     if secondary.max_teachers != len(secondary.teacher_seeds):
         raise DecisionMismatch(f"{where}['max_teachers'] = {secondary.max_teachers}, but a secondary comparison has "
                                f"no widening rule: set it to its {len(secondary.teacher_seeds)} teacher seeds")
