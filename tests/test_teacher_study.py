@@ -363,3 +363,22 @@ def test_the_secondary_report_writes_its_own_files(monkeypatch, tmp_path):
     saved = json.loads((tmp_path / "results" / "secondary_confirmatory.json").read_text())
     assert saved["secondary"] and saved["dataset"] == "cifar10" and len(saved["runs"]) == 24
     assert not (tmp_path / "tables" / "confirmatory.md").exists()  # the CIFAR-100 comparison's files untouched
+
+
+def test_the_teacher_report_compares_each_variant_with_the_ensemble_too(monkeypatch, tmp_path):
+    """'Is a multi-view teacher more than an ensemble?' read directly: each variant's paired
+    difference to `rgb_ens2` over teacher seeds, beside those to rgb_ft30 and rgb."""
+    study = Study.of("cpu").teacher_study
+    acc = {"rgb": (61.0, 62.0), "rgb_ft30": (63.0, 63.5), "rgb_ens2": (64.0, 63.0), "mv_ft10": (62.5, 62.9)}
+    records = [{"dataset": "cifar100", "variant": v, "kind": TeacherVariant.named(v).kind, "teacher_seed": s,
+                "compute_view_epochs": TeacherVariant.named(v).compute(dataset_config("cpu", "cifar100")),
+                "train_time_s": 3600.0, "val": {"deployed": a}, "test": {"deployed": a}}
+               for v, accs in acc.items() for s, a in enumerate(accs)]
+    monkeypatch.setattr(teacher_report, "study_records", lambda study, cache_dirs: (records, []))
+    payload = write_teacher_report(study, tmp_path)
+    found = {(d["variant"], d["reference"]): d for d in payload["paired_differences"]
+             if d["split"] == "test" and d["measure"] == "deployed"}
+    d = found["mv_ft10", "rgb_ens2"]  # differences -1.5 and -0.1: mean -0.8, sd 0.99, t(0.975, 1) = 12.71
+    assert d["diff"] == pytest.approx(-0.8) and d["ci_low"] == pytest.approx(-0.8 - 12.7062 * 1.4 / 2, abs=1e-3)
+    assert found["rgb_ens2", "rgb_ft30"]["diff"] == pytest.approx(0.25)
+    assert ("rgb_ens2", "rgb_ens2") not in found

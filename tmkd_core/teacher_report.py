@@ -194,7 +194,9 @@ def write_teacher_report(study: TeacherStudy, out_dir, cache_dirs=(), conf: Conf
     out.table(study_table(records, study), "teacher_study",
               "Teacher study: test accuracy (%), mean ± sd over teacher seeds; Δ: paired difference to the "
               f"compute-matched RGB teacher ({study.reference.name}), 95% t-interval over teacher seeds")
-    references = [study.reference.name, "rgb"]  # the compute-matched RGB teacher, and KD's teacher so far
+    # the compute-matched RGB teacher, KD's teacher so far, and the RGB ensembles: the direct
+    # reading of "is a multi-view teacher more than an ensemble?" (beside the protocol's two)
+    references = [study.reference.name, "rgb"] + [v.name for v in study.variants if v.kind == "ensemble"]
     diffs = [{"dataset": d, "variant": v.name, "measure": name, "split": split, "reference": ref, **found}
              for ref in references for d in study.datasets for v in study.variants if v.name != ref
              for name in MEASURES for split in ("val", "test")
