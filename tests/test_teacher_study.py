@@ -365,6 +365,7 @@ def test_the_secondary_report_writes_its_own_files(monkeypatch, tmp_path):
     assert not (tmp_path / "tables" / "confirmatory.md").exists()  # the CIFAR-100 comparison's files untouched
 
 
+@pytest.mark.filterwarnings("ignore:No artists with labels")  # the figure of these few records has no legend
 def test_the_teacher_report_compares_each_variant_with_the_ensemble_too(monkeypatch, tmp_path):
     """'Is a multi-view teacher more than an ensemble?' read directly: each variant's paired
     difference to `rgb_ens2` over teacher seeds, beside those to rgb_ft30 and rgb."""
