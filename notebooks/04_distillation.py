@@ -141,7 +141,7 @@ by_teacher = {}  # comparison name -> its teacher-level statistic, once its runs
 for c in study.confirmatory_comparisons:
     found = write_confirmatory_report(c, out.figures)
     if isinstance(found, list):
-        print(f"the {c.name.replace('_', ' ')} comparison waits for {len(found)} run(s), e.g. {found[0]}")
+        print(f"the {c.label} comparison waits for {len(found)} run(s), e.g. {found[0]}")
     else:
         by_teacher[c.name] = found[1]
         display(found[0])
@@ -239,8 +239,7 @@ if primary is not None and len(primary["teacher_seeds"]) >= 2:
                    f"{epochs} epoch{'s' if epochs > 1 else ''}", primary_by_teacher))
 for c in study.confirmatory_comparisons:
     if c.name in by_teacher:
-        label = "secondary" if c.secondary else "confirmatory"
-        panels.append((f"{c.dataset} ({label}): TMKD from {c.tmkd_variant.name} − KD from {c.kd_variant.name}",
+        panels.append((f"{c.dataset} ({c.label}): TMKD from {c.tmkd_variant.name} − KD from {c.kd_variant.name}",
                        by_teacher[c.name]))
 if panels:
     out.figure(teacher_differences_figure(panels), "teacher_differences")

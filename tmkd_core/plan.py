@@ -234,9 +234,8 @@ def _study_reports(study: Study, out_dir: str | None, teachers: bool, confirmato
                   "(exit status 1; the files above hold what has trained)", file=sys.stderr)
     for comparison in study.confirmatory_comparisons if confirmatory else ():
         report = write_confirmatory_report(comparison, out_dir)
-        label = comparison.name.replace("_", " ")
         if isinstance(report, list):
-            print(f"[plan] the {label} comparison waits for {len(report)} run(s): " + "; ".join(report[:3])
+            print(f"[plan] the {comparison.label} comparison waits for {len(report)} run(s): " + "; ".join(report[:3])
                   + ("; ..." if len(report) > 3 else ""), file=sys.stderr)
             code = 1
             continue

@@ -224,12 +224,11 @@ def write_teacher_report(study: TeacherStudy, out_dir, cache_dirs=(), conf: Conf
     return payload
 
 
-CONFIRMATORY_CAPTION = ("Confirmatory comparison (docs/protocol.md, 'Amendment: powerful teachers'): test accuracy "
-                        "(%), mean ± sd over pairs; Δ: the mean over teachers of each teacher's mean paired "
-                        "difference, 95% t-interval over teachers")
+_STATISTIC = ("test accuracy (%), mean ± sd over pairs; Δ: the mean over teachers of each teacher's mean paired "
+              "difference, 95% t-interval over teachers")
+CONFIRMATORY_CAPTION = f"Confirmatory comparison (docs/protocol.md, 'Amendment: powerful teachers'): {_STATISTIC}"
 SECONDARY_CAPTION = ("Secondary confirmatory comparison (docs/protocol.md, 'Secondary confirmatory comparison "
-                     "(CIFAR-10)'; secondary, no widening rule): test accuracy (%), mean ± sd over pairs; Δ: the "
-                     "mean over teachers of each teacher's mean paired difference, 95% t-interval over teachers")
+                     f"(CIFAR-10)'; no widening rule): {_STATISTIC}")
 
 
 def write_confirmatory_report(conf: Confirmatory, out_dir) -> tuple[Any, dict] | list:

@@ -172,6 +172,11 @@ class Confirmatory:
         return self.name != "confirmatory"
 
     @property
+    def label(self) -> str:
+        """How messages and figures name it: "confirmatory" or "secondary confirmatory"."""
+        return self.name.replace("_", " ")
+
+    @property
     def chosen(self) -> bool:
         return self.tmkd_variant is not None
 
