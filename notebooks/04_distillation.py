@@ -132,9 +132,12 @@ if p is not None and p.dataset == datasets[0]:
 # the RGB teacher fine-tuned for the same compute, with the teacher seed as the unit of
 # replication: the interval is over the teachers' mean paired differences. The secondary one
 # ("Secondary confirmatory comparison (CIFAR-10)", fixed before its runs) asks the same on
-# CIFAR-10 with the same kind of teacher and fusion, 4 teachers, no widening rule. Both read
-# the plan's runs (`--parts confirmatory secondary`) and train nothing; until a comparison's
-# runs have all finished it says what it waits for.
+# CIFAR-10 with the same kind of teacher and fusion, 4 teachers, no widening rule. The
+# follow-up ("Follow-up: KD from the RGB ensemble") gives KD the most powerful teacher the
+# teacher study found, two RGB teachers averaged, against TMKD's confirmatory runs, and
+# reports KD from the ensemble against KD from the confirmatory comparison's teacher. All read
+# the plan's runs (`--parts confirmatory secondary follow_up`) and train nothing; until a
+# comparison's runs have all finished it says what it waits for.
 
 # %%
 by_teacher = {}  # comparison name -> its teacher-level statistic, once its runs have finished
@@ -226,7 +229,8 @@ out.figure(fig, "distillation_forest")
 # range a line) and their mean (ringed); on top the mean over teachers with its 95%
 # t-interval over teachers. The grey band is the tie margin ±0.5 point. Left, the primary
 # comparison with its multi-view teacher, re-read with the teacher as the unit; then, once
-# their runs have finished, the confirmatory comparison and the secondary one.
+# their runs have finished, the confirmatory comparison, the secondary one and the follow-up
+# (both of its statistics).
 
 # %%
 panels = []
@@ -241,6 +245,9 @@ for c in study.confirmatory_comparisons:
     if c.name in by_teacher:
         panels.append((f"{c.dataset} ({c.label}): TMKD from {c.tmkd_variant.name} − KD from {c.kd_variant.name}",
                        by_teacher[c.name]))
+        if c.kd_reference is not None:
+            panels.append((f"{c.dataset} ({c.label}): KD from {c.kd_variant.name} − KD from {c.kd_reference.name}",
+                           by_teacher[c.name]["kd_reference"]))
 if panels:
     out.figure(teacher_differences_figure(panels), "teacher_differences")
     for title, s in panels:
@@ -259,5 +266,6 @@ out.results_json("04_distillation", {"datasets": datasets, "table": main.to_dict
                                      "gain_decomposition": decomposition.to_dict("records"),
                                      "pilot_runs": pilot_records, "confirmatory": by_teacher.get("confirmatory"),
                                      "secondary_confirmatory": by_teacher.get("secondary_confirmatory"),
+                                     "ensemble_follow_up": by_teacher.get("ensemble_follow_up"),
                                      "primary_by_teacher": primary_by_teacher},
                  study.dataset_config(datasets[0]), sorted({r["seed"] for r in records}), runs=records)

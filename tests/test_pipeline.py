@@ -66,6 +66,8 @@ def _other_value(path, field, value):
     choices = field.metadata.get("choices")
     if path == "views.views":
         return ["rgb", "edge"] if tuple(value) != ("rgb", "edge") else ["rgb", "hf"]
+    if path == "teacher.ensemble":
+        return [0, 1] if tuple(value) != (0, 1) else [0, 2]
     if path == "teacher_precision":  # keyed by the dtype it resolves to (here, on the CPU): change that
         from tmkd_core.utils import teacher_dtype
         return "fp32" if teacher_dtype(value, torch.device("cpu")) is not None else "bf16"
@@ -109,6 +111,8 @@ def _expected_stages(a: Pipeline, b: Pipeline, path: str) -> set:
                                            ("TMKD", {"teacher.teacher_init": "scratch"}),
                                            ("TMKD", {"student.teacher_outputs": "online"}),
                                            ("KD", {"student.cache_replicas": 3}),
+                                           ("KD", {"student.teacher": "ensemble"}),
+                                           ("KD", {"student.teacher": "ensemble", "student.teacher_outputs": "online"}),
                                            ("TMKD terms, RGB teacher", {})])
 def test_every_setting_changes_exactly_the_keys_of_the_stages_that_read_it(cifar_cfg, method, extra):
     base = method_config(cifar_cfg, method, extra)
@@ -392,3 +396,74 @@ def test_a_batch_larger_than_the_data_fails_before_any_teacher_trains(tiny, tmp_
     with pytest.raises(ValueError, match="student.optim.batch_size=500 exceeds the 200 training images"):
         Pipeline(cfg).run_student()
     assert not (tmp_path / "data" / "checkpoints").exists()
+
+
+# --- KD from an ensemble of RGB teachers (docs/protocol.md, "Follow-up: KD from the RGB ensemble") ---
+
+def test_the_ensemble_teacher_gives_the_mean_of_the_softened_distributions():
+    """softmax(z_T / tau) = (1/M) sum_k softmax(z_k / tau), at the student's tau."""
+    from tmkd_core.models import build_model
+    from tmkd_core.teachers import EnsembleTeacher
+
+    torch.manual_seed(0)
+    members = [build_model("resnet8", 10, 3) for _ in range(2)]
+    for m in members:
+        for p in m.parameters():
+            p.data.add_(0.3 * torch.randn_like(p))  # members that disagree
+        m.eval()
+    x = torch.rand(6, 3, 32, 32)
+    ens = EnsembleTeacher(members, tau=4.0)
+    out = ens(x, torch.zeros(6, dtype=torch.long))
+    z = torch.stack([m(x)[0] for m in members])
+    want = (z / 4.0).softmax(-1).mean(0)
+    assert not torch.allclose((z[0] / 4).softmax(-1), want, atol=1e-3)  # the average is not one member's
+    torch.testing.assert_close((out["logits"] / 4.0).softmax(-1), want, atol=1e-6, rtol=1e-5)
+    assert ens.pooled_views(x).shape == (2, 6, members[0].feature_dim)  # one row per member: what a cache holds
+    with pytest.raises(ValueError, match="at least two"):
+        EnsembleTeacher(members[:1], tau=4.0)
+
+
+def test_kd_from_an_ensemble_reads_each_rgb_teacher_through_its_cache(tiny, monkeypatch):
+    cfg = method_config(tiny, "KD", {"student.teacher": "ensemble", "teacher.ensemble": [0, 500],
+                                     "student.cache_replicas": 1, "seed": 3})
+    pipe = Pipeline(cfg)
+    members = pipe.ensemble_members
+    assert [m.cfg.teacher.seed for m in members] == [0, 500]
+    assert pipe.builds_on("teacher_cache") == [(m, "rgb_teacher") for m in members]
+    assert "rgb_teacher" not in pipe.stages()  # the RGB teacher of its own seed is not read
+    single = Pipeline(method_config(tiny, "KD", {"student.cache_replicas": 1, "seed": 3}))
+    assert pipe.key("teacher_cache") != single.key("teacher_cache") and pipe.key("student") != single.key("student")
+    # the cached target is the online one: each member on the student's image, averaged at tau
+    seen = []
+    original = distillers.Distiller.teacher_outputs
+
+    def checked(self, batch):
+        cached = original(self, batch)
+        online = self.teacher(batch.x, batch.labels)
+        seen.append(float((cached["logits"] - online["logits"]).abs().max() / online["logits"].abs().max()))
+        return cached
+
+    monkeypatch.setattr(distillers.Distiller, "teacher_outputs", checked)
+    record = pipe.run_student(force=True)
+    assert seen and max(seen) < 0.02, f"cached ensemble logits differ from the online ones by {max(seen):.3f}"
+    assert record["config"]["student"]["teacher"] == "ensemble" and 0 <= record["test_acc"] <= 1
+    assert record["stage_keys"]["ensemble_rgb_teachers"] == [m.key("rgb_teacher") for m in members]
+    assert pipe.train_or_load_teacher_cache().array.shape[2] == 2  # each member's features, not their average
+    # another second teacher is another cache and run
+    other = Pipeline(with_overrides(cfg, {"teacher.ensemble": [0, 501]}))
+    assert other.key("teacher_cache") != pipe.key("teacher_cache") and other.key("student") != pipe.key("student")
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"student.teacher": "ensemble", "student.distiller": "tmkd"}, "needs distiller 'kd' or 'dkd'"),
+    ({"teacher.ensemble": [0]}, "at least two distinct"),
+    ({"teacher.ensemble": [0, 0]}, "at least two distinct"),
+    ({"teacher.ensemble": [0, -1]}, "non-negative"),
+    ({"student.teacher": "ensemble", "student.distiller": "kd", "teacher.checkpoint": "t.pth",
+      "teacher.checkpoint_sha256": "0" * 64,
+      "teacher.input_norm": "cifar100"}, "imports one teacher for every seed")])
+def test_an_ensemble_a_student_cannot_read_is_refused_naming_the_setting(cifar_cfg, overrides, match):
+    from tmkd_core.settings import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        with_overrides(cifar_cfg, overrides)

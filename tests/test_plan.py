@@ -695,7 +695,7 @@ def test_the_secondary_comparison_runs_after_the_rest_of_the_plan(monkeypatch):
     assert next_task([first_teacher], behind) is first_teacher  # no worker is left idle for the order
     # nor does it reorder the rest: no work of its counts behind a row it reads too
     for row in rows[:4]:
-        assert by_key[row.key].later is False and behind[row.key] == work_behind(
+        assert by_key[row.key].later == 0 and behind[row.key] == work_behind(
             [t for t in tasks if not t.later], {t.key: 1.0 for t in tasks})[row.key]
     assert {r.key for r in rows[:4]} <= {n for t in later for n in t.needs}  # though its caches read them
     # without the part, none of it is planned, and the rest is the same plan
@@ -706,5 +706,45 @@ def test_the_secondary_comparison_runs_after_the_rest_of_the_plan(monkeypatch):
     # its order needs the teacher study's rows in the plan
     from tmkd_core.teacher_report import DecisionMismatch
 
-    with pytest.raises(DecisionMismatch, match="add `teachers` to --parts"):
+    with pytest.raises(DecisionMismatch, match="add teachers to --parts"):
         plan_tasks(cpu(), ["confirmatory", "secondary"], costs=False)
+
+
+def test_the_ensemble_follow_up_runs_kd_from_the_ensemble_after_the_secondary(monkeypatch):
+    """docs/protocol.md, "Follow-up: KD from the RGB ensemble": only KD's 12 runs from the
+    ensemble are new (TMKD's and the reference KD's are the confirmatory comparison's), with
+    RGB teacher 503 and four ensemble caches, each reading both of its RGB teachers; all of it
+    after the secondary comparison (`later` 2)."""
+    monkeypatch.setattr("tmkd_core.plan.check_confirmatory_decisions", lambda *a, **k: None)  # no check run here
+    monkeypatch.setattr("tmkd_core.plan.check_follow_up_decisions", lambda *a, **k: None)  # reads records
+    study = cpu()
+    parts = ["teachers", "confirmatory", "secondary", "follow_up"]
+    tasks = plan_tasks(study, parts, costs=False)
+    by_key = {t.key: t for t in tasks}
+    mine = [t for t in tasks if t.later == 2]
+    students = [t for t in mine if t.stage == "student"]
+    assert len(students) == 12 and {t.cfg.student.teacher for t in students} == {"ensemble"}
+    assert {t.cfg.student.distiller for t in students} == {"kd"} and {t.cfg.data.name for t in mine} == {"cifar100"}
+    assert sorted(t.cfg.seed for t in students) == [200 + 10 * t + i for t in range(4) for i in range(3)]
+    caches = [t for t in mine if t.stage == "teacher_cache"]
+    assert len(caches) == 4
+    for cache in caches:  # each reads its two RGB teachers, seeds t and 500 + t
+        seeds = sorted(by_key[n].cfg.teacher.seed for n in cache.needs)
+        assert [by_key[n].stage for n in cache.needs] == ["rgb_teacher"] * 2 and seeds[1] == seeds[0] + 500
+    assert [(t.stage, t.cfg.teacher.seed) for t in mine if t.stage == "rgb_teacher"] == [("rgb_teacher", 503)]
+    # the teacher study's RGB teachers 500-502 keep their place; TMKD's runs and KD's from rgb_ft30 are the
+    # confirmatory comparison's tasks, not new ones
+    follow_up, conf = study.ensemble_follow_up, study.confirmatory
+    shared = set(follow_up.runs([0, 1, 2, 3])) & set(conf.runs([0, 1, 2, 3]))
+    assert len(shared) == 12 and {s.method for s in shared} == {"TMKD"}
+    assert set(follow_up.reference_runs([0, 1, 2, 3])) == {s for s in conf.runs([0, 1, 2, 3]) if s.method == "KD"}
+    assert len(tasks) == len(plan_tasks(study, parts[:3], costs=False)) + len(mine)
+    # after the secondary: a free worker takes one of its tasks only when no secondary task can start
+    secondary = next(t for t in tasks if t.later == 1)
+    behind = work_behind(tasks, {t.key: 1.0 for t in tasks})
+    assert next_task([caches[0], secondary], behind) is secondary and next_task([caches[0]], behind) is caches[0]
+    # its order needs the secondary comparison in the plan
+    from tmkd_core.teacher_report import DecisionMismatch
+
+    with pytest.raises(DecisionMismatch, match="runs after teachers and secondary .*: add secondary to --parts"):
+        plan_tasks(study, ["teachers", "confirmatory", "follow_up"], costs=False)

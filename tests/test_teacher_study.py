@@ -365,6 +365,78 @@ def test_the_secondary_report_writes_its_own_files(monkeypatch, tmp_path):
     assert not (tmp_path / "tables" / "confirmatory.md").exists()  # the CIFAR-100 comparison's files untouched
 
 
+def test_the_ensemble_follow_up_reuses_tmkds_confirmatory_runs_and_refuses_any_other_setting(monkeypatch):
+    """docs/protocol.md, "Follow-up: KD from the RGB ensemble": TMKD's side is the confirmatory
+    comparison's runs as they are; KD distils from rgb_ens2 (RGB teachers t and 500 + t); the
+    reference is the confirmatory comparison's KD teacher; no widening rule."""
+    study = Study.of("cpu")
+    follow_up, conf = study.ensemble_follow_up, study.confirmatory
+    assert follow_up.label == "ensemble follow-up" and not follow_up.secondary
+    assert study.confirmatory_comparisons == [conf, study.secondary_confirmatory, follow_up]
+    kd = [r for r in follow_up.runs(follow_up.teacher_seeds) if r.method == "KD"]
+    cfg = kd[0].config("cpu")
+    assert (cfg.student.teacher, cfg.teacher.ensemble, cfg.student.tau) == ("ensemble", (0, 500), 4.0)
+    assert cfg.student.distiller == "kd" and (cfg.student.ce_weight, cfg.student.alpha) == (
+        conf.runs([0])[0].config("cpu").student.ce_weight, conf.runs([0])[0].config("cpu").student.alpha)
+    monkeypatch.setattr("tmkd_core.study.finished_record", lambda spec, profile, store: {"test_acc": 0.5})
+    check = teacher_report.check_follow_up_decisions
+    check(follow_up, conf)
+    for wrong, says in [(dict(tmkd_variant=TeacherVariant.named("mv_scratch20")), "reuses the confirmatory"),
+                        (dict(fusion_adopted=(("fusion.tau_w", 0.03),)), "reuses the confirmatory"),
+                        (dict(seed_base=300), "reuses the confirmatory"),
+                        (dict(dataset="cifar10"), "reuses the confirmatory"),
+                        (dict(teacher_seeds=(0, 1, 2, 3, 4), max_teachers=5), r"TMKD runs are at teacher seeds \[0, 1, 2, 3\]"),
+                        (dict(teacher_seeds=(0, 1), max_teachers=2), r"TMKD runs are at teacher seeds \[0, 1, 2, 3\]"),
+                        (dict(kd_variant=TeacherVariant.named("rgb_ft30")), "KD's teacher is an ensemble variant"),
+                        (dict(kd_reference=TeacherVariant.named("rgb")), "'rgb_ft30'"),
+                        (dict(max_teachers=8), r"\['max_teachers'\] = 8, but the follow-up has no widening")]:
+        with pytest.raises(teacher_report.DecisionMismatch, match=says) as caught:
+            check(replace(follow_up, **wrong), conf)
+        assert "PROFILE_PLANS['cpu']['ensemble_follow_up']" in str(caught.value)  # the setting is named
+    with pytest.raises(teacher_report.DecisionMismatch, match="not decided yet"):
+        check(follow_up, replace(conf, tmkd_variant=None, fusion_settled=False))
+    # only the follow-up compares KD with KD from another teacher: elsewhere `kd_reference` is an unknown key
+    import copy
+
+    from tmkd_core.config import PROFILE_PLANS
+    from tmkd_core.study import StudyError
+
+    plan = copy.deepcopy(PROFILE_PLANS["cpu"])
+    plan["confirmatory"]["kd_reference"] = "rgb"
+    with pytest.raises(StudyError, match=r"\['confirmatory'\]: unknown key\(s\) \['kd_reference'\]"):
+        Study.from_plan("cpu", plan)
+
+
+def test_the_follow_up_report_gives_both_of_its_statistics(monkeypatch, tmp_path):
+    """TMKD − KD from the ensemble, and KD from the ensemble − KD from rgb_ft30, each the
+    teacher-level statistic over the same 4 teachers and student seeds."""
+    from tmkd_core.teacher_report import write_confirmatory_report
+
+    follow_up = Study.of("cpu").ensemble_follow_up
+    acc = {"TMKD": 0.50, "rgb_ens2": 0.49, "rgb_ft30": 0.48}  # TMKD − KD(ens) = +1, KD(ens) − KD(ft30) = +1 point
+    bump = {0: 0.002, 1: -0.002, 2: 0.001, 3: -0.001}  # per teacher, on KD from the ensemble only
+
+    def record(spec, profile, store):
+        teacher = spec.setting.removeprefix("teacher=")
+        a = acc["TMKD" if spec.method == "TMKD" else teacher] + (bump[spec.teacher_seed] if teacher == "rgb_ens2" else 0)
+        return {"test_acc": a, "val_acc": a, "train_time_s": 1.0, "run_key": f"{spec.method}{teacher}{spec.seed}",
+                "seed": spec.seed, "config": {"teacher": {"seed": spec.teacher_seed}}}
+
+    monkeypatch.setattr("tmkd_core.study.finished_record", record)
+    table, statistic = write_confirmatory_report(follow_up, tmp_path)
+    assert statistic["diff"] == pytest.approx(1.0) and statistic["teachers"] == 4
+    assert statistic["per_teacher_diff"][0] == pytest.approx(0.8)
+    kd = statistic["kd_reference"]
+    assert kd["diff"] == pytest.approx(1.0) and kd["per_teacher_diff"][1] == pytest.approx(0.8) and kd["pairs"] == 12
+    saved = json.loads((tmp_path / "results" / "ensemble_follow_up.json").read_text())
+    assert saved["kd_reference_variant"] == "rgb_ft30" and len(saved["runs"]) == 36
+    assert saved["kd_reference"]["diff"] == pytest.approx(1.0)
+    text = (tmp_path / "tables" / "ensemble_follow_up.md").read_text()
+    assert "KD from rgb_ens2 − KD from rgb_ft30" in text and "KD from rgb_ens2 beats KD from rgb_ft30" in text
+    assert "Follow-up" in (tmp_path / "tables" / "ensemble_follow_up.tex").read_text()
+    assert not (tmp_path / "tables" / "confirmatory.md").exists()  # the confirmatory comparison's files untouched
+
+
 @pytest.mark.filterwarnings("ignore:No artists with labels")  # the figure of these few records has no legend
 def test_the_teacher_report_compares_each_variant_with_the_ensemble_too(monkeypatch, tmp_path):
     """'Is a multi-view teacher more than an ensemble?' read directly: each variant's paired

@@ -75,8 +75,15 @@ class TeacherConfig(Section):
                                      doc="a local RepDistiller/mdistiller CIFAR checkpoint, imported as the RGB "
                                          "teacher instead of training one (tmkd_core/checkpoints.py)")
     checkpoint_sha256: str | None = setting(None, added=True, doc="sha256 of teacher.checkpoint, verified before it is read")
+    ensemble: tuple[int, ...] = setting((0, 500), added=True,
+                                        doc="student.teacher='ensemble': the teacher-seed offsets of the RGB teachers "
+                                            "averaged (teacher.seed + k for each k)")
 
     def check(self):
+        if len(set(self.ensemble)) < 2 or len(set(self.ensemble)) != len(self.ensemble) or min(self.ensemble) < 0:
+            raise ConfigError(f"TeacherConfig.ensemble={list(self.ensemble)}: an ensemble averages at least two "
+                              "distinct RGB teachers; give two or more distinct non-negative teacher-seed offsets, "
+                              "e.g. [0, 500]")
         if self.checkpoint is not None and not self.checkpoint_sha256:
             raise ConfigError("TeacherConfig.checkpoint needs TeacherConfig.checkpoint_sha256 (`sha256sum FILE` "
                               "prints it)")
@@ -119,7 +126,9 @@ class StudentConfig(Section):
     arch: str = setting("resnet8", choices="tmkd_core.models:MODELS")
     optim: OptimConfig = setting(default_factory=OptimConfig)
     distiller: str = setting("tmkd", choices="tmkd_core.distillers:DISTILLERS")
-    teacher: str = setting("multi", choices=("single", "multi"), doc="which teacher the distiller reads")
+    teacher: str = setting("multi", choices=("single", "multi", "ensemble"),
+                           doc="which teacher the distiller reads: the RGB one, the fused multi-view one, or the RGB "
+                               "teachers of teacher.ensemble averaged (KD and DKD only)")
     kd_term: str = setting("kd", choices=("kd", "dkd"), doc='the KD term of TMKD ("TMKD + DKD")')
     vlc: str = setting("class_text", choices="tmkd_core.distillers:VLC_MODES")
     ce_weight: float = setting(1.0, ge=0.0, added=True, doc="weight of the student's cross-entropy term in the "
@@ -137,6 +146,10 @@ class StudentConfig(Section):
                                                          "(epoch e sees replica e mod K); None: one per epoch")
 
     def check(self):
+        if self.teacher == "ensemble" and self.distiller == "tmkd":
+            raise ConfigError("StudentConfig.teacher='ensemble' needs distiller 'kd' or 'dkd': it gives logits only (the "
+                              "averaged softened target), and TMKD's feature and text terms read one teacher's "
+                              "features; with distiller 'tmkd' use student.teacher='single' or 'multi'")
         if self.distiller == "tmkd" and self.teacher == "single" and self.vlc in ("teacher_text", "both"):
             raise ConfigError(f"StudentConfig.vlc={self.vlc!r} needs the fused teacher's text embedding: with "
                               "student.teacher='single' (TMKD's terms on the RGB teacher) use vlc='class_text' or 'off'")
@@ -178,6 +191,10 @@ class ExperimentConfig(Section):
                 torch.device(self.device)
             except RuntimeError as exc:
                 raise ConfigError(f"ExperimentConfig.device: {exc}; use auto, cpu, cuda or cuda:N") from exc
+        if self.student.teacher == "ensemble" and self.teacher.checkpoint is not None:
+            raise ConfigError("student.teacher='ensemble' averages RGB teachers trained at several teacher seeds, but "
+                              "teacher.checkpoint imports one teacher for every seed: set teacher.checkpoint=None, or "
+                              "student.teacher='single' to distil from the imported teacher")
         if self.fusion.weights == "clip_image":
             if self.text.backend != "open_clip":
                 raise ConfigError("fusion.weights='clip_image' needs CLIP's image tower: text.backend='open_clip'")
@@ -473,7 +490,15 @@ PROFILE_PLANS: dict[str, dict[str, Any]] = {
             "secondary_confirmatory": {"dataset": "cifar10", "kd_variant": "rgb_ft30", "tmkd_variant": "mv_ft10",
                                        "fusion_candidate": None, "fusion_settled": True, "fusion_adopted": None,
                                        "teacher_seeds": [0, 1, 2, 3], "students_per_teacher": 3, "seed_base": 300,
-                                       "max_teachers": 4}},
+                                       "max_teachers": 4},
+            # docs/protocol.md, "Follow-up: KD from the RGB ensemble (CIFAR-100)", fixed before its runs:
+            # the confirmatory comparison's TMKD runs (same teacher, fusion, student seeds: reused)
+            # against KD from rgb_ens2 (RGB teachers t and 500 + t averaged at KD's tau), and KD from
+            # rgb_ens2 against KD from `kd_reference` at the same seeds; no widening; after the secondary
+            "ensemble_follow_up": {"dataset": "cifar100", "kd_variant": "rgb_ens2", "kd_reference": "rgb_ft30",
+                                   "tmkd_variant": "mv_ft10", "fusion_candidate": None, "fusion_settled": True,
+                                   "fusion_adopted": None, "teacher_seeds": [0, 1, 2, 3], "students_per_teacher": 3,
+                                   "seed_base": 200, "max_teachers": 4}},
     "paper": {"datasets": ["cifar100"], "teacher_seeds": [0], "seeds": [0, 1, 2], "ablation_seeds": [0, 1, 2]},
 }
 

@@ -42,7 +42,8 @@ def stage_flop(pipe: Pipeline, stage: str) -> float:
         return 0.0 if cfg.teacher.checkpoint else cfg.teacher.optim.epochs * n * 3 * f(cfg.teacher.arch)
     if stage == "multiview_teacher":
         return cfg.teacher.multiview_optim.epochs * n * views * 3 * f(cfg.teacher.arch)
-    teacher_views = views if cfg.student.teacher == "multi" else 1
+    # the teacher's forward passes per image: one per view, or one per averaged RGB teacher
+    teacher_views = views if cfg.student.teacher == "multi" else len(pipe.ensemble_members) or 1
     if stage == "teacher_cache":
         return pipe.replicas * n * teacher_views * f(cfg.teacher.arch)
     online = cfg.student.distiller != "ce" and cfg.student.teacher_outputs == "online"

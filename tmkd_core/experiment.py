@@ -54,7 +54,7 @@ from .distillers import build_distiller
 from .fusion import ViewFusion, fit_learned_weights
 from .models import MultiViewTeacher, build_model, count_parameters
 from .priors import make_views
-from .teachers import FusedTeacher, SingleViewTeacher, TeacherCache, multiview_teacher_loss
+from .teachers import EnsembleTeacher, FusedTeacher, SingleViewTeacher, TeacherCache, multiview_teacher_loss
 from .text import build_text_encoder, class_text_embeddings, text_identity
 from .train import accuracy, evaluate, fit, predict, supervised_loss
 from .utils import (atomic_save, damaged, load_checkpoint, read_json, resolve_device, run_metadata,
@@ -146,10 +146,29 @@ class Pipeline:
 
     @property
     def teacher_stage(self) -> str | None:
-        """The teacher stage the student reads, or None for CE."""
+        """The teacher stage the student reads, or None for CE (an ensemble's: its members')."""
         if self.cfg.student.distiller == "ce":
             return None
-        return "rgb_teacher" if self.cfg.student.teacher == "single" else "multiview_teacher"
+        return "multiview_teacher" if self.cfg.student.teacher == "multi" else "rgb_teacher"
+
+    @cached_property
+    def ensemble_members(self) -> list["Pipeline"]:
+        """With student.teacher='ensemble', the RGB teachers it averages: this configuration
+        at teacher seed `teacher.seed + k` for each k of `teacher.ensemble`; else none. Their
+        RGB-teacher keys enter the keys of what reads them (`facts`)."""
+        if self.cfg.student.teacher != "ensemble" or self.teacher_stage is None:
+            return []
+        return [Pipeline(with_overrides(self.cfg, {"teacher.seed": self.cfg.teacher.seed + k, "student.teacher": "single"}))
+                for k in self.cfg.teacher.ensemble]
+
+    def builds_on(self, stage: str) -> list[tuple["Pipeline", str]]:
+        """The built stages (`BUILT_STAGES`) that `stage` reads, and whose pipeline: its own
+        (`after`), and an ensemble's RGB teachers for the stage that runs them (the cache, or
+        the student when it reads the teacher online)."""
+        needs = [(self, s) for s in self.after(stage) if s in self.BUILT_STAGES]
+        if self.ensemble_members and stage == ("teacher_cache" if self.uses("teacher_cache") else "student"):
+            needs += [(member, "rgb_teacher") for member in self.ensemble_members]
+        return needs
 
     def stages(self) -> list[str]:
         """The stages this configuration's student run goes through."""
@@ -159,8 +178,8 @@ class Pipeline:
         s = self.cfg.student
         teacher = self.teacher_stage
         return {"data": True, "student": True,
-                "rgb_teacher": teacher == "rgb_teacher" or (teacher == "multiview_teacher"
-                                                            and self.cfg.teacher.teacher_init == "rgb"),
+                "rgb_teacher": (teacher == "rgb_teacher" and not self.ensemble_members)
+                or (teacher == "multiview_teacher" and self.cfg.teacher.teacher_init == "rgb"),
                 "multiview_teacher": teacher == "multiview_teacher",
                 "text": teacher == "multiview_teacher" or s.distiller == "tmkd",
                 "teacher_cache": teacher is not None and s.teacher_outputs == "cached"}[stage]
@@ -183,9 +202,9 @@ class Pipeline:
                     "teacher.lambda_a", "teacher.tau_a", "teacher.input_norm", "views", *training]
         if stage == "teacher_cache":
             replicas = ["student.cache_replicas"] + (["student.optim.epochs"] if c.student.cache_replicas is None else [])
-            return ["student.teacher", "student.optim.augment", *replicas, *frozen_teacher]
+            return ["student.teacher", "student.optim.augment", *replicas, *frozen_teacher, *self._member_reads(stage)]
         if stage == "student":
-            paths = ["student", "seed", *training]
+            paths = ["student", "seed", *training, *self._member_reads(stage)]
             if self.teacher_stage is not None:
                 paths += frozen_teacher
             if self.teacher_stage == "multiview_teacher":
@@ -193,13 +212,19 @@ class Pipeline:
             return paths
         raise KeyError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
 
+    def _member_reads(self, stage: str) -> list[str]:
+        """An ensemble's RGB teachers' settings, read by the stage that runs them (`builds_on`)."""
+        if not self.ensemble_members or stage != ("teacher_cache" if self.uses("teacher_cache") else "student"):
+            return []
+        return ["teacher.ensemble", *self.ensemble_members[0].reads("rgb_teacher")]
+
     def after(self, stage: str) -> list[str]:
         """The stages whose keys enter this stage's key (what it is built from)."""
-        teacher = self.teacher_stage
+        teacher = None if self.ensemble_members else self.teacher_stage  # an ensemble's: in `facts`
         return {"data": [], "text": ["data"], "rgb_teacher": ["data"],
                 "multiview_teacher": ["data", "text"] + (["rgb_teacher"] if self.cfg.teacher.teacher_init == "rgb"
                                                          else []),
-                "teacher_cache": [teacher] if teacher else [],
+                "teacher_cache": [teacher] if teacher else ["data"] if self.ensemble_members else [],
                 "student": ["data"] + ([teacher] if teacher else [])
                 + (["teacher_cache"] if self.uses("teacher_cache") else [])
                 # TMKD on the RGB teacher reads the class texts directly
@@ -220,6 +245,8 @@ class Pipeline:
             facts["teacher_dtype"] = str(self.teacher_dtype or torch.float32)
         if stage in ("teacher_cache", "student"):
             facts.update(augment_seed=AUGMENT_SEED, replicas=self.replicas)
+            if self.ensemble_members:
+                facts["ensemble"] = [member.key("rgb_teacher") for member in self.ensemble_members]
         return facts
 
     def read_values(self, stage: str, cfg: ExperimentConfig | None = None) -> dict[str, Any]:
@@ -446,7 +473,9 @@ class Pipeline:
         compiled with `teacher_compile`."""
         if self.teacher_stage is None:
             return None
-        if self.teacher_stage == "rgb_teacher":
+        if self.ensemble_members:
+            teacher = EnsembleTeacher([m._rgb_teacher(train)[0] for m in self.ensemble_members], self.cfg.student.tau)
+        elif self.teacher_stage == "rgb_teacher":
             teacher = SingleViewTeacher(self._rgb_teacher(train)[0])
             if self.cfg.student.distiller == "tmkd":  # TMKD's terms on the RGB teacher: the RGB view's texts
                 teacher.class_text = self.class_text[:1].to(self.device)
@@ -566,7 +595,9 @@ class Pipeline:
                       val=splits.val, eval_fn=lambda m, d: evaluate(m.student, d, device=self.device),
                       checkpoint=checkpoint, on_epoch_end=on_epoch_end, events=self.events_dir("student"),
                       **self._fit_kwargs(f"{cfg.student.distiller} seed {cfg.seed}"))
-        return {"config": asdict(cfg), "run_key": self.key("student"), "stage_keys": self.keys(),
+        # an ensemble's RGB teachers are stages of other configurations: their keys, beside its own
+        ensemble = {"ensemble_rgb_teachers": self.facts("student")["ensemble"]} if self.ensemble_members else {}
+        return {"config": asdict(cfg), "run_key": self.key("student"), "stage_keys": {**self.keys(), **ensemble},
                 "seed": cfg.seed, "val_acc": evaluate(student, splits.val, device=self.device),
                 # None when the run must not read the test split (the pilot, docs/protocol.md)
                 "test_acc": evaluate(student, splits.test, device=self.device) if cfg.score_test else None,

@@ -10,8 +10,9 @@ What runs is the study's (`study.Study`: the runs of its pilot, notebook 04, the
 the teacher study and the confirmatory comparisons); the notebooks ask the same object, so
 that after the plan has run they find every artefact and train nothing. Here the runs become
 tasks (`plan_tasks`: one stage of one configuration each, `Pipeline.BUILT_STAGES`), marked
-`primary` when a pre-registered comparison reads them and `later` when only the secondary
-confirmatory comparison does (pre-registered to run after the rest); the scheduler (scheduler.py) runs
+`primary` when a pre-registered comparison reads them and `later` when only a comparison
+pre-registered to run after the rest reads them (1: the secondary confirmatory comparison; 2:
+the ensemble follow-up, after it); the scheduler (scheduler.py) runs
 them, the store (store.py) keeps what finished, the cost model (costs.py) estimates the time.
 Whenever the primary comparison's pairs have all finished, docs/protocol.md's widening rule
 (`protocol.widen_pairs`) may add pairs, which the plan runs next (`widened_pairs`).
@@ -39,7 +40,8 @@ from .protocol import pilot_progress, pilot_summary, write_pilot_report, write_p
 from .scheduler import Progress, Task, hms, needed, run_plan
 from .store import plan_wall_time, restore_artefacts, stale_partials, stored_copy
 from .study import PilotNotSettled, Study, StudyError
-from .teacher_report import DecisionMismatch, check_confirmatory_decisions, check_secondary_decisions
+from .teacher_report import (DecisionMismatch, check_confirmatory_decisions, check_follow_up_decisions,
+                             check_secondary_decisions)
 
 
 def _title(stage: str, cfg: ExperimentConfig) -> str:
@@ -55,7 +57,9 @@ def _title(stage: str, cfg: ExperimentConfig) -> str:
         return f"{kind} ({t}, views {'/'.join(cfg.views.views)}{modes}{prompts}{how})"
     if stage == "teacher_cache":
         epochs = cfg.teacher.multiview_optim.epochs
-        teacher = ("RGB" if cfg.student.teacher != "multi" else f"RGB fine-tuned ({epochs} epochs)"
+        members = ", ".join(f"{cfg.teacher.seed + k}" for k in cfg.teacher.ensemble)
+        teacher = ("RGB" if cfg.student.teacher == "single" else f"RGB ensemble (teacher seeds {members})"
+                   if cfg.student.teacher == "ensemble" else f"RGB fine-tuned ({epochs} epochs)"
                    if list(cfg.views.views) == ["rgb"] else
                    f"multi-view ({cfg.views.edge_mode}/{cfg.views.hf_mode}, {epochs} epochs)")
         replicas = cfg.student.cache_replicas or cfg.student.optim.epochs
@@ -69,20 +73,28 @@ def plan_tasks(study: Study, parts: Iterable[str] = ("pilot", "main", "ablations
     False leaves `cost_flop` 0 and reads no dataset."""
     configs: list[ExperimentConfig] = []
     parts = list(parts)
-    if {"main", "ablations", "teachers", "confirmatory", "secondary"} & set(parts) and not study.pilot_settled:
+    if set(PARTS[1:]) & set(parts) and not study.pilot_settled:
         raise study.unsettled()
     teachers = study.teacher_study if "teachers" in parts else None
     conf = study.confirmatory if "confirmatory" in parts else None
     if conf is not None:
         check_confirmatory_decisions(conf, study.teacher_study, [study.store] if study.store else [])
-    # the secondary comparison reads the confirmatory comparison's decisions: not planned before them
+    # the comparisons after the rest read the confirmatory comparison's decisions: not planned before them
     decided = study.confirmatory is not None and study.confirmatory.chosen and study.confirmatory.fusion_settled
     secondary = study.secondary_confirmatory if "secondary" in parts and decided else None
+    follow_up = study.ensemble_follow_up if "follow_up" in parts and decided else None
     if secondary is not None:
         check_secondary_decisions(secondary, study.confirmatory)
-        if study.teacher_study is not None and "teachers" not in parts:  # its order needs the rows in the plan
-            raise DecisionMismatch("the secondary comparison runs after the teacher study's rows (docs/protocol.md): "
-                                   "add `teachers` to --parts (rows already trained are skipped)")
+    if follow_up is not None:
+        check_follow_up_decisions(follow_up, study.confirmatory)
+    # each runs after what docs/protocol.md puts before it, which must be in the plan to keep that order
+    declared = {"teachers": study.teacher_study, "secondary": study.secondary_confirmatory}
+    for comparison, before in ((secondary, ["teachers"]), (follow_up, ["teachers", "secondary"])):
+        missing = [b for b in before if declared[b] is not None and b not in parts]
+        if comparison is not None and missing:
+            raise DecisionMismatch(f"the {comparison.label} comparison runs after {' and '.join(before)} "
+                                   f"(docs/protocol.md): add {' '.join(missing)} to --parts (what has trained is "
+                                   "skipped)")
     if "main" in parts:
         for cfg in study.teacher_configs():  # notebook 02: both teachers and the control
             configs += [cfg, method_config(cfg, "TMKD")]
@@ -103,15 +115,15 @@ def plan_tasks(study: Study, parts: Iterable[str] = ("pilot", "main", "ablations
     specs = study.in_plan_order(specs + confirmatory)
     tasks: dict[str, Task] = {}
 
-    def add(pipe: Pipeline, stage: str, title: str | None = None, primary: bool = False, later: bool = False) -> str:
+    def add(pipe: Pipeline, stage: str, title: str | None = None, primary: bool = False, later: int = 0) -> str:
         key = f"{stage}:{pipe.key(stage)}"
-        needs = [add(pipe, s, primary=primary, later=later) for s in pipe.after(stage) if s in Pipeline.BUILT_STAGES]
+        needs = [add(p, s, primary=primary, later=later) for p, s in pipe.builds_on(stage)]
         if key not in tasks:
             tasks[key] = Task(stage, pipe.cfg, title or _title(stage, pipe.cfg), key, pipe.artefact(stage), needs,
                               stage_flop(pipe, stage) if costs else 0.0, pipe.partial_checkpoint(stage), primary,
                               pipe.events_dir(stage), later=later)
         tasks[key].primary |= primary  # a teacher a secondary run listed first is the primary's too
-        tasks[key].later &= later  # a teacher the rest of the plan reads too is not left for later
+        tasks[key].later = min(tasks[key].later, later)  # what earlier work reads too is not left for later
         return key
 
     def decides(key: str) -> None:
@@ -143,9 +155,12 @@ def plan_tasks(study: Study, parts: Iterable[str] = ("pilot", "main", "ablations
     for cfg in configs:  # teachers no run reads come last: notebook 02's control, notebook 03's generic prompts
         pipe = Pipeline(cfg)
         add(pipe, "multiview_teacher" if pipe.uses("multiview_teacher") else "rgb_teacher")
-    # the secondary comparison after everything else: what the rest of the plan reads keeps its place
-    for spec in study.in_plan_order(secondary.runs(secondary.teacher_seeds)) if secondary else []:
-        add(Pipeline(study.config(spec)), "student", spec.title, later=True)
+    # the comparisons after everything else, in their order: what the rest of the plan reads keeps its place
+    for order, comparison in enumerate((secondary, follow_up), start=1):
+        if comparison is not None:
+            specs = comparison.runs(comparison.teacher_seeds) + comparison.reference_runs(comparison.teacher_seeds)
+            for spec in study.in_plan_order(specs):
+                add(Pipeline(study.config(spec)), "student", spec.title, later=order)
     # each dependency just before the first task that needs it: plan order is the order of need
     return list(tasks.values())
 
@@ -209,7 +224,7 @@ def _study_reports(study: Study, out_dir: str | None, teachers: bool, confirmato
         return 2
     if store is not None:  # a fresh clone: the stored teachers and runs into data/
         try:
-            restore(study, ["teachers", "confirmatory", "secondary"])
+            restore(study, ["teachers", "confirmatory", "secondary", "follow_up"])
         except (PilotNotSettled, DecisionMismatch) as exc:
             print(f"[plan] {exc}", file=sys.stderr)
             return 2
@@ -244,7 +259,7 @@ def _study_reports(study: Study, out_dir: str | None, teachers: bool, confirmato
     return code
 
 
-PARTS = ("pilot", "main", "ablations", "teachers", "confirmatory", "secondary")
+PARTS = ("pilot", "main", "ablations", "teachers", "confirmatory", "secondary", "follow_up")
 
 
 def main(argv=None) -> int:
@@ -266,7 +281,9 @@ def main(argv=None) -> int:
                         help="pilot: the validation pilot; main: the teachers and notebook 04's runs (the primary "
                              "comparison first); ablations: notebook 05's runs; teachers: the teacher study; "
                              "confirmatory: the CIFAR-100 confirmatory comparison (KD's side until TMKD's teacher "
-                             "is chosen); secondary: the secondary CIFAR-10 confirmatory comparison, after the rest. "
+                             "is chosen); secondary: the secondary CIFAR-10 confirmatory comparison, after the rest; "
+                             "follow_up: KD from the RGB ensemble against the confirmatory comparison's runs, after "
+                             "the secondary. "
                              "Default: all, or the pilot alone while it has not settled")
     parser.add_argument("--pilot-report", action="store_true",
                         help="the pilot's validation table and what the protocol's rules decide from it, "
@@ -284,8 +301,9 @@ def main(argv=None) -> int:
     parser.add_argument("--confirmatory-report", action="store_true",
                         help="the confirmatory comparison once all its runs have finished: "
                              "<out-dir>/tables/confirmatory.md and results/confirmatory.json; likewise the secondary "
-                             "one (secondary_confirmatory.md/.json) once its runs have finished. Exit status 1 while "
-                             "either waits for runs (what has finished is written all the same)")
+                             "one (secondary_confirmatory.md/.json) and the ensemble follow-up "
+                             "(ensemble_follow_up.md/.json) once their runs have finished. Exit status 1 while "
+                             "one waits for runs (what has finished is written all the same)")
     parser.add_argument("--out-dir", default=None,
                         help="where the --*-report flags write (default: figures for cpu, overwriting the "
                              "committed files, else build/<study>/figures)")
@@ -404,12 +422,13 @@ def main(argv=None) -> int:
         for t in tasks:
             state = "done" if t.done() else "kept" if stored(t) else "todo" if t.key in to_run else "skip"
             print(f"{state}  {hms(progress.estimate(t)) if state == 'todo' else '-':>7}  {t.title}"
-                  + ("  [after the rest]" if t.later and state == "todo" else ""))
+                  + (f"  [after the rest: {t.later}]" if t.later and state == "todo" else ""))
         for path in stale:
             print(f"stale  {path} (no unfinished task resumes from it: --prune-store removes it)")
         print("(done: in data/; kept: in the store, restored at the start; todo: to train, its estimate; skip: a "
-              "teacher-output cache no run left to train reads; [after the rest]: started only when no other task can "
-              "start. An ensemble's second RGB teacher has teacher seed 500 + t.)")
+              "teacher-output cache no run left to train reads; [after the rest: n]: started only when no task of a "
+              "lower n can start, 1 the secondary comparison, 2 the ensemble follow-up. An ensemble's second RGB "
+              "teacher has teacher seed 500 + t.)")
         print(f"{len(tasks)} tasks, {len(pending)} to run, estimated {hms(progress.left(pending, {}))} on {args.jobs} "
               f"workers (at {rate / 1e9:.1f} GFLOP/s per worker, measured now: a busy machine reads slower)")
         if store is not None:

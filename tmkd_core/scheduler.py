@@ -5,8 +5,8 @@ A task is done when its artefact exists, so an interrupted plan started again sk
 finished and resumes the rest from their checkpoints. A free worker takes the tasks marked
 `primary` first, among them those a pending decision reads (`decides`), then the task with
 the longest chain of work waiting on it (`next_task`: a teacher whose cache and runs would
-otherwise finish last), then the rest in plan order; tasks marked `later` only when nothing
-else can start. A task that can only run alone (the
+otherwise finish last), then the rest in plan order; tasks marked `later` (1, 2, ...) only when
+no task of a lower mark can start. A task that can only run alone (the
 first teacher, on which everything waits) takes every free thread instead (thread counts
 enter no key, see experiment.py).
 
@@ -56,7 +56,7 @@ class Task:
     primary: bool = False  # a pre-registered comparison reads it: it starts before the rest
     events: Path | None = None  # its TensorBoard curves while it trains (Pipeline.events_dir)
     decides: bool = False  # a pending decision reads it, and work not planned yet waits on that decision
-    later: bool = False  # pre-registered to run after the rest: started only when nothing else can start
+    later: int = 0  # pre-registered to run after the rest (1, then 2, ...): started only when no lower one can start
 
     def done(self) -> bool:
         return self.artefact.exists()
@@ -73,7 +73,7 @@ def work_behind(tasks: list[Task], seconds: dict[str, float]) -> dict[str, float
     """For each task, the longest chain of work that waits on it: b(t) = max over the
     tasks d that need t of (seconds(d) + b(d)), 0 for a task nothing needs (a student run).
     A chain, not the sum: what waits on a teacher in parallel does not lengthen it. Work
-    marked `later` does not count behind a task that is not: it does not reorder the rest."""
+    marked `later` does not count behind a task of a lower mark: it does not reorder what goes before it."""
     after: dict[str, list[Task]] = {}
     for task in tasks:
         for need in task.needs:
@@ -96,8 +96,8 @@ def next_task(startable: list[Task], behind: dict[str, float]) -> Task:
     decision reads (`Task.decides`: the work that waits on the decision is not planned yet,
     so `work_behind` cannot see it); then the one with the longest chain of work waiting on it
     (`work_behind`: a teacher before a run of another dataset, so that its chain does not end
-    alone with a worker idle), then plan order; a `later` task only when no other can start
-    (a worker is never left idle for it)."""
+    alone with a worker idle), then plan order; a `later` task only when none of a lower mark can
+    start (a worker is never left idle for it)."""
     return min(startable, key=lambda t: (not t.primary, not t.decides, t.later, -behind.get(t.key, 0.0)))  # first of ties
 
 

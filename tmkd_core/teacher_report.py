@@ -226,18 +226,24 @@ def write_teacher_report(study: TeacherStudy, out_dir, cache_dirs=(), conf: Conf
 
 _STATISTIC = ("test accuracy (%), mean ± sd over pairs; Δ: the mean over teachers of each teacher's mean paired "
               "difference, 95% t-interval over teachers")
-CONFIRMATORY_CAPTION = f"Confirmatory comparison (docs/protocol.md, 'Amendment: powerful teachers'): {_STATISTIC}"
-SECONDARY_CAPTION = ("Secondary confirmatory comparison (docs/protocol.md, 'Secondary confirmatory comparison "
-                     f"(CIFAR-10)'; no widening rule): {_STATISTIC}")
+CAPTIONS = {  # by comparison (Confirmatory.name)
+    "confirmatory": f"Confirmatory comparison (docs/protocol.md, 'Amendment: powerful teachers'): {_STATISTIC}",
+    "secondary_confirmatory": ("Secondary confirmatory comparison (docs/protocol.md, 'Secondary confirmatory "
+                               f"comparison (CIFAR-10)'; no widening rule): {_STATISTIC}"),
+    "ensemble_follow_up": ("Follow-up (docs/protocol.md, 'Follow-up: KD from the RGB ensemble'; no widening rule): "
+                           f"TMKD's confirmatory runs against KD from the RGB ensemble, and KD from the ensemble against "
+                           f"KD from the confirmatory comparison's teacher at the same student seeds; {_STATISTIC}")}
 
 
 def write_confirmatory_report(conf: Confirmatory, out_dir) -> tuple[Any, dict] | list:
     """The confirmatory comparison, once every pair of its teachers (the widening rule
     applied) has finished: tables/<name>.{md,csv,tex} and results/<name>.json (`conf.name`:
-    confirmatory, or secondary_confirmatory)
+    confirmatory, secondary_confirmatory or ensemble_follow_up)
     (`runs`: dataset, method, seed, teacher_seed, teacher_variant, val_acc, test_acc, run_key;
-    `confirmatory`: `report.teacher_level_comparison`). Returns (table, statistic), or the
-    runs still missing (all of TMKD's before its teacher is chosen)."""
+    `confirmatory`: `report.teacher_level_comparison` of TMKD − KD; with a `kd_reference`,
+    `kd_reference`: the same of KD from `kd_variant` − KD from it, whose runs are in `runs` too).
+    Returns (table, statistic: the reference's under its "kd_reference"), or the runs still
+    missing (all of TMKD's before its teacher is chosen)."""
     import numpy as np
     import pandas as pd
 
@@ -245,27 +251,43 @@ def write_confirmatory_report(conf: Confirmatory, out_dir) -> tuple[Any, dict] |
 
     teachers = conf.widened_teacher_seeds()
     specs = conf.runs(teachers)
-    found = [(spec, conf.finished_record(spec)) for spec in specs]
+    references = conf.reference_runs(teachers)
+    found = [(spec, conf.finished_record(spec)) for spec in specs + references]
     missing = [spec for spec, record in found if record is None]
     if not conf.chosen or missing:
         return [s.title for s in missing] + ([] if conf.chosen else ["TMKD's runs: its teacher is not chosen yet"])
     runs = [{**run_record(spec.dataset, spec.method, record, spec.setting),
              "teacher_variant": spec.setting.removeprefix("teacher=")} for spec, record in found]
-    statistic = teacher_level_comparison(runs, "TMKD", "KD")
-    acc = {m: [100 * r["test_acc"] for r in runs if r["method"] == m] for m in ("KD", "TMKD")}
-    table = pd.DataFrame([{
+    ours = runs[:len(specs)]
+    statistic = teacher_level_comparison(ours, "TMKD", "KD")
+    acc = {m: [100 * r["test_acc"] for r in ours if r["method"] == m] for m in ("KD", "TMKD")}
+    row = {
         "dataset": conf.dataset, "teachers": statistic["teachers"], "pairs": statistic["pairs"],
         f"KD from {conf.kd_variant.name} (%)": f"{np.mean(acc['KD']):.2f} ± {np.std(acc['KD'], ddof=1):.2f}",
         f"TMKD from {conf.tmkd_variant.name} (%)": f"{np.mean(acc['TMKD']):.2f} ± {np.std(acc['TMKD'], ddof=1):.2f}",
         "Δ TMKD − KD": f"{statistic['diff']:+.2f}", "95% CI": f"[{statistic['ci_low']:+.2f}, {statistic['ci_high']:+.2f}]",
         "half-width": statistic["half_width"],
         "per teacher": ", ".join(f"{t}: {v:+.2f}" for t, v in statistic["per_teacher_diff"].items()),
-        "reading": statistic["verdict"]}])
+        "reading": statistic["verdict"]}
+    payload = {"confirmatory": statistic, "teacher_seeds": teachers, "dataset": conf.dataset,
+               "kd_variant": conf.kd_variant.name, "tmkd_variant": conf.tmkd_variant.name, "secondary": conf.secondary}
+    if references:
+        ref = conf.kd_reference.name
+        ens, reference = (f"KD from {v}" for v in (conf.kd_variant.name, ref))
+        kd = teacher_level_comparison([{**r, "method": ens} for r in ours if r["method"] == "KD"]
+                                      + [{**r, "method": reference} for r in runs[len(specs):]], ens, reference)
+        ref_acc = [100 * r["test_acc"] for r in runs[len(specs):]]
+        row.update({f"KD from {ref} (%)": f"{np.mean(ref_acc):.2f} ± {np.std(ref_acc, ddof=1):.2f}",
+                    f"Δ KD from {conf.kd_variant.name} − KD from {ref}": f"{kd['diff']:+.2f}",
+                    "95% CI (KD − KD)": f"[{kd['ci_low']:+.2f}, {kd['ci_high']:+.2f}]",
+                    "per teacher (KD − KD)": ", ".join(f"{t}: {v:+.2f}" for t, v in kd["per_teacher_diff"].items()),
+                    "reading (KD − KD)": kd["verdict"]})
+        payload.update(kd_reference=kd, kd_reference_variant=ref)
+        statistic = {**statistic, "kd_reference": kd}
+    table = pd.DataFrame([row])
     out = Outputs(out_dir)
-    out.table(table, conf.name, SECONDARY_CAPTION if conf.secondary else CONFIRMATORY_CAPTION)
-    out.results_json(conf.name, {"confirmatory": statistic, "teacher_seeds": teachers, "dataset": conf.dataset,
-                                 "kd_variant": conf.kd_variant.name, "tmkd_variant": conf.tmkd_variant.name,
-                                 "secondary": conf.secondary}, runs=runs)
+    out.table(table, conf.name, CAPTIONS[conf.name])
+    out.results_json(conf.name, payload, runs=runs)
     return table, statistic
 
 
@@ -365,3 +387,35 @@ def check_secondary_decisions(secondary: Confirmatory, conf: Confirmatory) -> No
     if secondary.max_teachers != len(secondary.teacher_seeds):
         raise DecisionMismatch(f"{where}['max_teachers'] = {secondary.max_teachers}, but a secondary comparison has "
                                f"no widening rule: set it to its {len(secondary.teacher_seeds)} teacher seeds")
+
+
+def check_follow_up_decisions(follow_up: Confirmatory, conf: Confirmatory) -> None:
+    """The ensemble follow-up as docs/protocol.md fixed it ("Follow-up: KD from the RGB
+    ensemble"): the confirmatory comparison's TMKD runs as they are (its dataset, teacher,
+    fusion, students per teacher and student seeds, at teacher seeds it ran), against KD from
+    an ensemble variant, with the confirmatory comparison's KD teacher as `kd_reference`, and
+    no widening rule. DecisionMismatch otherwise, naming the setting."""
+    where = follow_up.where
+    if not (conf.chosen and conf.fusion_settled):
+        raise DecisionMismatch(f"{where} reuses the confirmatory comparison's TMKD runs, whose teacher and fusion "
+                               f"setting are not decided yet in {conf.where}: leave it out of the plan until they are")
+    mine = (follow_up.dataset, follow_up.tmkd_variant, follow_up.fusion_adopted, follow_up.students_per_teacher,
+            follow_up.seed_base)
+    theirs = (conf.dataset, conf.tmkd_variant, conf.fusion_adopted, conf.students_per_teacher, conf.seed_base)
+    if mine != theirs or follow_up.fusion_candidate is not None or not follow_up.fusion_settled:
+        raise DecisionMismatch(f"{where}: the follow-up reuses the confirmatory comparison's TMKD runs: set its dataset, "
+                               "tmkd_variant, fusion_adopted, students_per_teacher and seed_base to the confirmatory "
+                               f"comparison's {theirs[0]!r}, {theirs[1].name}, {theirs[2]}, {theirs[3]}, {theirs[4]} "
+                               "(fusion_candidate None, fusion_settled True)")
+    ran = conf.widened_teacher_seeds()
+    if list(follow_up.teacher_seeds) != ran:
+        raise DecisionMismatch(f"{where}['teacher_seeds'] = {list(follow_up.teacher_seeds)}, but the confirmatory "
+                               f"comparison's TMKD runs are at teacher seeds {ran}: set it to those")
+    if follow_up.kd_variant.kind != "ensemble" or follow_up.kd_reference != conf.kd_variant:
+        have = follow_up.kd_reference.name if follow_up.kd_reference else None
+        raise DecisionMismatch(f"{where}: KD's teacher is an ensemble variant and `kd_reference` the confirmatory "
+                               f"comparison's KD teacher {conf.kd_variant.name!r}; it has {follow_up.kd_variant.name!r} "
+                               f"({follow_up.kd_variant.kind}) and {have!r}")
+    if follow_up.max_teachers != len(follow_up.teacher_seeds):
+        raise DecisionMismatch(f"{where}['max_teachers'] = {follow_up.max_teachers}, but the follow-up has no "
+                               f"widening rule: set it to its {len(follow_up.teacher_seeds)} teacher seeds")

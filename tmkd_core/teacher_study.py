@@ -6,6 +6,7 @@ teachers"), each resolved once by its study (tmkd_core.study.Study) into one typ
     conf = Study.of("cpu").confirmatory       # KD from `kd_variant` vs TMKD from `tmkd_variant`
     conf.runs(conf.teacher_seeds)             # the student runs, teacher seed by teacher seed
     Study.of("cpu").secondary_confirmatory    # the same on another dataset, its teacher fixed beforehand
+    Study.of("cpu").ensemble_follow_up        # the same with KD given the RGB ensemble (`kd_reference`)
 
 A variant (`config.TEACHER_VARIANTS`) is a teacher's training recipe as overrides of a
 dataset's configuration. Its compute is counted in view-epochs, one forward and backward pass
@@ -65,10 +66,10 @@ class TeacherVariant:
 
     def student_overrides(self) -> dict[str, Any]:
         """What a student run distilled from this teacher adds to its method's settings: the
-        recipe, and for a multi-view-stage recipe the fused teacher (with views ["rgb"], the
-        one view's outputs)."""
+        recipe; for a multi-view-stage recipe the fused teacher (with views ["rgb"], the one
+        view's outputs); for an ensemble its RGB teachers averaged (`teachers.EnsembleTeacher`)."""
         if self.ensemble:
-            raise ValueError(f"teacher variant {self.name!r} is an ensemble: no student distils from it here")
+            return {**self.settings(), "student.teacher": "ensemble", "teacher.ensemble": list(self.ensemble)}
         if self.stage == "multiview_teacher":
             return {**self.settings(), "student.teacher": "multi"}
         return self.settings()
@@ -134,7 +135,10 @@ class Confirmatory:
     `secondary_confirmatory` is one too (`name` "secondary_confirmatory"): the same comparison
     on another dataset, with the confirmatory comparison's teacher and fusion setting and no
     widening rule (`max_teachers` = its teacher seeds), checked by
-    `teacher_report.check_secondary_decisions`."""
+    `teacher_report.check_secondary_decisions`. So is its `ensemble_follow_up` ("Follow-up: KD
+    from the RGB ensemble"): the confirmatory comparison's TMKD runs against KD from an
+    ensemble, and KD from the ensemble against KD from `kd_reference` (the confirmatory
+    comparison's KD teacher) at the same student seeds (`teacher_report.check_follow_up_decisions`)."""
 
     profile: str  # the configuration profile (Study.profile)
     dataset: str
@@ -150,11 +154,12 @@ class Confirmatory:
     declared_store: str | None = None  # the study's artefact store (Study.declared_store): finished runs are read there too
     where: str = "the study's confirmatory entry"  # where it is declared, for the errors that name a setting
     name: str = "confirmatory"  # its study key, and the stem of its report's files
+    kd_reference: TeacherVariant | None = None  # also compared: KD from kd_variant − KD from this teacher
 
     @classmethod
     def from_plan(cls, profile: str, plan: dict[str, Any], store: str | None = None,
                   where: str | None = None, name: str = "confirmatory") -> "Confirmatory":
-        """From a study's `confirmatory` (or `secondary_confirmatory`) entry (tmkd_core.study)."""
+        """From a study's `confirmatory` (`secondary_confirmatory`, `ensemble_follow_up`) entry (tmkd_core.study)."""
         tmkd = plan.get("tmkd_variant")
 
         def items(d):
@@ -165,16 +170,17 @@ class Confirmatory:
                    plan["students_per_teacher"], plan["seed_base"], plan["max_teachers"],
                    items(plan.get("fusion_candidate")), bool(plan.get("fusion_settled")),
                    items(plan.get("fusion_adopted")), store,
-                   f"{where}[{name!r}]" if where else f"the study's {name} entry", name)
+                   f"{where}[{name!r}]" if where else f"the study's {name} entry", name,
+                   TeacherVariant.named(plan["kd_reference"]) if plan.get("kd_reference") else None)
 
     @property
     def secondary(self) -> bool:
-        return self.name != "confirmatory"
+        return self.name == "secondary_confirmatory"
 
     @property
     def label(self) -> str:
-        """How messages and figures name it: "confirmatory" or "secondary confirmatory"."""
-        return self.name.replace("_", " ")
+        """How messages and figures name it: "confirmatory", "secondary confirmatory", "ensemble follow-up"."""
+        return self.name.replace("_", " ").replace("follow up", "follow-up")
 
     @property
     def chosen(self) -> bool:
@@ -199,6 +205,12 @@ class Confirmatory:
             sides.append(("TMKD", self.tmkd_variant, self.fusion_adopted or ()))
         return [self._run(method, v, t, s, fusion)
                 for t in teacher_seeds for s in self.student_seeds(t) for method, v, fusion in sides]
+
+    def reference_runs(self, teacher_seeds) -> list:
+        """KD from `kd_reference` at the student seeds of `runs` (none without one)."""
+        if self.kd_reference is None:
+            return []
+        return [self._run("KD", self.kd_reference, t, s) for t in teacher_seeds for s in self.student_seeds(t)]
 
     def tmkd_teacher_runs(self, teacher_seeds) -> list:
         """Once TMKD's teacher is chosen: one TMKD run (default fusion) per teacher seed, never

@@ -1,5 +1,6 @@
 """Teachers: the multi-view teacher's objective, frozen teachers as the distillers see
-them, and the teacher-output cache.
+them (the RGB teacher, an ensemble of RGB teachers, the fused multi-view teacher), and the
+teacher-output cache.
 
 A frozen teacher splits into the expensive part, `pooled_views(x)` -> (V, B, d) (the
 backbone on every view, one batched call), and the cheap part, `from_pooled(pooled, y, x)`
@@ -115,6 +116,36 @@ class SingleViewTeacher(FrozenTeacher):
     def from_pooled(self, pooled, labels, x=None):
         h = pooled[0].float()
         return {"logits": self.model.fc(h), "pooled": h}
+
+
+class EnsembleTeacher(FrozenTeacher):
+    """RGB teachers averaged as KD reads them: the mean of their softened distributions
+
+        p_T = (1/M) sum_k softmax(z_k / tau),   given as logits z_T = tau * log p_T,
+
+    so that softmax(z_T / tau) = p_T and KD at temperature tau distils the averaged target
+    (docs/protocol.md, "Follow-up: KD from the RGB ensemble"). Its pooled features are the
+    members' (M, B, d), one row each: a cache holds every member's, and tau enters no cache key.
+    A distillation target, not a classifier: its argmax is the ensemble's at tau, not the
+    teacher study's `rgb_ens2` accuracy (softmax averaged at temperature 1, teacher_eval.py)."""
+
+    view_names = ("rgb",)
+
+    def __init__(self, members: list[nn.Module], tau: float):
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError(f"an ensemble teacher averages at least two RGB teachers, got {len(members)}")
+        self.members, self.tau = nn.ModuleList(members), tau
+        self.freeze()
+
+    def backbone_pooled(self, x):
+        return torch.stack([m.features(x)[0] for m in self.members])
+
+    @torch.no_grad()
+    def from_pooled(self, pooled, labels, x=None):
+        z = torch.stack([m.fc(h.float()) for m, h in zip(self.members, pooled)])  # (M, B, C)
+        log_p = torch.logsumexp(F.log_softmax(z / self.tau, dim=-1), dim=0) - np.log(len(self.members))
+        return {"logits": self.tau * log_p, "member_logits": z}
 
 
 class FusedTeacher(FrozenTeacher):
