@@ -455,7 +455,7 @@ def test_kd_from_an_ensemble_reads_each_rgb_teacher_through_its_cache(tiny, monk
 
 
 @pytest.mark.parametrize("overrides, match", [
-    ({"student.teacher": "ensemble", "student.distiller": "tmkd"}, "needs distiller 'kd' or 'dkd'"),
+    ({"student.teacher": "ensemble", "student.distiller": "tmkd"}, "needs student.distiller='kd' or 'dkd'"),
     ({"teacher.ensemble": [0]}, "at least two distinct"),
     ({"teacher.ensemble": [0, 0]}, "at least two distinct"),
     ({"teacher.ensemble": [0, -1]}, "non-negative"),

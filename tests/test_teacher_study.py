@@ -387,7 +387,7 @@ def test_the_ensemble_follow_up_reuses_tmkds_confirmatory_runs_and_refuses_any_o
                         (dict(dataset="cifar10"), "reuses the confirmatory"),
                         (dict(teacher_seeds=(0, 1, 2, 3, 4), max_teachers=5), r"TMKD runs are at teacher seeds \[0, 1, 2, 3\]"),
                         (dict(teacher_seeds=(0, 1), max_teachers=2), r"TMKD runs are at teacher seeds \[0, 1, 2, 3\]"),
-                        (dict(kd_variant=TeacherVariant.named("rgb_ft30")), "KD's teacher is an ensemble variant"),
+                        (dict(kd_variant=TeacherVariant.named("rgb_ft30")), "set 'kd_variant' to an ensemble variant"),
                         (dict(kd_reference=TeacherVariant.named("rgb")), "'rgb_ft30'"),
                         (dict(max_teachers=8), r"\['max_teachers'\] = 8, but the follow-up has no widening")]:
         with pytest.raises(teacher_report.DecisionMismatch, match=says) as caught:

@@ -128,7 +128,7 @@ class StudentConfig(Section):
     distiller: str = setting("tmkd", choices="tmkd_core.distillers:DISTILLERS")
     teacher: str = setting("multi", choices=("single", "multi", "ensemble"),
                            doc="which teacher the distiller reads: the RGB one, the fused multi-view one, or the RGB "
-                               "teachers of teacher.ensemble averaged (KD and DKD only)")
+                               "teachers of teacher.ensemble averaged (for KD and DKD; TMKD refuses it)")
     kd_term: str = setting("kd", choices=("kd", "dkd"), doc='the KD term of TMKD ("TMKD + DKD")')
     vlc: str = setting("class_text", choices="tmkd_core.distillers:VLC_MODES")
     ce_weight: float = setting(1.0, ge=0.0, added=True, doc="weight of the student's cross-entropy term in the "
@@ -147,9 +147,9 @@ class StudentConfig(Section):
 
     def check(self):
         if self.teacher == "ensemble" and self.distiller == "tmkd":
-            raise ConfigError("StudentConfig.teacher='ensemble' needs distiller 'kd' or 'dkd': it gives logits only (the "
-                              "averaged softened target), and TMKD's feature and text terms read one teacher's "
-                              "features; with distiller 'tmkd' use student.teacher='single' or 'multi'")
+            raise ConfigError("StudentConfig.teacher='ensemble' needs student.distiller='kd' or 'dkd' (the methods KD, "
+                              "DKD): it gives logits only (the averaged softened target), and TMKD's feature and text "
+                              "terms read one teacher's features; with TMKD use student.teacher='single' or 'multi'")
         if self.distiller == "tmkd" and self.teacher == "single" and self.vlc in ("teacher_text", "both"):
             raise ConfigError(f"StudentConfig.vlc={self.vlc!r} needs the fused teacher's text embedding: with "
                               "student.teacher='single' (TMKD's terms on the RGB teacher) use vlc='class_text' or 'off'")

@@ -413,9 +413,9 @@ def check_follow_up_decisions(follow_up: Confirmatory, conf: Confirmatory) -> No
                                f"comparison's TMKD runs are at teacher seeds {ran}: set it to those")
     if follow_up.kd_variant.kind != "ensemble" or follow_up.kd_reference != conf.kd_variant:
         have = follow_up.kd_reference.name if follow_up.kd_reference else None
-        raise DecisionMismatch(f"{where}: KD's teacher is an ensemble variant and `kd_reference` the confirmatory "
-                               f"comparison's KD teacher {conf.kd_variant.name!r}; it has {follow_up.kd_variant.name!r} "
-                               f"({follow_up.kd_variant.kind}) and {have!r}")
+        raise DecisionMismatch(f"{where}: set 'kd_variant' to an ensemble variant (rgb_ens2) and 'kd_reference' to the "
+                               f"confirmatory comparison's KD teacher {conf.kd_variant.name!r}; it has kd_variant "
+                               f"{follow_up.kd_variant.name!r} ({follow_up.kd_variant.kind}) and kd_reference {have!r}")
     if follow_up.max_teachers != len(follow_up.teacher_seeds):
         raise DecisionMismatch(f"{where}['max_teachers'] = {follow_up.max_teachers}, but the follow-up has no "
                                f"widening rule: set it to its {len(follow_up.teacher_seeds)} teacher seeds")
