@@ -166,9 +166,13 @@ class Pipeline:
         (`after`), and an ensemble's RGB teachers for the stage that runs them (the cache, or
         the student when it reads the teacher online)."""
         needs = [(self, s) for s in self.after(stage) if s in self.BUILT_STAGES]
-        if self.ensemble_members and stage == ("teacher_cache" if self.uses("teacher_cache") else "student"):
+        if self._runs_members(stage):
             needs += [(member, "rgb_teacher") for member in self.ensemble_members]
         return needs
+
+    def _runs_members(self, stage: str) -> bool:
+        """Whether `stage` runs an ensemble's RGB teachers: the cache, or the student reading them online."""
+        return bool(self.ensemble_members) and stage == ("teacher_cache" if self.uses("teacher_cache") else "student")
 
     def stages(self) -> list[str]:
         """The stages this configuration's student run goes through."""
@@ -214,9 +218,7 @@ class Pipeline:
 
     def _member_reads(self, stage: str) -> list[str]:
         """An ensemble's RGB teachers' settings, read by the stage that runs them (`builds_on`)."""
-        if not self.ensemble_members or stage != ("teacher_cache" if self.uses("teacher_cache") else "student"):
-            return []
-        return ["teacher.ensemble", *self.ensemble_members[0].reads("rgb_teacher")]
+        return ["teacher.ensemble", *self.ensemble_members[0].reads("rgb_teacher")] if self._runs_members(stage) else []
 
     def after(self, stage: str) -> list[str]:
         """The stages whose keys enter this stage's key (what it is built from)."""

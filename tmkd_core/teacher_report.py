@@ -258,7 +258,7 @@ def write_confirmatory_report(conf: Confirmatory, out_dir) -> tuple[Any, dict] |
         return [s.title for s in missing] + ([] if conf.chosen else ["TMKD's runs: its teacher is not chosen yet"])
     runs = [{**run_record(spec.dataset, spec.method, record, spec.setting),
              "teacher_variant": spec.setting.removeprefix("teacher=")} for spec, record in found]
-    ours = runs[:len(specs)]
+    ours, theirs = runs[:len(specs)], runs[len(specs):]  # the comparison's runs; KD's from `kd_reference`
     statistic = teacher_level_comparison(ours, "TMKD", "KD")
     acc = {m: [100 * r["test_acc"] for r in ours if r["method"] == m] for m in ("KD", "TMKD")}
     row = {
@@ -275,8 +275,8 @@ def write_confirmatory_report(conf: Confirmatory, out_dir) -> tuple[Any, dict] |
         ref = conf.kd_reference.name
         ens, reference = (f"KD from {v}" for v in (conf.kd_variant.name, ref))
         kd = teacher_level_comparison([{**r, "method": ens} for r in ours if r["method"] == "KD"]
-                                      + [{**r, "method": reference} for r in runs[len(specs):]], ens, reference)
-        ref_acc = [100 * r["test_acc"] for r in runs[len(specs):]]
+                                      + [{**r, "method": reference} for r in theirs], ens, reference)
+        ref_acc = [100 * r["test_acc"] for r in theirs]
         row.update({f"KD from {ref} (%)": f"{np.mean(ref_acc):.2f} ± {np.std(ref_acc, ddof=1):.2f}",
                     f"Δ KD from {conf.kd_variant.name} − KD from {ref}": f"{kd['diff']:+.2f}",
                     "95% CI (KD − KD)": f"[{kd['ci_low']:+.2f}, {kd['ci_high']:+.2f}]",
