@@ -135,9 +135,12 @@ if p is not None and p.dataset == datasets[0]:
 # CIFAR-10 with the same kind of teacher and fusion, 4 teachers, no widening rule. The
 # follow-up ("Follow-up: KD from the RGB ensemble") gives KD the most powerful teacher the
 # teacher study found, two RGB teachers averaged, against TMKD's confirmatory runs, and
-# reports KD from the ensemble against KD from the confirmatory comparison's teacher. All read
-# the plan's runs (`--parts confirmatory secondary follow_up`) and train nothing; until a
-# comparison's runs have all finished it says what it waits for.
+# reports KD from the ensemble against KD from the confirmatory comparison's teacher. The
+# factorial follow-up ("Follow-up: what earns TMKD's CIFAR-100 gain, teacher × terms") crosses
+# the confirmatory comparison, KD from its multi-view teacher and TMKD from its RGB teacher, to
+# split TMKD's difference into what the teacher brings and what TMKD's loss brings. All read
+# the plan's runs (`--parts confirmatory secondary follow_up factorial`) and train nothing;
+# until a comparison's runs have all finished it says what it waits for.
 
 # %%
 by_teacher = {}  # comparison name -> its teacher-level statistic, once its runs have finished
@@ -229,8 +232,9 @@ out.figure(fig, "distillation_forest")
 # range a line) and their mean (ringed); on top the mean over teachers with its 95%
 # t-interval over teachers. The grey band is the tie margin ±0.5 point. Left, the primary
 # comparison with its multi-view teacher, re-read with the teacher as the unit; then, once
-# their runs have finished, the confirmatory comparison, the secondary one and the follow-up
-# (both of its statistics).
+# their runs have finished, the confirmatory comparison, the secondary one and the ensemble
+# follow-up (both of its statistics). The factorial follow-up's three effects (teacher, terms,
+# interaction) are a figure of their own below it.
 
 # %%
 panels = []
@@ -242,7 +246,7 @@ if primary is not None and len(primary["teacher_seeds"]) >= 2:
     panels.append((f"{p.dataset} (primary): {p.method} − {p.reference}, multi-view teacher fine-tuned "
                    f"{epochs} epoch{'s' if epochs > 1 else ''}", primary_by_teacher))
 for c in study.confirmatory_comparisons:
-    if c.name in by_teacher:
+    if c.name in by_teacher and not c.crossed:  # a crossed one's TMKD − KD is the confirmatory panel
         panels.append((f"{c.dataset} ({c.label}): TMKD from {c.tmkd_variant.name} − KD from {c.kd_variant.name}",
                        by_teacher[c.name]))
         if c.kd_reference is not None:
@@ -254,6 +258,20 @@ if panels:
         print(f"{title}: {s['diff']:+.2f} [{s['ci_low']:+.2f}, {s['ci_high']:+.2f}] over {s['teachers']} teachers "
               f"({s['pairs']} pairs); within-teacher sd {s['within_teacher_sd']:.2f}, between-teacher sd "
               f"{s['between_teacher_sd']:.2f}")
+
+# %%
+factorial = next((c for c in study.confirmatory_comparisons if c.crossed and c.name in by_teacher), None)
+if factorial is not None:
+    effects = by_teacher[factorial.name]["factorial"]
+    cells = ", ".join(f"{x} = {cell}" for x, cell in effects["cells"].items())
+    out.figure(teacher_differences_figure(
+        [(f"{factorial.dataset} ({factorial.label}): {name} {effects[name]['contrast']}", effects[name])
+         for name in ("teacher", "terms", "interaction")]), "factorial_effects")
+    print(cells)
+    for name in ("teacher", "terms", "interaction"):
+        e = effects[name]
+        print(f"{name} {e['contrast']}: {e['diff']:+.2f} [{e['ci_low']:+.2f}, {e['ci_high']:+.2f}] over "
+              f"{e['teachers']} teachers: {e['verdict']}")
 
 # %% tags=["nbval-check"]
 # NBVAL_CHECK_OUTPUT
@@ -267,5 +285,6 @@ out.results_json("04_distillation", {"datasets": datasets, "table": main.to_dict
                                      "pilot_runs": pilot_records, "confirmatory": by_teacher.get("confirmatory"),
                                      "secondary_confirmatory": by_teacher.get("secondary_confirmatory"),
                                      "ensemble_follow_up": by_teacher.get("ensemble_follow_up"),
+                                     "factorial_follow_up": by_teacher.get("factorial_follow_up"),
                                      "primary_by_teacher": primary_by_teacher},
                  study.dataset_config(datasets[0]), sorted({r["seed"] for r in records}), runs=records)

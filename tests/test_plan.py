@@ -748,3 +748,32 @@ def test_the_ensemble_follow_up_runs_kd_from_the_ensemble_after_the_secondary(mo
 
     with pytest.raises(DecisionMismatch, match="runs after teachers and secondary .*: add secondary to --parts"):
         plan_tasks(study, ["teachers", "confirmatory", "follow_up"], costs=False)
+
+
+def test_the_factorial_follow_up_adds_only_its_24_crossed_runs_last(monkeypatch):
+    """docs/protocol.md, "Follow-up: what earns TMKD's CIFAR-100 gain, teacher × terms": KD from
+    mv_ft10 and TMKD from rgb_ft30 at the confirmatory seeds, reading the teachers and caches the
+    confirmatory runs read (nothing else new); after the ensemble follow-up (`later` 3)."""
+    monkeypatch.setattr("tmkd_core.plan.check_confirmatory_decisions", lambda *a, **k: None)  # no check run here
+    monkeypatch.setattr("tmkd_core.plan.check_follow_up_decisions", lambda *a, **k: None)  # reads records
+    monkeypatch.setattr("tmkd_core.plan.check_factorial_decisions", lambda *a, **k: None)
+    study = cpu()
+    parts = ["teachers", "confirmatory", "secondary", "follow_up", "factorial"]
+    tasks = plan_tasks(study, parts, costs=False)
+    before = plan_tasks(study, parts[:4], costs=False)
+    mine = [t for t in tasks if t.later == 3]
+    assert len(tasks) == len(before) + 24 and len(mine) == 24 and {t.stage for t in mine} == {"student"}
+    assert {(t.cfg.student.distiller, t.cfg.views.views) for t in mine} == {
+        ("kd", ("rgb", "edge", "hf")), ("tmkd", ("rgb",))}
+    assert sorted({t.cfg.seed for t in mine}) == [200 + 10 * t + i for t in range(4) for i in range(3)]
+    # each reads the cache the confirmatory run from the same teacher reads
+    for t in mine:
+        same_teacher = [c for c in before if c.stage == "student" and c.cfg.seed == t.cfg.seed and not c.later
+                        and c.cfg.views.views == t.cfg.views.views]
+        assert len(same_teacher) == 1 and t.needs == same_teacher[0].needs, t.title
+    assert [(t.key, t.later) for t in before] == [(t.key, t.later) for t in tasks if t.later != 3]
+    # after the follow-up: its order needs the follow-up in the plan
+    from tmkd_core.teacher_report import DecisionMismatch
+
+    with pytest.raises(DecisionMismatch, match="runs after teachers and secondary and follow_up .*: add follow_up"):
+        plan_tasks(study, ["teachers", "confirmatory", "secondary", "factorial"], costs=False)

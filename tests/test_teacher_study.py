@@ -310,6 +310,31 @@ def test_the_per_teacher_figure_draws_each_teachers_mean_and_the_interval_over_t
     assert len(fig.axes) == 2
 
 
+def assert_each_refused(check, entry, conf, wrongs) -> None:
+    """`check` (a teacher_report.check_*_decisions) refuses `entry` with each (changed settings,
+    message) of `wrongs`, naming the entry's setting, and while the confirmatory comparison's
+    teacher and fusion setting are undecided."""
+    for wrong, says in wrongs:
+        with pytest.raises(teacher_report.DecisionMismatch, match=says) as caught:
+            check(replace(entry, **wrong), conf)
+        assert f"PROFILE_PLANS['cpu'][{entry.name!r}]" in str(caught.value)  # the setting is named
+    with pytest.raises(teacher_report.DecisionMismatch, match="not decided yet"):
+        check(entry, replace(conf, tmkd_variant=None, fusion_settled=False))
+
+
+def assert_unknown_key(entry: str, key: str, value) -> None:
+    """`key` set in the cpu study's `entry` is refused as unknown there."""
+    import copy
+
+    from tmkd_core.config import PROFILE_PLANS
+    from tmkd_core.study import StudyError
+
+    plan = copy.deepcopy(PROFILE_PLANS["cpu"])
+    plan[entry][key] = value
+    with pytest.raises(StudyError, match=rf"\['{entry}'\]: unknown key\(s\) \['{key}'\]"):
+        Study.from_plan("cpu", plan)
+
+
 def test_the_secondary_comparison_is_the_confirmatory_one_on_cifar10_fixed_beforehand(monkeypatch):
     """docs/protocol.md, "Secondary confirmatory comparison (CIFAR-10)": the confirmatory
     comparison's teacher and default fusion, teacher seeds 0-3, student seeds 300 + 10 t + i,
@@ -331,17 +356,13 @@ def test_the_secondary_comparison_is_the_confirmatory_one_on_cifar10_fixed_befor
     assert secondary.widened_teacher_seeds() == [0, 1, 2, 3]
     check = teacher_report.check_secondary_decisions
     check(secondary, conf)
-    for wrong, says in [(dict(tmkd_variant=TeacherVariant.named("mv_scratch20")), "makes no new choice"),
-                        (dict(fusion_adopted=(("fusion.tau_w", 0.03),)), "uses the default fusion"),
-                        (dict(max_teachers=8), r"\['max_teachers'\] = 8, but a secondary comparison has no widening"),
-                        (dict(dataset="cifar100"), "on another dataset than 'cifar100'; it has 'cifar100'"),
-                        (dict(kd_variant=TeacherVariant.named("rgb")), "rgb_ft30 for KD"),
-                        (dict(students_per_teacher=2), "3 students per teacher")]:
-        with pytest.raises(teacher_report.DecisionMismatch, match=says) as caught:
-            check(replace(secondary, **wrong), conf)
-        assert "PROFILE_PLANS['cpu']['secondary_confirmatory']" in str(caught.value)  # the setting is named
-    with pytest.raises(teacher_report.DecisionMismatch, match="not decided yet"):
-        check(secondary, replace(conf, tmkd_variant=None, fusion_settled=False))
+    assert_each_refused(check, secondary, conf, [
+        (dict(tmkd_variant=TeacherVariant.named("mv_scratch20")), "makes no new choice"),
+        (dict(fusion_adopted=(("fusion.tau_w", 0.03),)), "uses the default fusion"),
+        (dict(max_teachers=8), r"\['max_teachers'\] = 8, but a secondary comparison has no widening"),
+        (dict(dataset="cifar100"), "on another dataset than 'cifar100'; it has 'cifar100'"),
+        (dict(kd_variant=TeacherVariant.named("rgb")), "rgb_ft30 for KD"),
+        (dict(students_per_teacher=2), "3 students per teacher")])
 
 
 def test_the_secondary_report_writes_its_own_files(monkeypatch, tmp_path):
@@ -372,7 +393,7 @@ def test_the_ensemble_follow_up_reuses_tmkds_confirmatory_runs_and_refuses_any_o
     study = Study.of("cpu")
     follow_up, conf = study.ensemble_follow_up, study.confirmatory
     assert follow_up.label == "ensemble follow-up" and not follow_up.secondary
-    assert study.confirmatory_comparisons == [conf, study.secondary_confirmatory, follow_up]
+    assert study.confirmatory_comparisons == [conf, study.secondary_confirmatory, follow_up, study.factorial_follow_up]
     kd = [r for r in follow_up.runs(follow_up.teacher_seeds) if r.method == "KD"]
     cfg = kd[0].config("cpu")
     assert (cfg.student.teacher, cfg.teacher.ensemble, cfg.student.tau) == ("ensemble", (0, 500), 4.0)
@@ -381,30 +402,17 @@ def test_the_ensemble_follow_up_reuses_tmkds_confirmatory_runs_and_refuses_any_o
     monkeypatch.setattr("tmkd_core.study.finished_record", lambda spec, profile, store: {"test_acc": 0.5})
     check = teacher_report.check_follow_up_decisions
     check(follow_up, conf)
-    for wrong, says in [(dict(tmkd_variant=TeacherVariant.named("mv_scratch20")), "reuses the confirmatory"),
-                        (dict(fusion_adopted=(("fusion.tau_w", 0.03),)), "reuses the confirmatory"),
-                        (dict(seed_base=300), "reuses the confirmatory"),
-                        (dict(dataset="cifar10"), "reuses the confirmatory"),
-                        (dict(teacher_seeds=(0, 1, 2, 3, 4), max_teachers=5), r"TMKD runs are at teacher seeds \[0, 1, 2, 3\]"),
-                        (dict(teacher_seeds=(0, 1), max_teachers=2), r"TMKD runs are at teacher seeds \[0, 1, 2, 3\]"),
-                        (dict(kd_variant=TeacherVariant.named("rgb_ft30")), "set 'kd_variant' to an ensemble variant"),
-                        (dict(kd_reference=TeacherVariant.named("rgb")), "'rgb_ft30'"),
-                        (dict(max_teachers=8), r"\['max_teachers'\] = 8, but the follow-up has no widening")]:
-        with pytest.raises(teacher_report.DecisionMismatch, match=says) as caught:
-            check(replace(follow_up, **wrong), conf)
-        assert "PROFILE_PLANS['cpu']['ensemble_follow_up']" in str(caught.value)  # the setting is named
-    with pytest.raises(teacher_report.DecisionMismatch, match="not decided yet"):
-        check(follow_up, replace(conf, tmkd_variant=None, fusion_settled=False))
-    # only the follow-up compares KD with KD from another teacher: elsewhere `kd_reference` is an unknown key
-    import copy
-
-    from tmkd_core.config import PROFILE_PLANS
-    from tmkd_core.study import StudyError
-
-    plan = copy.deepcopy(PROFILE_PLANS["cpu"])
-    plan["confirmatory"]["kd_reference"] = "rgb"
-    with pytest.raises(StudyError, match=r"\['confirmatory'\]: unknown key\(s\) \['kd_reference'\]"):
-        Study.from_plan("cpu", plan)
+    assert_each_refused(check, follow_up, conf, [
+        (dict(tmkd_variant=TeacherVariant.named("mv_scratch20")), "reuses the confirmatory"),
+        (dict(fusion_adopted=(("fusion.tau_w", 0.03),)), "reuses the confirmatory"),
+        (dict(seed_base=300), "reuses the confirmatory"),
+        (dict(dataset="cifar10"), "reuses the confirmatory"),
+        (dict(teacher_seeds=(0, 1, 2, 3, 4), max_teachers=5), r"TMKD runs are at teacher seeds \[0, 1, 2, 3\]"),
+        (dict(teacher_seeds=(0, 1), max_teachers=2), r"TMKD runs are at teacher seeds \[0, 1, 2, 3\]"),
+        (dict(kd_variant=TeacherVariant.named("rgb_ft30")), "set 'kd_variant' to an ensemble variant"),
+        (dict(kd_reference=TeacherVariant.named("rgb")), "'rgb_ft30'"),
+        (dict(max_teachers=8), r"\['max_teachers'\] = 8, but the ensemble follow-up has no widening")])
+    assert_unknown_key("confirmatory", "kd_reference", "rgb")  # only the follow-up compares KD with KD
 
 
 def test_the_follow_up_report_gives_both_of_its_statistics(monkeypatch, tmp_path):
@@ -434,6 +442,110 @@ def test_the_follow_up_report_gives_both_of_its_statistics(monkeypatch, tmp_path
     text = (tmp_path / "tables" / "ensemble_follow_up.md").read_text()
     assert "KD from rgb_ens2 − KD from rgb_ft30" in text and "KD from rgb_ens2 beats KD from rgb_ft30" in text
     assert "Follow-up" in (tmp_path / "tables" / "ensemble_follow_up.tex").read_text()
+    assert not (tmp_path / "tables" / "confirmatory.md").exists()  # the confirmatory comparison's files untouched
+
+
+def test_the_factorial_follow_up_crosses_the_confirmatory_comparison_and_refuses_any_other_setting(monkeypatch):
+    """docs/protocol.md, "Follow-up: what earns TMKD's CIFAR-100 gain, teacher × terms": the
+    confirmatory comparison's 24 runs as they are, and the two crossed cells, KD from mv_ft10
+    (the fused teacher TMKD reads) and TMKD from rgb_ft30, at the same student seeds."""
+    study = Study.of("cpu")
+    factorial, conf = study.factorial_follow_up, study.confirmatory
+    assert factorial.label == "factorial follow-up" and factorial.crossed and not conf.crossed
+    seeds = factorial.teacher_seeds
+    assert set(factorial.runs(seeds)) == set(conf.runs(seeds)) and factorial.reference_runs(seeds) == []
+    crossed = factorial.crossed_runs(seeds)
+    assert len(crossed) == 24 and not set(crossed) & set(conf.runs(seeds))
+    assert {(r.method, r.setting) for r in crossed} == {("KD", "teacher=mv_ft10"), ("TMKD", "teacher=rgb_ft30")}
+    assert sorted({r.seed for r in crossed}) == sorted({r.seed for r in conf.runs(seeds)})
+    kd_mv = next(r for r in crossed if r.method == "KD").config("cpu")
+    tmkd_mv = next(r for r in conf.runs(seeds) if r.method == "TMKD").config("cpu")
+    kd_rgb = next(r for r in conf.runs(seeds) if r.method == "KD").config("cpu")
+    tmkd_rgb = next(r for r in crossed if r.method == "TMKD").config("cpu")
+    # KD's loss on TMKD's teacher: the same fused teacher (views, fusion, its recipe), KD's distiller and weights
+    assert (kd_mv.student.teacher, kd_mv.student.distiller) == ("multi", "kd")
+    assert (kd_mv.views, kd_mv.fusion, kd_mv.teacher) == (tmkd_mv.views, tmkd_mv.fusion, tmkd_mv.teacher)
+    assert (kd_mv.student.ce_weight, kd_mv.student.alpha, kd_mv.student.tau) == (
+        kd_rgb.student.ce_weight, kd_rgb.student.alpha, kd_rgb.student.tau)
+    # TMKD's loss on KD's teacher: rgb_ft30's one view, TMKD's distiller and terms
+    assert tmkd_rgb.views.views == ("rgb",) and tmkd_rgb.teacher == kd_rgb.teacher
+    assert (tmkd_rgb.student.distiller, tmkd_rgb.student.beta, tmkd_rgb.student.vlc) == (
+        tmkd_mv.student.distiller, tmkd_mv.student.beta, tmkd_mv.student.vlc)
+    monkeypatch.setattr("tmkd_core.study.finished_record", lambda spec, profile, store: {"test_acc": 0.5})
+    check = teacher_report.check_factorial_decisions
+    check(factorial, conf)
+    assert_each_refused(check, factorial, conf, [
+        (dict(crossed=False), "set 'kd_variant' to 'rgb_ft30' and 'crossed' to true"),
+        (dict(kd_variant=TeacherVariant.named("rgb_ens2")), "crosses the confirmatory"),
+        (dict(tmkd_variant=TeacherVariant.named("mv_scratch20")), "reuses the confirmatory"),
+        (dict(seed_base=300), "reuses the confirmatory"),
+        (dict(teacher_seeds=(0, 1), max_teachers=2), r"TMKD runs are at teacher seeds \[0, 1, 2, 3\]"),
+        (dict(max_teachers=8), r"but the factorial follow-up has no widening")])
+    assert_unknown_key("ensemble_follow_up", "crossed", True)  # the factorial follow-up's key alone
+
+
+def test_the_factorial_statistics_by_hand():
+    """Teacher ½[(c − a) + (d − b)], terms ½[(b − a) + (d − c)], interaction (d − b) − (c − a),
+    each over the teacher means, on cells whose effects are known; T + E = d − a."""
+    from tmkd_core.teacher_report import factorial_statistics
+
+    # per teacher t: a = 50, b = 50 + 0.2, c = 50 - 0.4 + e(t), d = 50 + 1.0 + e(t) (points), e(t) a teacher effect
+    e = {0: 0.3, 1: -0.1, 2: 0.2, 3: 0.0}
+    cells = {("KD", "rgb_ft30"): lambda t: 50.0, ("TMKD", "rgb_ft30"): lambda t: 50.2,
+             ("KD", "mv_ft10"): lambda t: 49.6 + e[t], ("TMKD", "mv_ft10"): lambda t: 51.0 + e[t]}
+    runs = [{"method": m, "teacher_variant": v, "teacher_seed": t, "seed": 200 + 10 * t + i,
+             "test_acc": (f(t) + 0.05 * i) / 100} for (m, v), f in cells.items() for t in e for i in range(3)]
+    f = factorial_statistics(runs, "rgb_ft30", "mv_ft10")
+    te = {t: ((-0.4 + e[t]) + (0.8 + e[t])) / 2 for t in e}  # ½[(c − a) + (d − b)]
+    assert f["teacher"]["per_teacher_diff"] == pytest.approx(te)
+    assert f["teacher"]["diff"] == pytest.approx(np.mean(list(te.values())))
+    assert f["terms"]["diff"] == pytest.approx((0.2 + 1.4) / 2) and f["terms"]["half_width"] == pytest.approx(0, abs=1e-9)
+    # (d − b) − (c − a) = (0.8 + e) − (−0.4 + e): the teacher effect e(t) cancels
+    assert f["interaction"]["diff"] == pytest.approx(1.2) and f["interaction"]["half_width"] == pytest.approx(0, abs=1e-9)
+    total = {t: 1.0 + e[t] for t in e}  # d − a
+    assert {t: f["teacher"]["per_teacher_diff"][t] + f["terms"]["per_teacher_diff"][t] for t in e} == pytest.approx(total)
+    sd = np.std(list(te.values()), ddof=1)
+    assert f["teacher"]["ci_high"] - f["teacher"]["diff"] == pytest.approx(3.1824 * sd / 2, rel=1e-4)  # t(0.975, 3)
+    assert f["terms"]["verdict"] == "TMKD's loss beats KD's loss" and f["teacher"]["teachers"] == 4
+    assert f["simple"]["b − a"]["diff"] == pytest.approx(0.2) and f["simple"]["d − c"]["diff"] == pytest.approx(1.4)
+    assert f["cells"] == {"a": "KD from rgb_ft30", "b": "TMKD from rgb_ft30", "c": "KD from mv_ft10",
+                          "d": "TMKD from mv_ft10"}
+    with pytest.raises(ValueError, match=r"lacks 1 run\(s\): KD from mv_ft10 \(teacher seed 0, seed 200\)"):
+        factorial_statistics([r for r in runs if (r["method"], r["teacher_variant"], r["seed"]) != ("KD", "mv_ft10", 200)],
+                             "rgb_ft30", "mv_ft10")
+
+
+def test_the_factorial_report_gives_every_effect_and_lists_all_48_runs(monkeypatch, tmp_path):
+    from tmkd_core.teacher_report import write_confirmatory_report
+
+    factorial = Study.of("cpu").factorial_follow_up
+    acc = {("KD", "rgb_ft30"): 0.50, ("TMKD", "rgb_ft30"): 0.502, ("KD", "mv_ft10"): 0.499, ("TMKD", "mv_ft10"): 0.506}
+
+    def record(spec, profile, store):
+        teacher = spec.setting.removeprefix("teacher=")
+        a = acc[spec.method, teacher] + 0.001 * (spec.teacher_seed % 2) * (teacher == "mv_ft10")
+        return {"test_acc": a, "val_acc": a, "train_time_s": 1.0, "run_key": f"{spec.method}{teacher}{spec.seed}",
+                "seed": spec.seed, "config": {"teacher": {"seed": spec.teacher_seed}}}
+
+    monkeypatch.setattr("tmkd_core.study.finished_record", record)
+    table, statistic = write_confirmatory_report(factorial, tmp_path)
+    assert statistic["diff"] == pytest.approx(0.6 + 0.05)  # d − a, the confirmatory statistic
+    f = statistic["factorial"]
+    assert f["teacher"]["diff"] == pytest.approx(((-0.1 + 0.05) + (0.4 + 0.05)) / 2)
+    assert f["terms"]["diff"] == pytest.approx((0.2 + 0.7) / 2) and f["interaction"]["diff"] == pytest.approx(0.5)
+    assert f["teacher"]["diff"] + f["terms"]["diff"] == pytest.approx(statistic["diff"])
+    assert list(table["effect"]) == ["all of TMKD", "teacher", "terms", "interaction"] + ["simple effect"] * 4
+    saved = json.loads((tmp_path / "results" / "factorial_follow_up.json").read_text())
+    assert len(saved["runs"]) == 48 and {r["teacher_variant"] for r in saved["runs"]} == {"rgb_ft30", "mv_ft10"}
+    assert saved["factorial"]["cells_test_acc"]["TMKD from rgb_ft30"]["mean"] == pytest.approx(50.2)
+    assert saved["factorial"]["cells_test_acc"]["KD from mv_ft10"]["n"] == 12
+    text = (tmp_path / "tables" / "factorial_follow_up.md").read_text()
+    assert "½[(c − a) + (d − b)]" in text and "(no reading)" in text
+    assert "teacher × terms" in (tmp_path / "tables" / "factorial_follow_up.tex").read_text()
+    from tmkd_core.figures import teacher_differences_figure  # notebook 04's factorial_effects.png
+
+    fig = teacher_differences_figure([(name, f[name]) for name in ("teacher", "terms", "interaction")])
+    assert [ax.get_title(loc="left") for ax in fig.axes] == ["teacher", "terms", "interaction"]
     assert not (tmp_path / "tables" / "confirmatory.md").exists()  # the confirmatory comparison's files untouched
 
 

@@ -498,7 +498,15 @@ PROFILE_PLANS: dict[str, dict[str, Any]] = {
             "ensemble_follow_up": {"dataset": "cifar100", "kd_variant": "rgb_ens2", "kd_reference": "rgb_ft30",
                                    "tmkd_variant": "mv_ft10", "fusion_candidate": None, "fusion_settled": True,
                                    "fusion_adopted": None, "teacher_seeds": [0, 1, 2, 3], "students_per_teacher": 3,
-                                   "seed_base": 200, "max_teachers": 4}},
+                                   "seed_base": 200, "max_teachers": 4},
+            # docs/protocol.md, "Follow-up: what earns TMKD's CIFAR-100 gain, teacher x terms", fixed
+            # before its runs: the confirmatory comparison `crossed`, a 2 x 2 of {KD, TMKD} x {rgb_ft30,
+            # mv_ft10} at its student seeds (its 24 runs reused, KD from mv_ft10 and TMKD from rgb_ft30
+            # new); teacher, terms and interaction over the 4 teachers; no widening; after the ensemble one
+            "factorial_follow_up": {"dataset": "cifar100", "kd_variant": "rgb_ft30", "tmkd_variant": "mv_ft10",
+                                    "crossed": True, "fusion_candidate": None, "fusion_settled": True,
+                                    "fusion_adopted": None, "teacher_seeds": [0, 1, 2, 3], "students_per_teacher": 3,
+                                    "seed_base": 200, "max_teachers": 4}},
     "paper": {"datasets": ["cifar100"], "teacher_seeds": [0], "seeds": [0, 1, 2], "ablation_seeds": [0, 1, 2]},
 }
 

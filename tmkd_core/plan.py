@@ -12,7 +12,7 @@ that after the plan has run they find every artefact and train nothing. Here the
 tasks (`plan_tasks`: one stage of one configuration each, `Pipeline.BUILT_STAGES`), marked
 `primary` when a pre-registered comparison reads them and `later` when only a comparison
 pre-registered to run after the rest reads them (1: the secondary confirmatory comparison; 2:
-the ensemble follow-up, after it); the scheduler (scheduler.py) runs
+the ensemble follow-up, after it; 3: the factorial follow-up, last); the scheduler (scheduler.py) runs
 them, the store (store.py) keeps what finished, the cost model (costs.py) estimates the time.
 Whenever the primary comparison's pairs have all finished, docs/protocol.md's widening rule
 (`protocol.widen_pairs`) may add pairs, which the plan runs next (`widened_pairs`).
@@ -40,8 +40,8 @@ from .protocol import pilot_progress, pilot_summary, write_pilot_report, write_p
 from .scheduler import Progress, Task, hms, needed, run_plan
 from .store import plan_wall_time, restore_artefacts, stale_partials, stored_copy
 from .study import PilotNotSettled, Study, StudyError
-from .teacher_report import (DecisionMismatch, check_confirmatory_decisions, check_follow_up_decisions,
-                             check_secondary_decisions)
+from .teacher_report import (DecisionMismatch, check_confirmatory_decisions, check_factorial_decisions,
+                             check_follow_up_decisions, check_secondary_decisions)
 
 
 def _title(stage: str, cfg: ExperimentConfig) -> str:
@@ -83,13 +83,16 @@ def plan_tasks(study: Study, parts: Iterable[str] = ("pilot", "main", "ablations
     decided = study.confirmatory is not None and study.confirmatory.chosen and study.confirmatory.fusion_settled
     secondary = study.secondary_confirmatory if "secondary" in parts and decided else None
     follow_up = study.ensemble_follow_up if "follow_up" in parts and decided else None
-    if secondary is not None:
-        check_secondary_decisions(secondary, study.confirmatory)
-    if follow_up is not None:
-        check_follow_up_decisions(follow_up, study.confirmatory)
+    factorial = study.factorial_follow_up if "factorial" in parts and decided else None
+    for comparison, check in ((secondary, check_secondary_decisions), (follow_up, check_follow_up_decisions),
+                              (factorial, check_factorial_decisions)):
+        if comparison is not None:
+            check(comparison, study.confirmatory)
     # each runs after what docs/protocol.md puts before it, which must be in the plan to keep that order
-    declared = {"teachers": study.teacher_study, "secondary": study.secondary_confirmatory}
-    for comparison, before in ((secondary, ["teachers"]), (follow_up, ["teachers", "secondary"])):
+    declared = {"teachers": study.teacher_study, "secondary": study.secondary_confirmatory,
+                "follow_up": study.ensemble_follow_up}
+    for comparison, before in ((secondary, ["teachers"]), (follow_up, ["teachers", "secondary"]),
+                               (factorial, ["teachers", "secondary", "follow_up"])):
         missing = [b for b in before if declared[b] is not None and b not in parts]
         if comparison is not None and missing:
             raise DecisionMismatch(f"the {comparison.label} comparison runs after {' and '.join(before)} "
@@ -156,9 +159,9 @@ def plan_tasks(study: Study, parts: Iterable[str] = ("pilot", "main", "ablations
         pipe = Pipeline(cfg)
         add(pipe, "multiview_teacher" if pipe.uses("multiview_teacher") else "rgb_teacher")
     # the comparisons after everything else, in their order: what the rest of the plan reads keeps its place
-    for order, comparison in enumerate((secondary, follow_up), start=1):
+    for order, comparison in enumerate((secondary, follow_up, factorial), start=1):
         if comparison is not None:
-            specs = comparison.runs(comparison.teacher_seeds) + comparison.reference_runs(comparison.teacher_seeds)
+            specs = comparison.all_runs(comparison.teacher_seeds)
             for spec in study.in_plan_order(specs):
                 add(Pipeline(study.config(spec)), "student", spec.title, later=order)
     # each dependency just before the first task that needs it: plan order is the order of need
@@ -224,7 +227,7 @@ def _study_reports(study: Study, out_dir: str | None, teachers: bool, confirmato
         return 2
     if store is not None:  # a fresh clone: the stored teachers and runs into data/
         try:
-            restore(study, ["teachers", "confirmatory", "secondary", "follow_up"])
+            restore(study, ["teachers", "confirmatory", "secondary", "follow_up", "factorial"])
         except (PilotNotSettled, DecisionMismatch) as exc:
             print(f"[plan] {exc}", file=sys.stderr)
             return 2
@@ -259,7 +262,7 @@ def _study_reports(study: Study, out_dir: str | None, teachers: bool, confirmato
     return code
 
 
-PARTS = ("pilot", "main", "ablations", "teachers", "confirmatory", "secondary", "follow_up")
+PARTS = ("pilot", "main", "ablations", "teachers", "confirmatory", "secondary", "follow_up", "factorial")
 
 
 def main(argv=None) -> int:
@@ -283,7 +286,8 @@ def main(argv=None) -> int:
                              "confirmatory: the CIFAR-100 confirmatory comparison (KD's side until TMKD's teacher "
                              "is chosen); secondary: the secondary CIFAR-10 confirmatory comparison, after the rest; "
                              "follow_up: KD from the RGB ensemble against the confirmatory comparison's runs, after "
-                             "the secondary. "
+                             "the secondary; factorial: the confirmatory comparison crossed (KD from its multi-view "
+                             "teacher, TMKD from its RGB teacher), after the follow-up. "
                              "Default: all, or the pilot alone while it has not settled")
     parser.add_argument("--pilot-report", action="store_true",
                         help="the pilot's validation table and what the protocol's rules decide from it, "
@@ -301,8 +305,9 @@ def main(argv=None) -> int:
     parser.add_argument("--confirmatory-report", action="store_true",
                         help="the confirmatory comparison once all its runs have finished: "
                              "<out-dir>/tables/confirmatory.md and results/confirmatory.json; likewise the secondary "
-                             "one (secondary_confirmatory.md/.json) and the ensemble follow-up "
-                             "(ensemble_follow_up.md/.json) once their runs have finished. Exit status 1 while "
+                             "one (secondary_confirmatory.md/.json) and the two follow-ups "
+                             "(ensemble_follow_up, factorial_follow_up .md/.json) once their runs have finished. "
+                             "Exit status 1 while "
                              "one waits for runs (what has finished is written all the same)")
     parser.add_argument("--out-dir", default=None,
                         help="where the --*-report flags write (default: figures for cpu, overwriting the "
@@ -427,7 +432,8 @@ def main(argv=None) -> int:
             print(f"stale  {path} (no unfinished task resumes from it: --prune-store removes it)")
         print("(done: in data/; kept: in the store, restored at the start; todo: to train, its estimate; skip: a "
               "teacher-output cache no run left to train reads; [after the rest: n]: started only when no task of a "
-              "lower n can start, 1 the secondary comparison, 2 the ensemble follow-up. An ensemble's second RGB "
+              "lower n can start, 1 the secondary comparison, 2 the ensemble follow-up, 3 the factorial one. An "
+              "ensemble's second RGB "
               "teacher has teacher seed 500 + t.)")
         print(f"{len(tasks)} tasks, {len(pending)} to run, estimated {hms(progress.left(pending, {}))} on {args.jobs} "
               f"workers (at {rate / 1e9:.1f} GFLOP/s per worker, measured now: a busy machine reads slower)")

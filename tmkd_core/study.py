@@ -4,7 +4,7 @@
     study = Study.load("mine.json")              # or one declared in a file of the same keys
     study.main_runs()                            # notebook 04's runs, the primary pairs widened
     study.primary                                # Comparison(dataset, reference, method, seeds)
-    study.pilot, study.teacher_study, study.confirmatory, study.secondary_confirmatory, study.ensemble_follow_up
+    study.pilot, study.teacher_study, study.confirmatory    # and the comparisons after it (LATER_COMPARISONS)
 
 A study is data (open_clip's "configurations are data"): the keys of a `config.PROFILE_PLANS`
 entry, read here and nowhere else. A new study or comparison is declared in one place, a
@@ -19,9 +19,10 @@ every method of config.METHODS); `per_dataset` (any of these changed for one dat
 comparison, its seeds widened by the rule of `protocol.widen_pairs`); `pilot` (the validation
 pilot, see `Pilot`); `ablation_seeds` and `ablation_groups` (notebook 05, groups of
 config.ABLATIONS); `store` (the artefact store, relative to the project root); `teacher_study`,
-`confirmatory`, `secondary_confirmatory` and `ensemble_follow_up` (tmkd_core.teacher_study,
-whose comparisons' entries also take `kd_reference`); `profile` (a file's
-configuration profile; default: the study's name).
+`confirmatory`, `secondary_confirmatory`, `ensemble_follow_up` and `factorial_follow_up`
+(tmkd_core.teacher_study; the ensemble follow-up's entry also takes `kd_reference`, the
+factorial one's `crossed`); `profile` (a file's configuration profile; default: the study's
+name).
 """
 from __future__ import annotations
 
@@ -37,11 +38,15 @@ from .teacher_study import Confirmatory, TeacherStudy
 
 STUDY_KEYS = ("profile", "datasets", "teacher_seeds", "seeds", "methods", "per_dataset", "primary", "pilot",
               "ablation_seeds", "ablation_groups", "store", "teacher_study", "confirmatory", "secondary_confirmatory",
-              "ensemble_follow_up")
+              "ensemble_follow_up", "factorial_follow_up")
 PER_DATASET_KEYS = ("teacher_seeds", "seeds", "methods")
 PRIMARY_KEYS = ("dataset", "methods", "seeds")
 COMPARISON_KEYS = ("dataset", "kd_variant", "tmkd_variant", "fusion_candidate", "fusion_settled", "fusion_adopted",
-                   "teacher_seeds", "students_per_teacher", "seed_base", "max_teachers", "kd_reference")
+                   "teacher_seeds", "students_per_teacher", "seed_base", "max_teachers")
+# the comparisons that read the confirmatory one's decisions, in their pre-registered order, and
+# the keys only one of them takes
+LATER_COMPARISONS = ("secondary_confirmatory", "ensemble_follow_up", "factorial_follow_up")
+OWN_COMPARISON_KEYS = {"ensemble_follow_up": ("kd_reference",), "factorial_follow_up": ("crossed",)}
 PILOT_KEYS = ("dataset", "teacher_seed", "seeds", "methods", "settled", "adopted", "baseline", "variants")
 
 
@@ -153,6 +158,7 @@ class Study:
     confirmatory: Confirmatory | None = None
     secondary_confirmatory: Confirmatory | None = None  # the same comparison on another dataset, after the rest
     ensemble_follow_up: Confirmatory | None = None  # TMKD's confirmatory runs against KD from an ensemble, after those
+    factorial_follow_up: Confirmatory | None = None  # the confirmatory comparison crossed (2 x 2), after those
     where: str = ""  # where it is declared: "PROFILE_PLANS['cpu']" or the study file's path
     file: Path | None = None  # the study file (Study.load), None for a built-in study
 
@@ -272,14 +278,13 @@ class Study:
             raise StudyError(f"{where}: unknown ablation group(s) {bad}; available: {', '.join(ABLATIONS)}")
         store = plan.get("store") or None
         study = TeacherStudy.from_plan(profile, plan["teacher_study"]) if plan.get("teacher_study") else None
-        for key in ("confirmatory", "secondary_confirmatory", "ensemble_follow_up"):
-            if plan.get(key):  # only the follow-up compares KD with KD from another teacher
-                _check_keys(plan[key], COMPARISON_KEYS if key == "ensemble_follow_up" else COMPARISON_KEYS[:-1],
-                            f"{where}[{key!r}]")
+        for key in ("confirmatory",) + LATER_COMPARISONS:
+            if plan.get(key):
+                _check_keys(plan[key], COMPARISON_KEYS + OWN_COMPARISON_KEYS.get(key, ()), f"{where}[{key!r}]")
         conf = (Confirmatory.from_plan(profile, plan["confirmatory"], store, where)
                 if plan.get("confirmatory") else None)
         later = {}  # the comparisons that read the confirmatory one's decisions
-        for key in ("secondary_confirmatory", "ensemble_follow_up"):
+        for key in LATER_COMPARISONS:
             if not plan.get(key):
                 continue
             if conf is None:
@@ -290,8 +295,7 @@ class Study:
                 raise StudyError(f"{where}[{key!r}]: its dataset {later[key].dataset!r} is not one of the study's "
                                  f"({', '.join(datasets)})")
         return cls(name, profile, datasets, per_dataset, primary, pilot, tuple(plan.get("ablation_seeds", ())),
-                   groups, store, study, conf, later.get("secondary_confirmatory"), later.get("ensemble_follow_up"),
-                   where, file)
+                   groups, store, study, conf, where=where, file=file, **later)
 
     def with_store(self, store: Path | None) -> "Study":
         """The same study reading and keeping its artefacts in `store` (None: no store): its
@@ -299,16 +303,15 @@ class Study:
         from dataclasses import replace
 
         declared = None if store is None else str(Path(store).resolve())
-        conf, secondary, follow_up = (replace(c, declared_store=declared) if c else None
-                                      for c in (self.confirmatory, self.secondary_confirmatory, self.ensemble_follow_up))
-        return replace(self, declared_store=declared, confirmatory=conf, secondary_confirmatory=secondary,
-                       ensemble_follow_up=follow_up)
+        comparisons = {key: replace(c, declared_store=declared) if c else None
+                       for key in ("confirmatory",) + LATER_COMPARISONS for c in [getattr(self, key)]}
+        return replace(self, declared_store=declared, **comparisons)
 
     @property
     def confirmatory_comparisons(self) -> list[Confirmatory]:
-        """The confirmatory comparison, the secondary one and the ensemble follow-up, those it
+        """The confirmatory comparison and those after it (LATER_COMPARISONS), those it
         declares, in their pre-registered order."""
-        return [c for c in (self.confirmatory, self.secondary_confirmatory, self.ensemble_follow_up) if c is not None]
+        return [c for key in ("confirmatory",) + LATER_COMPARISONS if (c := getattr(self, key)) is not None]
 
     # --- what it runs ---------------------------------------------------------------------------
 

@@ -232,18 +232,24 @@ CAPTIONS = {  # by comparison (Confirmatory.name)
                                f"comparison (CIFAR-10)'; no widening rule): {_STATISTIC}"),
     "ensemble_follow_up": ("Follow-up (docs/protocol.md, 'Follow-up: KD from the RGB ensemble'; no widening rule): "
                            f"TMKD's confirmatory runs against KD from the RGB ensemble, and KD from the ensemble against "
-                           f"KD from the confirmatory comparison's teacher at the same student seeds; {_STATISTIC}")}
+                           f"KD from the confirmatory comparison's teacher at the same student seeds; {_STATISTIC}"),
+    "factorial_follow_up": ("Follow-up (docs/protocol.md, 'Follow-up: what earns TMKD's CIFAR-100 gain, teacher × "
+                            "terms'; no widening rule): the confirmatory comparison crossed, with a = KD and b = TMKD "
+                            "from the RGB teacher, c = KD and d = TMKD from the multi-view teacher at the same student "
+                            "seeds; teacher ½[(c − a) + (d − b)], terms ½[(b − a) + (d − c)], interaction "
+                            f"(d − b) − (c − a); {_STATISTIC}")}
 
 
 def write_confirmatory_report(conf: Confirmatory, out_dir) -> tuple[Any, dict] | list:
     """The confirmatory comparison, once every pair of its teachers (the widening rule
     applied) has finished: tables/<name>.{md,csv,tex} and results/<name>.json (`conf.name`:
-    confirmatory, secondary_confirmatory or ensemble_follow_up)
+    confirmatory, secondary_confirmatory, ensemble_follow_up or factorial_follow_up)
     (`runs`: dataset, method, seed, teacher_seed, teacher_variant, val_acc, test_acc, run_key;
     `confirmatory`: `report.teacher_level_comparison` of TMKD − KD; with a `kd_reference`,
-    `kd_reference`: the same of KD from `kd_variant` − KD from it, whose runs are in `runs` too).
-    Returns (table, statistic: the reference's under its "kd_reference"), or the runs still
-    missing (all of TMKD's before its teacher is chosen)."""
+    `kd_reference`: the same of KD from `kd_variant` − KD from it; when `crossed`, `factorial`:
+    `factorial_statistics`; the runs these read are in `runs` too). Returns (table, statistic,
+    with the reference's under "kd_reference" and the 2 x 2's under "factorial"), or the runs
+    still missing (all of TMKD's before its teacher is chosen)."""
     import numpy as np
     import pandas as pd
 
@@ -252,13 +258,14 @@ def write_confirmatory_report(conf: Confirmatory, out_dir) -> tuple[Any, dict] |
     teachers = conf.widened_teacher_seeds()
     specs = conf.runs(teachers)
     references = conf.reference_runs(teachers)
-    found = [(spec, conf.finished_record(spec)) for spec in specs + references]
+    found = [(spec, conf.finished_record(spec)) for spec in conf.all_runs(teachers)]
     missing = [spec for spec, record in found if record is None]
     if not conf.chosen or missing:
         return [s.title for s in missing] + ([] if conf.chosen else ["TMKD's runs: its teacher is not chosen yet"])
     runs = [{**run_record(spec.dataset, spec.method, record, spec.setting),
              "teacher_variant": spec.setting.removeprefix("teacher=")} for spec, record in found]
-    ours, theirs = runs[:len(specs)], runs[len(specs):]  # the comparison's runs; KD's from `kd_reference`
+    ours = runs[:len(specs)]  # the comparison's runs; then KD's from `kd_reference`, then the crossed cells
+    theirs = runs[len(specs):len(specs) + len(references)]
     statistic = teacher_level_comparison(ours, "TMKD", "KD")
     acc = {m: [100 * r["test_acc"] for r in ours if r["method"] == m] for m in ("KD", "TMKD")}
     row = {
@@ -285,10 +292,32 @@ def write_confirmatory_report(conf: Confirmatory, out_dir) -> tuple[Any, dict] |
         payload.update(kd_reference=kd, kd_reference_variant=ref)
         statistic = {**statistic, "kd_reference": kd}
     table = pd.DataFrame([row])
+    if conf.crossed:  # one row per effect of the 2 x 2, the confirmatory difference d − a first
+        factorial = factorial_statistics(runs, conf.kd_variant.name, conf.tmkd_variant.name)
+        effects = [("all of TMKD", {**statistic, "contrast": "d − a"}),
+                   *((name, factorial[name]) for name in ("teacher", "terms", "interaction")),
+                   *(("simple effect", f) for f in factorial["simple"].values())]
+        table = pd.DataFrame([{"effect": name, "contrast": f["contrast"], "teachers": f["teachers"],
+                               "pairs": f["pairs"], "Δ (points)": f"{f['diff']:+.2f}",
+                               "95% CI": f"[{f['ci_low']:+.2f}, {f['ci_high']:+.2f}]", "half-width": f["half_width"],
+                               "per teacher": ", ".join(f"{t}: {v:+.2f}" for t, v in f["per_teacher_diff"].items()),
+                               "reading": f["verdict"] if name != "simple effect" else "(no reading)"}
+                              for name, f in effects])
+        factorial["cells_test_acc"] = {cell: _mean_sd([100 * r["test_acc"] for r in runs if
+                                                       f"{r['method']} from {r['teacher_variant']}" == cell])
+                                       for cell in factorial["cells"].values()}
+        payload.update(factorial=factorial)
+        statistic = {**statistic, "factorial": factorial}
     out = Outputs(out_dir)
     out.table(table, conf.name, CAPTIONS[conf.name])
     out.results_json(conf.name, payload, runs=runs)
     return table, statistic
+
+
+def _mean_sd(values: list[float]) -> dict[str, float]:
+    import numpy as np
+
+    return {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)), "n": len(values)}
 
 
 def fusion_check_summary(conf: Confirmatory, teacher_seeds) -> dict[str, Any] | None:
@@ -389,33 +418,96 @@ def check_secondary_decisions(secondary: Confirmatory, conf: Confirmatory) -> No
                                f"no widening rule: set it to its {len(secondary.teacher_seeds)} teacher seeds")
 
 
+def _check_reuses_confirmatory(entry: Confirmatory, conf: Confirmatory) -> None:
+    """A follow-up that reuses the confirmatory comparison's runs as they are: its dataset,
+    TMKD teacher, fusion, students per teacher and student seeds, at the teacher seeds it ran,
+    and no widening rule. DecisionMismatch otherwise, naming the setting."""
+    where = entry.where
+    if not (conf.chosen and conf.fusion_settled):
+        raise DecisionMismatch(f"{where} reuses the confirmatory comparison's runs, whose teacher and fusion "
+                               f"setting are not decided yet in {conf.where}: leave it out of the plan until they are")
+    mine = (entry.dataset, entry.tmkd_variant, entry.fusion_adopted, entry.students_per_teacher, entry.seed_base)
+    theirs = (conf.dataset, conf.tmkd_variant, conf.fusion_adopted, conf.students_per_teacher, conf.seed_base)
+    if mine != theirs or entry.fusion_candidate is not None or not entry.fusion_settled:
+        raise DecisionMismatch(f"{where}: the {entry.label} reuses the confirmatory comparison's runs: set its "
+                               "dataset, tmkd_variant, fusion_adopted, students_per_teacher and seed_base to the "
+                               f"confirmatory comparison's {theirs[0]!r}, {theirs[1].name}, {theirs[2]}, {theirs[3]}, "
+                               f"{theirs[4]} (fusion_candidate None, fusion_settled True)")
+    ran = conf.widened_teacher_seeds()
+    if list(entry.teacher_seeds) != ran:
+        raise DecisionMismatch(f"{where}['teacher_seeds'] = {list(entry.teacher_seeds)}, but the confirmatory "
+                               f"comparison's TMKD runs are at teacher seeds {ran}: set it to those")
+    if entry.max_teachers != len(entry.teacher_seeds):
+        raise DecisionMismatch(f"{where}['max_teachers'] = {entry.max_teachers}, but the {entry.label} has no "
+                               f"widening rule: set it to its {len(entry.teacher_seeds)} teacher seeds")
+
+
 def check_follow_up_decisions(follow_up: Confirmatory, conf: Confirmatory) -> None:
     """The ensemble follow-up as docs/protocol.md fixed it ("Follow-up: KD from the RGB
-    ensemble"): the confirmatory comparison's TMKD runs as they are (its dataset, teacher,
-    fusion, students per teacher and student seeds, at teacher seeds it ran), against KD from
-    an ensemble variant, with the confirmatory comparison's KD teacher as `kd_reference`, and
-    no widening rule. DecisionMismatch otherwise, naming the setting."""
-    where = follow_up.where
-    if not (conf.chosen and conf.fusion_settled):
-        raise DecisionMismatch(f"{where} reuses the confirmatory comparison's TMKD runs, whose teacher and fusion "
-                               f"setting are not decided yet in {conf.where}: leave it out of the plan until they are")
-    mine = (follow_up.dataset, follow_up.tmkd_variant, follow_up.fusion_adopted, follow_up.students_per_teacher,
-            follow_up.seed_base)
-    theirs = (conf.dataset, conf.tmkd_variant, conf.fusion_adopted, conf.students_per_teacher, conf.seed_base)
-    if mine != theirs or follow_up.fusion_candidate is not None or not follow_up.fusion_settled:
-        raise DecisionMismatch(f"{where}: the follow-up reuses the confirmatory comparison's TMKD runs: set its dataset, "
-                               "tmkd_variant, fusion_adopted, students_per_teacher and seed_base to the confirmatory "
-                               f"comparison's {theirs[0]!r}, {theirs[1].name}, {theirs[2]}, {theirs[3]}, {theirs[4]} "
-                               "(fusion_candidate None, fusion_settled True)")
-    ran = conf.widened_teacher_seeds()
-    if list(follow_up.teacher_seeds) != ran:
-        raise DecisionMismatch(f"{where}['teacher_seeds'] = {list(follow_up.teacher_seeds)}, but the confirmatory "
-                               f"comparison's TMKD runs are at teacher seeds {ran}: set it to those")
+    ensemble"): the confirmatory comparison's TMKD runs as they are (`_check_reuses_confirmatory`),
+    against KD from an ensemble variant, with the confirmatory comparison's KD teacher as
+    `kd_reference`. DecisionMismatch otherwise, naming the setting."""
+    _check_reuses_confirmatory(follow_up, conf)
     if follow_up.kd_variant.kind != "ensemble" or follow_up.kd_reference != conf.kd_variant:
         have = follow_up.kd_reference.name if follow_up.kd_reference else None
-        raise DecisionMismatch(f"{where}: set 'kd_variant' to an ensemble variant (rgb_ens2) and 'kd_reference' to the "
-                               f"confirmatory comparison's KD teacher {conf.kd_variant.name!r}; it has kd_variant "
-                               f"{follow_up.kd_variant.name!r} ({follow_up.kd_variant.kind}) and kd_reference {have!r}")
-    if follow_up.max_teachers != len(follow_up.teacher_seeds):
-        raise DecisionMismatch(f"{where}['max_teachers'] = {follow_up.max_teachers}, but the follow-up has no "
-                               f"widening rule: set it to its {len(follow_up.teacher_seeds)} teacher seeds")
+        raise DecisionMismatch(f"{follow_up.where}: set 'kd_variant' to an ensemble variant (rgb_ens2) and "
+                               f"'kd_reference' to the confirmatory comparison's KD teacher {conf.kd_variant.name!r}; "
+                               f"it has kd_variant {follow_up.kd_variant.name!r} ({follow_up.kd_variant.kind}) and "
+                               f"kd_reference {have!r}")
+
+
+def check_factorial_decisions(factorial: Confirmatory, conf: Confirmatory) -> None:
+    """The factorial follow-up as docs/protocol.md fixed it ("Follow-up: what earns TMKD's
+    CIFAR-100 gain, teacher × terms"): the confirmatory comparison's runs as they are
+    (`_check_reuses_confirmatory`), with its KD teacher too, `crossed`. DecisionMismatch
+    otherwise, naming the setting."""
+    _check_reuses_confirmatory(factorial, conf)
+    if factorial.kd_variant != conf.kd_variant or not factorial.crossed:
+        raise DecisionMismatch(f"{factorial.where}: the factorial follow-up crosses the confirmatory comparison's "
+                               f"teachers: set 'kd_variant' to {conf.kd_variant.name!r} and 'crossed' to true; it has "
+                               f"{factorial.kd_variant.name!r} and crossed {factorial.crossed}")
+
+
+def factorial_statistics(runs: list[dict], kd_variant: str, tmkd_variant: str) -> dict[str, Any]:
+    """docs/protocol.md, "Follow-up: what earns TMKD's CIFAR-100 gain, teacher × terms". With, per
+    (teacher seed t, student seed i), a = KD and b = TMKD from `kd_variant`'s teacher, c = KD and
+    d = TMKD from `tmkd_variant`'s:
+
+        teacher      T = ½ [(c − a) + (d − b)]
+        terms        E = ½ [(b − a) + (d − c)]          T + E = d − a
+        interaction  I = (d − b) − (c − a)
+
+    each `report.teacher_level_comparison` (mean of the teacher means, t-interval over
+    teachers, its reading), and under `simple` the four simple effects b − a, d − b, c − a,
+    d − c the same way (no reading pre-registered). `runs`: records with `method`,
+    `teacher_variant`, `teacher_seed`, `seed`, `test_acc`."""
+    from .report import teacher_level_comparison
+
+    acc = {(r["method"], r["teacher_variant"], r["teacher_seed"], r["seed"]): r["test_acc"] for r in runs}
+    pairs = sorted({(t, s) for (_, _, t, s) in acc})
+    cells = {"a": ("KD", kd_variant), "b": ("TMKD", kd_variant), "c": ("KD", tmkd_variant), "d": ("TMKD", tmkd_variant)}
+    missing = [f"{m} from {v} (teacher seed {t}, seed {s})" for t, s in pairs for m, v in cells.values()
+               if (m, v, t, s) not in acc]
+    if missing:
+        raise ValueError(f"the 2 x 2 lacks {len(missing)} run(s): {', '.join(missing[:4])}")
+
+    def contrast(name: str, ours: dict[str, float], theirs: dict[str, float], method: str, reference: str) -> dict:
+        """The teacher-level statistic of sum(ours[x] * x) − sum(theirs[x] * x) over the cells x."""
+        def side(label, weights):
+            return [{"method": label, "teacher_seed": t, "seed": s,
+                     "test_acc": sum(w * acc[(*cells[x], t, s)] for x, w in weights.items())} for t, s in pairs]
+        return {"contrast": name, **teacher_level_comparison(side(method, ours) + side(reference, theirs),
+                                                             method, reference)}
+
+    kd, mv, tmkd_loss, kd_loss = f"KD from {kd_variant}", f"KD from {tmkd_variant}", "TMKD's loss", "KD's loss"
+    return {
+        "teacher": contrast("½[(c − a) + (d − b)]", {"c": .5, "d": .5}, {"a": .5, "b": .5}, tmkd_variant, kd_variant),
+        "terms": contrast("½[(b − a) + (d − c)]", {"b": .5, "d": .5}, {"a": .5, "c": .5}, tmkd_loss, kd_loss),
+        "interaction": contrast("(d − b) − (c − a)", {"d": 1, "a": 1}, {"b": 1, "c": 1},
+                                f"{tmkd_variant}'s gain under TMKD's loss", f"{tmkd_variant}'s gain under KD's"),
+        "cells": {x: f"{m} from {v}" for x, (m, v) in cells.items()},
+        "simple": {
+            "b − a": contrast("b − a", {"b": 1}, {"a": 1}, f"TMKD from {kd_variant}", kd),
+            "d − b": contrast("d − b", {"d": 1}, {"b": 1}, f"TMKD from {tmkd_variant}", f"TMKD from {kd_variant}"),
+            "c − a": contrast("c − a", {"c": 1}, {"a": 1}, mv, kd),
+            "d − c": contrast("d − c", {"d": 1}, {"c": 1}, f"TMKD from {tmkd_variant}", mv)}}

@@ -7,6 +7,7 @@ teachers"), each resolved once by its study (tmkd_core.study.Study) into one typ
     conf.runs(conf.teacher_seeds)             # the student runs, teacher seed by teacher seed
     Study.of("cpu").secondary_confirmatory    # the same on another dataset, its teacher fixed beforehand
     Study.of("cpu").ensemble_follow_up        # the same with KD given the RGB ensemble (`kd_reference`)
+    Study.of("cpu").factorial_follow_up       # the confirmatory comparison crossed: {KD, TMKD} x both teachers
 
 A variant (`config.TEACHER_VARIANTS`) is a teacher's training recipe as overrides of a
 dataset's configuration. Its compute is counted in view-epochs, one forward and backward pass
@@ -138,7 +139,10 @@ class Confirmatory:
     `teacher_report.check_secondary_decisions`. So is its `ensemble_follow_up` ("Follow-up: KD
     from the RGB ensemble"): the confirmatory comparison's TMKD runs against KD from an
     ensemble, and KD from the ensemble against KD from `kd_reference` (the confirmatory
-    comparison's KD teacher) at the same student seeds (`teacher_report.check_follow_up_decisions`)."""
+    comparison's KD teacher) at the same student seeds (`teacher_report.check_follow_up_decisions`).
+    So is its `factorial_follow_up` ("Follow-up: what earns TMKD's CIFAR-100 gain"): the
+    confirmatory comparison `crossed`, each method also distilled from the other's teacher
+    (`teacher_report.check_factorial_decisions`, `teacher_report.factorial_statistics`)."""
 
     profile: str  # the configuration profile (Study.profile)
     dataset: str
@@ -155,11 +159,13 @@ class Confirmatory:
     where: str = "the study's confirmatory entry"  # where it is declared, for the errors that name a setting
     name: str = "confirmatory"  # its study key, and the stem of its report's files
     kd_reference: TeacherVariant | None = None  # also compared: KD from kd_variant − KD from this teacher
+    crossed: bool = False  # also run: KD from tmkd_variant and TMKD from kd_variant (a 2 x 2)
 
     @classmethod
     def from_plan(cls, profile: str, plan: dict[str, Any], store: str | None = None,
                   where: str | None = None, name: str = "confirmatory") -> "Confirmatory":
-        """From a study's `confirmatory` (`secondary_confirmatory`, `ensemble_follow_up`) entry (tmkd_core.study)."""
+        """From a study's `confirmatory` (`secondary_confirmatory`, `ensemble_follow_up`,
+        `factorial_follow_up`) entry (tmkd_core.study)."""
         tmkd = plan.get("tmkd_variant")
 
         def items(d):
@@ -171,7 +177,8 @@ class Confirmatory:
                    items(plan.get("fusion_candidate")), bool(plan.get("fusion_settled")),
                    items(plan.get("fusion_adopted")), store,
                    f"{where}[{name!r}]" if where else f"the study's {name} entry", name,
-                   TeacherVariant.named(plan["kd_reference"]) if plan.get("kd_reference") else None)
+                   TeacherVariant.named(plan["kd_reference"]) if plan.get("kd_reference") else None,
+                   bool(plan.get("crossed")))
 
     @property
     def secondary(self) -> bool:
@@ -179,7 +186,8 @@ class Confirmatory:
 
     @property
     def label(self) -> str:
-        """How messages and figures name it: "confirmatory", "secondary confirmatory", "ensemble follow-up"."""
+        """How messages and figures name it: "confirmatory", "secondary confirmatory", "ensemble follow-up",
+        "factorial follow-up"."""
         return self.name.replace("_", " ").replace("follow up", "follow-up")
 
     @property
@@ -211,6 +219,19 @@ class Confirmatory:
         if self.kd_reference is None:
             return []
         return [self._run("KD", self.kd_reference, t, s) for t in teacher_seeds for s in self.student_seeds(t)]
+
+    def crossed_runs(self, teacher_seeds) -> list:
+        """When `crossed`, at the student seeds of `runs`: KD from TMKD's teacher (fused as TMKD's
+        is, `fusion_adopted`) and TMKD from KD's, the two cells that make the comparison a 2 x 2."""
+        if not (self.crossed and self.chosen and self.fusion_settled):
+            return []
+        return [self._run(method, v, t, s, fusion) for t in teacher_seeds for s in self.student_seeds(t)
+                for method, v, fusion in (("KD", self.tmkd_variant, self.fusion_adopted or ()),
+                                          ("TMKD", self.kd_variant, ()))]
+
+    def all_runs(self, teacher_seeds) -> list:
+        """Every run its report reads: `runs`, then `reference_runs` and `crossed_runs`."""
+        return self.runs(teacher_seeds) + self.reference_runs(teacher_seeds) + self.crossed_runs(teacher_seeds)
 
     def tmkd_teacher_runs(self, teacher_seeds) -> list:
         """Once TMKD's teacher is chosen: one TMKD run (default fusion) per teacher seed, never
