@@ -777,3 +777,18 @@ def test_the_factorial_follow_up_adds_only_its_24_crossed_runs_last(monkeypatch)
 
     with pytest.raises(DecisionMismatch, match="runs after teachers and secondary and follow_up .*: add follow_up"):
         plan_tasks(study, ["teachers", "confirmatory", "secondary", "factorial"], costs=False)
+
+
+def test_the_plan_refuses_a_factorial_entry_that_departs_from_the_design(monkeypatch):
+    """check_factorial_decisions runs in plan_tasks: an entry that is not crossed stops the plan."""
+    from dataclasses import replace
+
+    from tmkd_core.teacher_report import DecisionMismatch
+
+    monkeypatch.setattr("tmkd_core.plan.check_confirmatory_decisions", lambda *a, **k: None)  # no check run here
+    monkeypatch.setattr("tmkd_core.study.finished_record", lambda spec, profile, store: {"test_acc": 0.5})
+    study = cpu()
+    wrong = replace(study, factorial_follow_up=replace(study.factorial_follow_up, crossed=False))
+    with pytest.raises(DecisionMismatch, match=r"\['factorial_follow_up'\]: the factorial follow-up crosses"):
+        plan_tasks(wrong, ["teachers", "confirmatory", "secondary", "follow_up", "factorial"], costs=False)
+    assert len(plan_tasks(study, ["teachers", "confirmatory", "secondary", "follow_up", "factorial"], costs=False))

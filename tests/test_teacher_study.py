@@ -471,6 +471,10 @@ def test_the_factorial_follow_up_crosses_the_confirmatory_comparison_and_refuses
     assert tmkd_rgb.views.views == ("rgb",) and tmkd_rgb.teacher == kd_rgb.teacher
     assert (tmkd_rgb.student.distiller, tmkd_rgb.student.beta, tmkd_rgb.student.vlc) == (
         tmkd_mv.student.distiller, tmkd_mv.student.beta, tmkd_mv.student.vlc)
+    # a fusion setting the confirmatory check adopted is the multi-view teacher's, whatever the loss
+    adopted = replace(factorial, fusion_adopted=(("fusion.tau_w", 0.03),))
+    fused = {r.method: r.config("cpu").fusion.tau_w for r in adopted.crossed_runs(seeds)}
+    assert fused == {"KD": 0.03, "TMKD": tmkd_rgb.fusion.tau_w} and tmkd_rgb.fusion.tau_w != 0.03
     monkeypatch.setattr("tmkd_core.study.finished_record", lambda spec, profile, store: {"test_acc": 0.5})
     check = teacher_report.check_factorial_decisions
     check(factorial, conf)
@@ -489,25 +493,32 @@ def test_the_factorial_statistics_by_hand():
     each over the teacher means, on cells whose effects are known; T + E = d − a."""
     from tmkd_core.teacher_report import factorial_statistics
 
-    # per teacher t: a = 50, b = 50 + 0.2, c = 50 - 0.4 + e(t), d = 50 + 1.0 + e(t) (points), e(t) a teacher effect
+    # per teacher t and student i (points): a = 50, b = 50.2 + g(t), c = 49.6 + e(t),
+    # d = 51.0 + e(t) + 0.03 i; e(t) a teacher effect, g(t) a teacher's own gain from TMKD's terms
     e = {0: 0.3, 1: -0.1, 2: 0.2, 3: 0.0}
-    cells = {("KD", "rgb_ft30"): lambda t: 50.0, ("TMKD", "rgb_ft30"): lambda t: 50.2,
-             ("KD", "mv_ft10"): lambda t: 49.6 + e[t], ("TMKD", "mv_ft10"): lambda t: 51.0 + e[t]}
+    g = {0: 0.1, 1: -0.1, 2: 0.0, 3: 0.2}
+    cells = {("KD", "rgb_ft30"): lambda t, i: 50.0, ("TMKD", "rgb_ft30"): lambda t, i: 50.2 + g[t],
+             ("KD", "mv_ft10"): lambda t, i: 49.6 + e[t], ("TMKD", "mv_ft10"): lambda t, i: 51.0 + e[t] + 0.03 * i}
     runs = [{"method": m, "teacher_variant": v, "teacher_seed": t, "seed": 200 + 10 * t + i,
-             "test_acc": (f(t) + 0.05 * i) / 100} for (m, v), f in cells.items() for t in e for i in range(3)]
+             "test_acc": (f(t, i) + 0.05 * i) / 100} for (m, v), f in cells.items() for t in e for i in range(3)]
     f = factorial_statistics(runs, "rgb_ft30", "mv_ft10")
-    te = {t: ((-0.4 + e[t]) + (0.8 + e[t])) / 2 for t in e}  # ½[(c − a) + (d − b)]
-    assert f["teacher"]["per_teacher_diff"] == pytest.approx(te)
-    assert f["teacher"]["diff"] == pytest.approx(np.mean(list(te.values())))
-    assert f["terms"]["diff"] == pytest.approx((0.2 + 1.4) / 2) and f["terms"]["half_width"] == pytest.approx(0, abs=1e-9)
-    # (d − b) − (c − a) = (0.8 + e) − (−0.4 + e): the teacher effect e(t) cancels
-    assert f["interaction"]["diff"] == pytest.approx(1.2) and f["interaction"]["half_width"] == pytest.approx(0, abs=1e-9)
-    total = {t: 1.0 + e[t] for t in e}  # d − a
+    # the mean of 0.03 i over i = 0, 1, 2 is 0.03; the 0.05 i shared by every cell cancels
+    expected = {"teacher": {t: ((-0.4 + e[t]) + (0.8 + e[t] - g[t] + 0.03)) / 2 for t in e},
+                "terms": {t: ((0.2 + g[t]) + (1.4 + 0.03)) / 2 for t in e},
+                "interaction": {t: (0.8 + e[t] - g[t] + 0.03) - (-0.4 + e[t]) for t in e}}  # e(t) cancels
+    for name, per_teacher in expected.items():
+        means = list(per_teacher.values())
+        assert f[name]["per_teacher_diff"] == pytest.approx(per_teacher), name
+        assert f[name]["diff"] == pytest.approx(np.mean(means)), name
+        assert f[name]["half_width"] == pytest.approx(3.1824 * np.std(means, ddof=1) / 2, rel=1e-4), name  # t(0.975, 3)
+    # the students' spread within a teacher is kept: d − b differs between student seeds
+    assert f["interaction"]["per_teacher_pairs"][0] == pytest.approx([1.2 - 0.1 + 0.03 * i for i in range(3)])
+    total = {t: 1.0 + e[t] + 0.03 for t in e}  # d − a
     assert {t: f["teacher"]["per_teacher_diff"][t] + f["terms"]["per_teacher_diff"][t] for t in e} == pytest.approx(total)
-    sd = np.std(list(te.values()), ddof=1)
-    assert f["teacher"]["ci_high"] - f["teacher"]["diff"] == pytest.approx(3.1824 * sd / 2, rel=1e-4)  # t(0.975, 3)
     assert f["terms"]["verdict"] == "TMKD's loss beats KD's loss" and f["teacher"]["teachers"] == 4
-    assert f["simple"]["b − a"]["diff"] == pytest.approx(0.2) and f["simple"]["d − c"]["diff"] == pytest.approx(1.4)
+    assert f["simple"]["b − a"]["diff"] == pytest.approx(0.2 + np.mean(list(g.values())))
+    assert f["simple"]["d − c"]["diff"] == pytest.approx(1.43)
+    assert all("verdict" not in s for s in f["simple"].values())  # no reading pre-registered for them
     assert f["cells"] == {"a": "KD from rgb_ft30", "b": "TMKD from rgb_ft30", "c": "KD from mv_ft10",
                           "d": "TMKD from mv_ft10"}
     with pytest.raises(ValueError, match=r"lacks 1 run\(s\): KD from mv_ft10 \(teacher seed 0, seed 200\)"):
@@ -516,6 +527,8 @@ def test_the_factorial_statistics_by_hand():
 
 
 def test_the_factorial_report_gives_every_effect_and_lists_all_48_runs(monkeypatch, tmp_path):
+    """factorial_follow_up.{md,tex,json}: a row per effect (d − a, teacher, terms, interaction,
+    the four simple effects), the 24 reused and 24 crossed runs, each cell's mean accuracy."""
     from tmkd_core.teacher_report import write_confirmatory_report
 
     factorial = Study.of("cpu").factorial_follow_up

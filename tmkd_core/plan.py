@@ -257,7 +257,8 @@ def _study_reports(study: Study, out_dir: str | None, teachers: bool, confirmato
                   + ("; ..." if len(report) > 3 else ""), file=sys.stderr)
             code = 1
             continue
-        print(report[0].T.to_string(header=False))
+        table = report[0]  # one row (transposed to read) or one row per effect (the factorial follow-up)
+        print(table.T.to_string(header=False) if len(table) == 1 else table.to_string(index=False))
         print(f"written: {out_dir}/tables/{comparison.name}.md, {out_dir}/results/{comparison.name}.json")
     return code
 

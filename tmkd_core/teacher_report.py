@@ -301,7 +301,7 @@ def write_confirmatory_report(conf: Confirmatory, out_dir) -> tuple[Any, dict] |
                                "pairs": f["pairs"], "Δ (points)": f"{f['diff']:+.2f}",
                                "95% CI": f"[{f['ci_low']:+.2f}, {f['ci_high']:+.2f}]", "half-width": f["half_width"],
                                "per teacher": ", ".join(f"{t}: {v:+.2f}" for t, v in f["per_teacher_diff"].items()),
-                               "reading": f["verdict"] if name != "simple effect" else "(no reading)"}
+                               "reading": f.get("verdict", "(no reading)")}
                               for name, f in effects])
         factorial["cells_test_acc"] = {cell: _mean_sd([100 * r["test_acc"] for r in runs if
                                                        f"{r['method']} from {r['teacher_variant']}" == cell])
@@ -479,7 +479,7 @@ def factorial_statistics(runs: list[dict], kd_variant: str, tmkd_variant: str) -
 
     each `report.teacher_level_comparison` (mean of the teacher means, t-interval over
     teachers, its reading), and under `simple` the four simple effects b − a, d − b, c − a,
-    d − c the same way (no reading pre-registered). `runs`: records with `method`,
+    d − c the same way, without a `verdict` (no reading pre-registered). `runs`: records with `method`,
     `teacher_variant`, `teacher_seed`, `seed`, `test_acc`."""
     from .report import teacher_level_comparison
 
@@ -506,8 +506,9 @@ def factorial_statistics(runs: list[dict], kd_variant: str, tmkd_variant: str) -
         "interaction": contrast("(d − b) − (c − a)", {"d": 1, "a": 1}, {"b": 1, "c": 1},
                                 f"{tmkd_variant}'s gain under TMKD's loss", f"{tmkd_variant}'s gain under KD's"),
         "cells": {x: f"{m} from {v}" for x, (m, v) in cells.items()},
-        "simple": {
-            "b − a": contrast("b − a", {"b": 1}, {"a": 1}, f"TMKD from {kd_variant}", kd),
-            "d − b": contrast("d − b", {"d": 1}, {"b": 1}, f"TMKD from {tmkd_variant}", f"TMKD from {kd_variant}"),
-            "c − a": contrast("c − a", {"c": 1}, {"a": 1}, mv, kd),
-            "d − c": contrast("d − c", {"d": 1}, {"c": 1}, f"TMKD from {tmkd_variant}", mv)}}
+        "simple": {name: {k: v for k, v in contrast(name, *weights).items() if k != "verdict"}
+                   for name, weights in {
+                       "b − a": ({"b": 1}, {"a": 1}, f"TMKD from {kd_variant}", kd),
+                       "d − b": ({"d": 1}, {"b": 1}, f"TMKD from {tmkd_variant}", f"TMKD from {kd_variant}"),
+                       "c − a": ({"c": 1}, {"a": 1}, mv, kd),
+                       "d − c": ({"d": 1}, {"c": 1}, f"TMKD from {tmkd_variant}", mv)}.items()}}
