@@ -308,6 +308,10 @@ def test_the_per_teacher_figure_draws_each_teachers_mean_and_the_interval_over_t
     assert {((0.8, 1.2), (2, 2)), ((1.0,), (2,))} <= drawn  # teacher 0: its students' range and its mean
     assert {((-0.2, 0.2), (1, 1)), ((0.0,), (1,)), ((0.5,), (0,))} <= drawn  # teachers 1 and 2
     assert len(fig.axes) == 2
+    # five comparisons wrap onto two rows of three, the sixth place left empty
+    fig = teacher_differences_figure([(name, s) for name in "abcde"])
+    assert [ax.get_title(loc="left") for ax in fig.axes if ax.get_visible()] == list("abcde")
+    assert len(fig.axes) == 6 and fig.get_size_inches()[0] == pytest.approx(3 * 5.2)
 
 
 def assert_each_refused(check, entry, conf, wrongs) -> None:

@@ -203,14 +203,19 @@ def teacher_forest(ax, statistic: dict[str, Any], title: str) -> None:
     ax.set_xlabel(f"Δ {statistic['metric'].removesuffix('_acc')} accuracy (points)")
 
 
-def teacher_differences_figure(panels: Sequence[tuple[str, dict[str, Any]]]) -> "plt.Figure":
+def teacher_differences_figure(panels: Sequence[tuple[str, dict[str, Any]]], per_row: int = 3) -> "plt.Figure":
     """Notebook 04's per-teacher picture: one `teacher_forest` per comparison (title,
-    `teacher_level_comparison`), side by side, each on its own scale."""
+    `teacher_level_comparison`), `per_row` side by side (so that the figure stays readable
+    on a page), each on its own scale."""
     import matplotlib.pyplot as plt
 
-    rows = max(len(s["per_teacher_pairs"]) for _, s in panels) + 1
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 0.45 * rows + 1.6), layout="constrained",
+    lines = max(len(s["per_teacher_pairs"]) for _, s in panels) + 1
+    cols = min(per_row, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, (0.45 * lines + 1.6) * rows), layout="constrained",
                              squeeze=False)
-    for ax, (title, statistic) in zip(axes[0], panels):
+    for ax, (title, statistic) in zip(axes.flat, panels):
         teacher_forest(ax, statistic, title)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
     return fig
