@@ -306,6 +306,37 @@ def test_estimates_are_corrected_by_the_times_finished_artefacts_record(cifar_cf
     assert Progress(1e9, 1).read_records([finished, pending]).estimate(pending) == pytest.approx(2.0)
 
 
+def test_a_task_resuming_from_its_last_epoch_is_estimated_for_the_epochs_it_has_left(cifar_cfg, tmp_path):
+    """Its resumable checkpoint (in the data root, else in the store) holds the epochs done: a
+    student of E epochs resuming after epoch k is estimated at (E − k) / E of its work, and its
+    time, once finished, corrects the estimates against that share, not the whole."""
+    from dataclasses import replace as with_
+
+    cfg = with_(cifar_cfg, student=with_(cifar_cfg.student, optim=with_(cifar_cfg.student.optim, epochs=10)))
+    state = {"epoch": 4, "model": {}, "optimizer": {}, "scheduler": {}, "history": []}
+    resumed = Task("student", cfg, "KD seed 0", "student:a", tmp_path / "a.json", cost_flop=10e9,
+                   partial=tmp_path / "a.pt")
+    torch.save(state, resumed.partial)
+    fresh = Task("student", cfg, "KD seed 1", "student:b", tmp_path / "b.json", cost_flop=10e9,
+                 partial=tmp_path / "b.pt")
+    progress = Progress(rate=1e9, jobs=1).read_partials([resumed, fresh])
+    assert progress.estimate(resumed) == pytest.approx(6.0) and progress.estimate(fresh) == pytest.approx(10.0)
+    progress.finished(resumed, 12.0)  # its 6 epochs took twice their estimate: so will the fresh run's 10
+    assert progress.estimate(fresh) == pytest.approx(20.0)
+    # kept in the store only (a fresh clone, before the plan restores it): read there
+    store = tmp_path / "store"
+    kept = Task("student", cfg, "KD seed 2", "student:c", tmp_path / "c.json", cost_flop=10e9,
+                partial=Path(cfg.data.root) / "absent" / "c.pt")
+    from tmkd_core.store import stored_partial
+
+    stored_partial(kept, store).parent.mkdir(parents=True)
+    torch.save({**state, "epoch": 9}, stored_partial(kept, store))
+    assert Progress(1e9, 1).read_partials([kept], store).estimate(kept) == pytest.approx(1.0)
+    assert Progress(1e9, 1).read_partials([kept]).estimate(kept) == pytest.approx(10.0)  # without the store
+    resumed.partial.write_bytes(b"damaged")  # unreadable: counted as not started, never fatal
+    assert Progress(1e9, 1).read_partials([resumed]).estimate(resumed) == pytest.approx(10.0)
+
+
 def test_caches_that_no_task_left_to_run_reads_are_not_built(cifar_cfg):
     missing = Path("/nonexistent")  # no artefact exists: nothing is done
     teacher = Task("rgb_teacher", cifar_cfg, "teacher", "rgb_teacher:t", missing / "t")

@@ -52,6 +52,13 @@ def stage_flop(pipe: Pipeline, stage: str) -> float:
     return cfg.student.optim.epochs * n * per_image + evals
 
 
+def stage_epochs(cfg, stage: str) -> int | None:
+    """The epochs a training stage runs (its resumable checkpoint holds how many are done);
+    None for the teacher-output cache, which counts replicas."""
+    return {"rgb_teacher": cfg.teacher.optim.epochs, "multiview_teacher": cfg.teacher.multiview_optim.epochs,
+            "student": cfg.student.optim.epochs}.get(stage)
+
+
 def measure_rate(threads: int, seconds: float = 2.0) -> float:
     """FLOP/s of resnet8 training steps (batch 128) at `threads` threads on this machine."""
     import torch.nn.functional as F

@@ -417,7 +417,7 @@ def main(argv=None) -> int:
         return 2
     if args.dry_run:
         rate = measure_worker_rate(worker_threads(args.jobs), args.jobs)
-        progress = Progress(rate, args.jobs).read_records(tasks, store)
+        progress = Progress(rate, args.jobs).read_records(tasks, store).read_partials(tasks, store)
 
         def stored(t):
             kept = stored_copy(t, store) if store is not None else None

@@ -155,15 +155,22 @@ def hms(seconds: float) -> str:
 
 class Progress:
     """Estimated seconds per task, corrected by the tasks that finished (before any of a
-    stage has finished here: by the times recorded in the finished artefacts of that stage)."""
+    stage has finished here: by the times recorded in the finished artefacts of that stage).
+    A task that resumes from its last epoch's checkpoint is estimated for the epochs it has left
+    (`read_partials`)."""
 
     def __init__(self, rate: float, jobs: int):
         self.rate, self.jobs = rate, jobs
         self.measured: dict[str, list[tuple[float, float]]] = {}  # stage -> (estimated, actual)
         self.recorded: dict[str, list[tuple[float, float]]] = {}  # the same, from artefacts found at the start
+        self.left_fraction: dict[str, float] = {}  # task key -> the share of its epochs left (a resumed task)
+
+    def _operations_time(self, task: Task) -> float:
+        """Seconds at the measured rate for the work `task` has left."""
+        return task.cost_flop / self.rate * self.left_fraction.get(task.key, 1.0)
 
     def estimate(self, task: Task) -> float:
-        est = task.cost_flop / self.rate
+        est = self._operations_time(task)
         pairs = (self.measured.get(task.stage) or self.recorded.get(task.stage)
                  or [p for v in self.measured.values() for p in v])
         if pairs:
@@ -171,7 +178,30 @@ class Progress:
         return est
 
     def finished(self, task: Task, seconds: float) -> None:
-        self.measured.setdefault(task.stage, []).append((task.cost_flop / self.rate, seconds))
+        # a resumed task's seconds are those of the epochs it had left: compared with their estimate
+        self.measured.setdefault(task.stage, []).append((self._operations_time(task), seconds))
+
+    def read_partials(self, tasks: list[Task], store: Path | None = None) -> "Progress":
+        """The share of its epochs each unfinished task has left, from its resumable checkpoint
+        (in the data root, else in `store`, which a plan restores at its start): (epochs − the
+        checkpoint's epoch) / epochs. Unreadable ones count as not started."""
+        from .costs import stage_epochs
+        from .store import partial_epoch, stored_partial
+        from .utils import DamagedArtifact
+
+        for task in tasks:
+            total = stage_epochs(task.cfg, task.stage)
+            if task.partial is None or not total or task.done():
+                continue
+            path = task.partial if task.partial.exists() else stored_partial(task, store) if store else None
+            if path is None or not path.exists():
+                continue
+            try:
+                epoch = partial_epoch(path)
+            except (OSError, ValueError, KeyError, TypeError, DamagedArtifact):  # an estimate never stops the plan
+                continue
+            self.left_fraction[task.key] = min(max(1.0 - epoch / total, 0.0), 1.0)
+        return self
 
     def read_records(self, tasks: list[Task], store: Path | None = None) -> "Progress":
         """The training times recorded in the finished artefacts among `tasks` (in the data
@@ -287,7 +317,7 @@ def _run_holding_the_lock(tasks: list[Task], jobs: int, log_dir: Path, say, hear
         say(f"[plan] the {executor.name} executor could not start: {type(exc).__name__}: {exc}")
         return 1
     progress = Progress(rate, jobs)
-    progress.read_records(tasks)
+    progress.read_records(tasks).read_partials(pending)
     say(f"[plan] {total} tasks, {skipped} done or not needed; {len(pending)} to run on "
         f"{executor.describe(jobs, threads)}; measured {rate / 1e9:.1f} GFLOP/s per worker; estimated "
         f"{hms(progress.left(pending, {}))}")
