@@ -252,26 +252,21 @@ for c in study.confirmatory_comparisons:
         if c.kd_reference is not None:
             panels.append((f"{c.dataset} ({c.label}): KD from {c.kd_variant.name} − KD from {c.kd_reference.name}",
                            by_teacher[c.name]["kd_reference"]))
-if panels:
-    out.figure(teacher_differences_figure(panels), "teacher_differences")
-    for title, s in panels:
-        print(f"{title}: {s['diff']:+.2f} [{s['ci_low']:+.2f}, {s['ci_high']:+.2f}] over {s['teachers']} teachers "
-              f"({s['pairs']} pairs); within-teacher sd {s['within_teacher_sd']:.2f}, between-teacher sd "
-              f"{s['between_teacher_sd']:.2f}")
-
-# %%
+# the factorial follow-up's three effects, drawn the same way, as a figure of their own
 factorial = next((c for c in study.confirmatory_comparisons if c.crossed and c.name in by_teacher), None)
-if factorial is not None:
-    effects = by_teacher[factorial.name]["factorial"]
-    cells = ", ".join(f"{x} = {cell}" for x, cell in effects["cells"].items())
-    out.figure(teacher_differences_figure(
-        [(f"{factorial.dataset} ({factorial.label}): {name} {effects[name]['contrast']}", effects[name])
-         for name in ("teacher", "terms", "interaction")]), "factorial_effects")
-    print(cells)
-    for name in ("teacher", "terms", "interaction"):
-        e = effects[name]
-        print(f"{name} {e['contrast']}: {e['diff']:+.2f} [{e['ci_low']:+.2f}, {e['ci_high']:+.2f}] over "
-              f"{e['teachers']} teachers: {e['verdict']}")
+effects = by_teacher[factorial.name]["factorial"] if factorial is not None else {}
+factorial_panels = [(f"{factorial.dataset} ({factorial.label}): {name} {effects[name]['contrast']}", effects[name])
+                    for name in ("teacher", "terms", "interaction")] if effects else []
+for name, shown in (("teacher_differences", panels), ("factorial_effects", factorial_panels)):
+    if shown:
+        out.figure(teacher_differences_figure(shown), name)
+for title, s in panels + factorial_panels:
+    print(f"{title}: {s['diff']:+.2f} [{s['ci_low']:+.2f}, {s['ci_high']:+.2f}] over {s['teachers']} teachers "
+          f"({s['pairs']} pairs); within-teacher sd {s['within_teacher_sd']:.2f}, between-teacher sd "
+          f"{s['between_teacher_sd']:.2f}")
+if effects:  # the factorial effects' pre-registered readings, and what a, b, c, d are
+    print(", ".join(f"{x} = {cell}" for x, cell in effects["cells"].items()))
+    print("; ".join(f"{name}: {effects[name]['verdict']}" for name in ("teacher", "terms", "interaction")))
 
 # %% tags=["nbval-check"]
 # NBVAL_CHECK_OUTPUT
