@@ -139,7 +139,7 @@ if p is not None and p.dataset == datasets[0]:
 # factorial follow-up ("Follow-up: what earns TMKD's CIFAR-100 gain, teacher × terms") crosses
 # the confirmatory comparison, KD from its multi-view teacher and TMKD from its RGB teacher, to
 # split TMKD's difference into what the teacher brings and what TMKD's loss brings. All read
-# the plan's runs (`--parts confirmatory secondary follow_up factorial`) and train nothing;
+# the plan's runs (`--parts teachers confirmatory secondary follow_up factorial`) and train nothing;
 # until a comparison's runs have all finished it says what it waits for.
 
 # %%

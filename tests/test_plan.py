@@ -292,7 +292,7 @@ def test_estimates_are_corrected_by_the_times_finished_artefacts_record(cifar_cf
     progress = Progress(rate=1e9, jobs=1)
     assert progress.estimate(pending) == pytest.approx(2.0)  # operations alone
     assert progress.read_records([finished, pending]).estimate(pending) == pytest.approx(60.0)  # 30x, as recorded
-    # a teacher kept in the store only (a fresh clone) corrects the teachers, not a student's record
+    # a teacher kept in the store only (a fresh clone) corrects the teachers
     root = Path(cifar_cfg.data.root)
     kept_teacher = Task("rgb_teacher", cifar_cfg, "teacher 0", "rgb_teacher:a", root / "absent" / "t0.pt",
                         cost_flop=1e9)
@@ -300,8 +300,11 @@ def test_estimates_are_corrected_by_the_times_finished_artefacts_record(cifar_cf
     store = tmp_path / "store"
     stored_copy(kept_teacher, store).parent.mkdir(parents=True)
     torch.save({"info": {"train_time_s": 100.0}, "model": {}}, stored_copy(kept_teacher, store))
-    assert Progress(1e9, 1).read_records([finished, teacher]).estimate(teacher) == pytest.approx(1.0)
     assert Progress(1e9, 1).read_records([kept_teacher, teacher], store).estimate(teacher) == pytest.approx(100.0)
+    # a teacher's own stage's times come first; with none, every stage's recorded times correct it
+    assert Progress(1e9, 1).read_records([finished, kept_teacher, teacher], store).estimate(teacher) == \
+        pytest.approx(100.0)
+    assert Progress(1e9, 1).read_records([finished, teacher]).estimate(teacher) == pytest.approx(30.0)
     record.write_text("{not json")  # unreadable: skipped, never fatal
     assert Progress(1e9, 1).read_records([finished, pending]).estimate(pending) == pytest.approx(2.0)
 
@@ -335,6 +338,16 @@ def test_a_task_resuming_from_its_last_epoch_is_estimated_for_the_epochs_it_has_
     assert Progress(1e9, 1).read_partials([kept]).estimate(kept) == pytest.approx(10.0)  # without the store
     resumed.partial.write_bytes(b"damaged")  # unreadable: counted as not started, never fatal
     assert Progress(1e9, 1).read_partials([resumed]).estimate(resumed) == pytest.approx(10.0)
+    # a teacher-output cache stopped after 3 of its 10 replicas (TeacherCache's count), with no
+    # cache timed yet: 7/10 of its operations, corrected by what the other stages recorded
+    cache = Task("teacher_cache", cfg, "cache", "teacher_cache:d", tmp_path / "teacher_d" / "meta.json", cost_flop=10e9)
+    cache.artefact.parent.mkdir()
+    (cache.artefact.parent / "replicas_written.json").write_text(json.dumps({"replicas": 3, "shape": [10, 5, 1, 8]}))
+    record = tmp_path / "finished.json"
+    record.write_text(json.dumps({"train_time_s": 30.0}))
+    finished = Task("student", cfg, "KD seed 3", "student:e", record, cost_flop=10e9)
+    assert Progress(1e9, 1).read_partials([cache]).estimate(cache) == pytest.approx(7.0)
+    assert Progress(1e9, 1).read_records([finished]).read_partials([cache]).estimate(cache) == pytest.approx(21.0)
 
 
 def test_caches_that_no_task_left_to_run_reads_are_not_built(cifar_cfg):
@@ -777,7 +790,7 @@ def test_the_ensemble_follow_up_runs_kd_from_the_ensemble_after_the_secondary(mo
     # its order needs the secondary comparison in the plan
     from tmkd_core.teacher_report import DecisionMismatch
 
-    with pytest.raises(DecisionMismatch, match="runs after teachers and secondary .*: add secondary to --parts"):
+    with pytest.raises(DecisionMismatch, match="runs after teachers, confirmatory, secondary .*: add secondary to --parts"):
         plan_tasks(study, ["teachers", "confirmatory", "follow_up"], costs=False)
 
 
@@ -806,8 +819,10 @@ def test_the_factorial_follow_up_adds_only_its_24_crossed_runs_last(monkeypatch)
     # after the follow-up: its order needs the follow-up in the plan
     from tmkd_core.teacher_report import DecisionMismatch
 
-    with pytest.raises(DecisionMismatch, match="runs after teachers and secondary and follow_up .*: add follow_up"):
+    with pytest.raises(DecisionMismatch, match="runs after teachers, confirmatory, secondary, follow_up .*: add follow_up"):
         plan_tasks(study, ["teachers", "confirmatory", "secondary", "factorial"], costs=False)
+    with pytest.raises(DecisionMismatch, match=r"add confirmatory to --parts"):  # it reuses the confirmatory runs
+        plan_tasks(study, ["teachers", "secondary", "follow_up", "factorial"], costs=False)
 
 
 def test_the_plan_refuses_a_factorial_entry_that_departs_from_the_design(monkeypatch):
@@ -823,3 +838,17 @@ def test_the_plan_refuses_a_factorial_entry_that_departs_from_the_design(monkeyp
     with pytest.raises(DecisionMismatch, match=r"\['factorial_follow_up'\]: the factorial follow-up crosses"):
         plan_tasks(wrong, ["teachers", "confirmatory", "secondary", "follow_up", "factorial"], costs=False)
     assert len(plan_tasks(study, ["teachers", "confirmatory", "secondary", "follow_up", "factorial"], costs=False))
+
+
+def test_a_missing_dataset_stops_the_plan_with_one_line_naming_it(monkeypatch, capsys):
+    """The dataset's own message (the paths tried, the fix) and exit status 2, not a traceback."""
+    from tmkd_core import plan
+    from tmkd_core.data import DatasetNotFound
+
+    def missing(*args, **kwargs):
+        raise DatasetNotFound("dataset 'cifar100' not found. Tried: /nowhere/cifar100-png.tar.gz")
+
+    monkeypatch.setattr(plan, "plan_tasks", missing)
+    assert plan.main(["--profile", "cpu", "--parts", "main", "--store", "none", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "[plan] dataset 'cifar100' not found. Tried: /nowhere/cifar100-png.tar.gz"

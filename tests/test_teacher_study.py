@@ -407,10 +407,15 @@ def test_the_ensemble_follow_up_reuses_tmkds_confirmatory_runs_and_refuses_any_o
     check = teacher_report.check_follow_up_decisions
     check(follow_up, conf)
     assert_each_refused(check, follow_up, conf, [
-        (dict(tmkd_variant=TeacherVariant.named("mv_scratch20")), "reuses the confirmatory"),
-        (dict(fusion_adopted=(("fusion.tau_w", 0.03),)), "reuses the confirmatory"),
-        (dict(seed_base=300), "reuses the confirmatory"),
+        (dict(tmkd_variant=TeacherVariant.named("mv_scratch20")),
+         "reuses the confirmatory comparison's runs as they are; it has tmkd_variant = \"mv_scratch20\" \\(the "
+         "confirmatory comparison's: \"mv_ft10\"\\)$"),
+        (dict(fusion_adopted=(("fusion.tau_w", 0.03),)),
+         r"it has fusion_adopted = \{\"fusion.tau_w\": 0.03\} \(the confirmatory comparison's: null\)$"),
+        (dict(seed_base=300, students_per_teacher=2), r"it has students_per_teacher = 2 \(the confirmatory "
+         r"comparison's: 3\); seed_base = 300 \(the confirmatory comparison's: 200\)$"),
         (dict(dataset="cifar10"), "reuses the confirmatory"),
+        (dict(fusion_settled=False), r"it has fusion_settled = false \(set it to true\)$"),
         (dict(teacher_seeds=(0, 1, 2, 3, 4), max_teachers=5), r"TMKD runs are at teacher seeds \[0, 1, 2, 3\]"),
         (dict(teacher_seeds=(0, 1), max_teachers=2), r"TMKD runs are at teacher seeds \[0, 1, 2, 3\]"),
         (dict(kd_variant=TeacherVariant.named("rgb_ft30")), "set 'kd_variant' to an ensemble variant"),
@@ -483,13 +488,23 @@ def test_the_factorial_follow_up_crosses_the_confirmatory_comparison_and_refuses
     check = teacher_report.check_factorial_decisions
     check(factorial, conf)
     assert_each_refused(check, factorial, conf, [
-        (dict(crossed=False), "set 'kd_variant' to 'rgb_ft30' and 'crossed' to true"),
-        (dict(kd_variant=TeacherVariant.named("rgb_ens2")), "crosses the confirmatory"),
+        (dict(crossed=False), r"two losses; it has crossed = false \(set it to true\)$"),
+        (dict(kd_variant=TeacherVariant.named("rgb_ens2")),
+         r"it has kd_variant = \"rgb_ens2\" \(the confirmatory comparison's: \"rgb_ft30\"\)$"),
         (dict(tmkd_variant=TeacherVariant.named("mv_scratch20")), "reuses the confirmatory"),
         (dict(seed_base=300), "reuses the confirmatory"),
         (dict(teacher_seeds=(0, 1), max_teachers=2), r"TMKD runs are at teacher seeds \[0, 1, 2, 3\]"),
         (dict(max_teachers=8), r"but the factorial follow-up has no widening")])
     assert_unknown_key("ensemble_follow_up", "crossed", True)  # the factorial follow-up's key alone
+    import copy
+
+    from tmkd_core.config import PROFILE_PLANS
+    from tmkd_core.study import StudyError
+
+    plan = copy.deepcopy(PROFILE_PLANS["cpu"])
+    plan["factorial_follow_up"]["crossed"] = "no"  # not a boolean: refused, never read as true
+    with pytest.raises(StudyError, match=r"\['factorial_follow_up'\]\['crossed'\] must be true or false; it has 'no'"):
+        Study.from_plan("cpu", plan)
 
 
 def test_the_factorial_statistics_by_hand():
@@ -551,7 +566,10 @@ def test_the_factorial_report_gives_every_effect_and_lists_all_48_runs(monkeypat
     assert f["teacher"]["diff"] == pytest.approx(((-0.1 + 0.05) + (0.4 + 0.05)) / 2)
     assert f["terms"]["diff"] == pytest.approx((0.2 + 0.7) / 2) and f["interaction"]["diff"] == pytest.approx(0.5)
     assert f["teacher"]["diff"] + f["terms"]["diff"] == pytest.approx(statistic["diff"])
-    assert list(table["effect"]) == ["all of TMKD", "teacher", "terms", "interaction"] + ["simple effect"] * 4
+    assert list(table["effect"]) == ["cell a", "cell b", "cell c", "cell d", "TMKD − KD (the confirmatory difference)",
+                                     "teacher", "terms", "interaction"] + ["simple effect"] * 4
+    assert list(table["contrast"][:4]) == ["KD from rgb_ft30", "TMKD from rgb_ft30", "KD from mv_ft10",
+                                           "TMKD from mv_ft10"] and table["test accuracy (%)"][1] == "50.20 ± 0.00"
     saved = json.loads((tmp_path / "results" / "factorial_follow_up.json").read_text())
     assert len(saved["runs"]) == 48 and {r["teacher_variant"] for r in saved["runs"]} == {"rgb_ft30", "mv_ft10"}
     assert saved["factorial"]["cells_test_acc"]["TMKD from rgb_ft30"]["mean"] == pytest.approx(50.2)

@@ -35,6 +35,7 @@ from typing import Callable, Iterable
 from . import executors
 from .config import PROFILE_PLANS, ExperimentConfig, method_config
 from .costs import measure_worker_rate, stage_flop, worker_threads
+from .data import DatasetNotFound
 from .experiment import Pipeline
 from .protocol import pilot_progress, pilot_summary, write_pilot_report, write_primary_report
 from .scheduler import Progress, Task, hms, needed, run_plan
@@ -89,13 +90,14 @@ def plan_tasks(study: Study, parts: Iterable[str] = ("pilot", "main", "ablations
         if comparison is not None:
             check(comparison, study.confirmatory)
     # each runs after what docs/protocol.md puts before it, which must be in the plan to keep that order
-    declared = {"teachers": study.teacher_study, "secondary": study.secondary_confirmatory,
-                "follow_up": study.ensemble_follow_up}
-    for comparison, before in ((secondary, ["teachers"]), (follow_up, ["teachers", "secondary"]),
-                               (factorial, ["teachers", "secondary", "follow_up"])):
+    # (the follow-ups reuse the confirmatory comparison's runs: without it they would wait behind the rest)
+    declared = {"teachers": study.teacher_study, "confirmatory": study.confirmatory,
+                "secondary": study.secondary_confirmatory, "follow_up": study.ensemble_follow_up}
+    for comparison, before in ((secondary, ["teachers"]), (follow_up, ["teachers", "confirmatory", "secondary"]),
+                               (factorial, ["teachers", "confirmatory", "secondary", "follow_up"])):
         missing = [b for b in before if declared[b] is not None and b not in parts]
         if comparison is not None and missing:
-            raise DecisionMismatch(f"the {comparison.label} comparison runs after {' and '.join(before)} "
+            raise DecisionMismatch(f"the {comparison.label} comparison runs after {', '.join(before)} "
                                    f"(docs/protocol.md): add {' '.join(missing)} to --parts (what has trained is "
                                    "skipped)")
     if "main" in parts:
@@ -267,10 +269,19 @@ PARTS = ("pilot", "main", "ablations", "teachers", "confirmatory", "secondary", 
 
 
 def main(argv=None) -> int:
+    try:
+        return _main(argv)
+    except DatasetNotFound as exc:  # its message names the paths tried and the fix: the traceback adds nothing
+        print(f"[plan] {exc}", file=sys.stderr)
+        return 2
+
+
+def _main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tmkd_core.plan", description=__doc__.split("\n\n")[0],
         epilog="Without --dry-run, --prune-store or a --*-report flag it trains (the cpu profile: hours). Exit "
-               "status: 0 all done, 1 a task failed or a report is incomplete, 2 refused (the pilot has not settled), "
+               "status: 0 all done, 1 a task failed or a report is incomplete, 2 refused (the pilot has not settled, a "
+               "setting departs from docs/protocol.md, a dataset is missing), "
                "3 the pilot finished and waits to be settled, 4 another plan of the profile is running on this data "
                "root, 130 interrupted.")
     parser.add_argument("--profile", default="cpu", choices=list(PROFILE_PLANS),

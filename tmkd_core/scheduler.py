@@ -155,9 +155,9 @@ def hms(seconds: float) -> str:
 
 class Progress:
     """Estimated seconds per task, corrected by the tasks that finished (before any of a
-    stage has finished here: by the times recorded in the finished artefacts of that stage).
-    A task that resumes from its last epoch's checkpoint is estimated for the epochs it has left
-    (`read_partials`)."""
+    stage has finished here: by the times recorded in the finished artefacts of that stage; for
+    a stage with neither, the teacher-output cache, by all of them). A task that resumes part-way
+    is estimated for the epochs or replicas it has left (`read_partials`)."""
 
     def __init__(self, rate: float, jobs: int):
         self.rate, self.jobs = rate, jobs
@@ -172,7 +172,7 @@ class Progress:
     def estimate(self, task: Task) -> float:
         est = self._operations_time(task)
         pairs = (self.measured.get(task.stage) or self.recorded.get(task.stage)
-                 or [p for v in self.measured.values() for p in v])
+                 or [p for v in self.measured.values() for p in v] or [p for v in self.recorded.values() for p in v])
         if pairs:
             est *= sum(a for _, a in pairs) / max(sum(e for e, _ in pairs), 1e-9)
         return est
@@ -182,25 +182,31 @@ class Progress:
         self.measured.setdefault(task.stage, []).append((self._operations_time(task), seconds))
 
     def read_partials(self, tasks: list[Task], store: Path | None = None) -> "Progress":
-        """The share of its epochs each unfinished task has left, from its resumable checkpoint
-        (in the data root, else in `store`, which a plan restores at its start): (epochs − the
-        checkpoint's epoch) / epochs. Unreadable ones count as not started."""
+        """The share of its work each unfinished task has left: from its resumable checkpoint
+        (in the data root, else in `store`, which a plan restores at its start), (epochs − the
+        checkpoint's epoch) / epochs; for a teacher-output cache stopped part-way, the share of
+        its replicas not written yet. Unreadable ones count as not started."""
         from .costs import stage_epochs
         from .store import partial_epoch, stored_partial
         from .utils import DamagedArtifact
 
         for task in tasks:
-            total = stage_epochs(task.cfg, task.stage)
-            if task.partial is None or not total or task.done():
-                continue
-            path = task.partial if task.partial.exists() else stored_partial(task, store) if store else None
-            if path is None or not path.exists():
+            if task.done():
                 continue
             try:
-                epoch = partial_epoch(path)
-            except (OSError, ValueError, KeyError, TypeError, DamagedArtifact):  # an estimate never stops the plan
+                if task.stage == "teacher_cache":  # TeacherCache._write's count of finished replicas
+                    state = json.loads((task.artefact.parent / "replicas_written.json").read_text())
+                    done, total = int(state["replicas"]), int(state["shape"][0])
+                else:
+                    total = stage_epochs(task.cfg, task.stage)
+                    path = (None if task.partial is None else task.partial if task.partial.exists()
+                            else stored_partial(task, store) if store else None)
+                    if not total or path is None or not path.exists():
+                        continue
+                    done = partial_epoch(path)
+            except (OSError, ValueError, KeyError, TypeError, IndexError, DamagedArtifact):  # never stops the plan
                 continue
-            self.left_fraction[task.key] = min(max(1.0 - epoch / total, 0.0), 1.0)
+            self.left_fraction[task.key] = min(max(1.0 - done / total, 0.0), 1.0)
         return self
 
     def read_records(self, tasks: list[Task], store: Path | None = None) -> "Progress":

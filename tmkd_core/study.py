@@ -281,6 +281,10 @@ class Study:
         for key in ("confirmatory",) + LATER_COMPARISONS:
             if plan.get(key):
                 _check_keys(plan[key], COMPARISON_KEYS + OWN_COMPARISON_KEYS.get(key, ()), f"{where}[{key!r}]")
+                for flag in ("fusion_settled", "crossed"):  # a string such as "no" would read as true
+                    if flag in plan[key] and not isinstance(plan[key][flag], bool):
+                        raise StudyError(f"{where}[{key!r}][{flag!r}] must be true or false; it has "
+                                         f"{plan[key][flag]!r}")
         conf = (Confirmatory.from_plan(profile, plan["confirmatory"], store, where)
                 if plan.get("confirmatory") else None)
         later = {}  # the comparisons that read the confirmatory one's decisions

@@ -7,10 +7,12 @@ confirmatory statistic (`write_confirmatory_report`).
 """
 from __future__ import annotations
 
+import json
+
 from typing import TYPE_CHECKING, Any
 
 from .teacher_eval import FUSION_GRID, teacher_record
-from .teacher_study import Confirmatory, TeacherStudy
+from .teacher_study import Confirmatory, TeacherStudy, TeacherVariant
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -292,20 +294,22 @@ def write_confirmatory_report(conf: Confirmatory, out_dir) -> tuple[Any, dict] |
         payload.update(kd_reference=kd, kd_reference_variant=ref)
         statistic = {**statistic, "kd_reference": kd}
     table = pd.DataFrame([row])
-    if conf.crossed:  # one row per effect of the 2 x 2, the confirmatory difference d − a first
+    if conf.crossed:  # a row per cell of the 2 x 2 (what a-d are), then one per effect, TMKD − KD (d − a) first
         factorial = factorial_statistics(runs, conf.kd_variant.name, conf.tmkd_variant.name)
-        effects = [("all of TMKD", {**statistic, "contrast": "d − a"}),
-                   *((name, factorial[name]) for name in ("teacher", "terms", "interaction")),
-                   *(("simple effect", f) for f in factorial["simple"].values())]
-        table = pd.DataFrame([{"effect": name, "contrast": f["contrast"], "teachers": f["teachers"],
-                               "pairs": f["pairs"], "Δ (points)": f"{f['diff']:+.2f}",
-                               "95% CI": f"[{f['ci_low']:+.2f}, {f['ci_high']:+.2f}]", "half-width": f["half_width"],
-                               "per teacher": ", ".join(f"{t}: {v:+.2f}" for t, v in f["per_teacher_diff"].items()),
-                               "reading": f.get("verdict", "(no reading)")}
-                              for name, f in effects])
         factorial["cells_test_acc"] = {cell: _mean_sd([100 * r["test_acc"] for r in runs if
                                                        f"{r['method']} from {r['teacher_variant']}" == cell])
                                        for cell in factorial["cells"].values()}
+        cells = [{"effect": f"cell {x}", "contrast": cell, "test accuracy (%)": f"{a['mean']:.2f} ± {a['sd']:.2f}"}
+                 for x, cell in factorial["cells"].items() for a in [factorial["cells_test_acc"][cell]]]
+        effects = [("TMKD − KD (the confirmatory difference)", {**statistic, "contrast": "d − a"}),
+                   *((name, factorial[name]) for name in ("teacher", "terms", "interaction")),
+                   *(("simple effect", f) for f in factorial["simple"].values())]
+        rows = [{"effect": name, "contrast": f["contrast"], "teachers": str(f["teachers"]), "pairs": str(f["pairs"]),
+                 "Δ (points)": f"{f['diff']:+.2f}", "95% CI": f"[{f['ci_low']:+.2f}, {f['ci_high']:+.2f}]",
+                 "half-width": f"{f['half_width']:.2f}",
+                 "per teacher": ", ".join(f"{t}: {v:+.2f}" for t, v in f["per_teacher_diff"].items()),
+                 "reading": f.get("verdict", "(no reading)")} for name, f in effects]
+        table = pd.DataFrame(cells + rows).fillna("")
         payload.update(factorial=factorial)
         statistic = {**statistic, "factorial": factorial}
     out = Outputs(out_dir)
@@ -426,13 +430,15 @@ def _check_reuses_confirmatory(entry: Confirmatory, conf: Confirmatory) -> None:
     if not (conf.chosen and conf.fusion_settled):
         raise DecisionMismatch(f"{where} reuses the confirmatory comparison's runs, whose teacher and fusion "
                                f"setting are not decided yet in {conf.where}: leave it out of the plan until they are")
-    mine = (entry.dataset, entry.tmkd_variant, entry.fusion_adopted, entry.students_per_teacher, entry.seed_base)
-    theirs = (conf.dataset, conf.tmkd_variant, conf.fusion_adopted, conf.students_per_teacher, conf.seed_base)
-    if mine != theirs or entry.fusion_candidate is not None or not entry.fusion_settled:
-        raise DecisionMismatch(f"{where}: the {entry.label} reuses the confirmatory comparison's runs: set its "
-                               "dataset, tmkd_variant, fusion_adopted, students_per_teacher and seed_base to the "
-                               f"confirmatory comparison's {theirs[0]!r}, {theirs[1].name}, {theirs[2]}, {theirs[3]}, "
-                               f"{theirs[4]} (fusion_candidate None, fusion_settled True)")
+    wrong = [f"{k} = {_shown(getattr(entry, k))} (the confirmatory comparison's: {_shown(getattr(conf, k))})"
+             for k in ("dataset", "tmkd_variant", "fusion_adopted", "students_per_teacher", "seed_base")
+             if getattr(entry, k) != getattr(conf, k)]
+    wrong += ([f"fusion_candidate = {_shown(entry.fusion_candidate)} (set it to null)"]
+              if entry.fusion_candidate is not None else [])
+    wrong += [] if entry.fusion_settled else ["fusion_settled = false (set it to true)"]
+    if wrong:
+        raise DecisionMismatch(f"{where}: the {entry.label} reuses the confirmatory comparison's runs as they are; "
+                               f"it has {'; '.join(wrong)}")
     ran = conf.widened_teacher_seeds()
     if list(entry.teacher_seeds) != ran:
         raise DecisionMismatch(f"{where}['teacher_seeds'] = {list(entry.teacher_seeds)}, but the confirmatory "
@@ -462,10 +468,21 @@ def check_factorial_decisions(factorial: Confirmatory, conf: Confirmatory) -> No
     (`_check_reuses_confirmatory`), with its KD teacher too, `crossed`. DecisionMismatch
     otherwise, naming the setting."""
     _check_reuses_confirmatory(factorial, conf)
-    if factorial.kd_variant != conf.kd_variant or not factorial.crossed:
+    wrong = ([] if factorial.kd_variant == conf.kd_variant else
+             [f"kd_variant = {_shown(factorial.kd_variant)} (the confirmatory comparison's: {_shown(conf.kd_variant)})"])
+    wrong += [] if factorial.crossed else ["crossed = false (set it to true)"]
+    if wrong:
         raise DecisionMismatch(f"{factorial.where}: the factorial follow-up crosses the confirmatory comparison's "
-                               f"teachers: set 'kd_variant' to {conf.kd_variant.name!r} and 'crossed' to true; it has "
-                               f"{factorial.kd_variant.name!r} and crossed {factorial.crossed}")
+                               f"two teachers and two losses; it has {'; '.join(wrong)}")
+
+
+def _shown(value) -> str:
+    """A setting as a study file writes it: a variant by its name, None as null, a fusion setting as an object."""
+    if isinstance(value, TeacherVariant):
+        value = value.name
+    elif isinstance(value, tuple) and all(isinstance(p, tuple) and len(p) == 2 for p in value):
+        value = dict(value)
+    return json.dumps(value)
 
 
 def factorial_statistics(runs: list[dict], kd_variant: str, tmkd_variant: str) -> dict[str, Any]:
