@@ -385,7 +385,10 @@ def test_a_free_worker_takes_the_primary_tasks_then_the_longest_chain_and_the_es
     assert next_task([teacher, primary], behind) is primary  # the primary comparison first, whatever waits
     # two workers: teacher | ce0, ce1 (0-20); cache | ce2 (20-30); ce3, kd0, kd1 -> 45 s. Taken in plan
     # order the teacher would start at 20 and its chain end at 55; 85 s of work spread evenly is 42.5.
-    assert finish_seconds(pending, {}, 2, seconds) == 45.0
+    ends_at = {}
+    assert finish_seconds(pending, {}, 2, seconds, ends_at) == 45.0
+    assert ends_at[teacher.key] == 20.0 and ends_at[cache.key] == 25.0 and ends_at["student:ce0"] == 10.0
+    assert set(ends_at) == {t.key for t in pending} and max(ends_at.values()) == 45.0  # what dry-run groups read
     assert finish_seconds(pending, {}, 1, seconds) == 85.0
     # the teacher already running with 5 s left: ce0 | teacher, cache (0-10); ce1, ce2; ce3, kd0; kd1 -> 40 s
     assert finish_seconds([t for t in pending if t is not teacher], {teacher.key: 5.0}, 2, seconds) == 40.0

@@ -266,6 +266,7 @@ def _study_reports(study: Study, out_dir: str | None, teachers: bool, confirmato
 
 
 PARTS = ("pilot", "main", "ablations", "teachers", "confirmatory", "secondary", "follow_up", "factorial")
+LATER_NAMES = {0: "the rest", 1: "the secondary comparison", 2: "the ensemble follow-up", 3: "the factorial follow-up"}
 
 
 def main(argv=None) -> int:
@@ -447,8 +448,15 @@ def _main(argv=None) -> int:
               "lower n can start, 1 the secondary comparison, 2 the ensemble follow-up, 3 the factorial one. An "
               "ensemble's second RGB "
               "teacher has teacher seed 500 + t.)")
-        print(f"{len(tasks)} tasks, {len(pending)} to run, estimated {hms(progress.left(pending, {}))} on {args.jobs} "
-              f"workers (at {rate / 1e9:.1f} GFLOP/s per worker, measured now: a busy machine reads slower)")
+        ends_at: dict[str, float] = {}
+        print(f"{len(tasks)} tasks, {len(pending)} to run, estimated {hms(progress.left(pending, {}, ends_at))} on "
+              f"{args.jobs} workers (at {rate / 1e9:.1f} GFLOP/s per worker, measured now: a busy machine reads "
+              "slower)")
+        groups = sorted({t.later for t in pending})
+        if len(groups) > 1:  # when each comparison after the rest would be done, as the plan orders them
+            print("done after: " + "; ".join(
+                f"{LATER_NAMES.get(g, f'order {g}')} {hms(max(ends_at[t.key] for t in pending if t.later == g))}"
+                for g in groups))
         if store is not None:
             starts, seconds = plan_wall_time(Path(store) / "logs")
             print(f"so far: {starts} plan start(s), {hms(seconds)} of plan wall time (the logs in {store}/logs)")

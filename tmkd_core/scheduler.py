@@ -102,12 +102,13 @@ def next_task(startable: list[Task], behind: dict[str, float]) -> Task:
 
 
 def finish_seconds(pending: list[Task], running_left: dict[str, float], jobs: int,
-                   seconds: dict[str, float]) -> float:
+                   seconds: dict[str, float], ends_at: dict[str, float] | None = None) -> float:
     """Seconds until the last task ends when `jobs` workers take the `pending` tasks as
     `run_plan` does (`next_task` whenever a worker is free, after every task ending at that
     moment), after the running tasks' `running_left` seconds: list scheduling on the
     estimates, each task at one worker's speed (a task the plan runs alone on every thread
-    is a little faster). A need outside both counts as done."""
+    is a little faster). A need outside both counts as done. `ends_at`, if given, receives
+    each task's end (seconds from now)."""
     behind = work_behind(pending, seconds)
     waiting = list(pending)
     unfinished = {t.key for t in pending} | set(running_left)
@@ -124,10 +125,13 @@ def finish_seconds(pending: list[Task], running_left: dict[str, float], jobs: in
             heapq.heappush(ends, (now + seconds[task.key], task.key))
         if not ends:  # a need that never finishes: run_plan says so when it gets there
             break
-        now, key = heapq.heappop(ends)
-        unfinished.discard(key)
-        while ends and ends[0][0] == now:  # every task ending now, before a worker picks
-            unfinished.discard(heapq.heappop(ends)[1])
+        ending = [heapq.heappop(ends)]
+        while ends and ends[0][0] == ending[0][0]:  # every task ending now, before a worker picks
+            ending.append(heapq.heappop(ends))
+        for now, key in ending:
+            unfinished.discard(key)
+            if ends_at is not None:
+                ends_at[key] = now
     return now
 
 
@@ -228,13 +232,15 @@ class Progress:
                 self.recorded.setdefault(task.stage, []).append((task.cost_flop / self.rate, seconds))
         return self
 
-    def left(self, pending: list[Task], running: dict[str, tuple[Task, float]]) -> float:
+    def left(self, pending: list[Task], running: dict[str, tuple[Task, float]],
+             ends_at: dict[str, float] | None = None) -> float:
         """Seconds of wall time left: the pending tasks scheduled on the workers as the plan
-        will run them (`finish_seconds`), so a long chain of teacher, cache and runs that
-        leaves a worker idle counts, not only the work spread evenly."""
+        will run them (`finish_seconds`, which fills `ends_at` with each task's end), so a long
+        chain of teacher, cache and runs that leaves a worker idle counts, not only the work
+        spread evenly."""
         now = time.perf_counter()
         running_left = {t.key: max(self.estimate(t) - (now - t0), 0.0) for t, t0 in running.values()}
-        return finish_seconds(pending, running_left, self.jobs, {t.key: self.estimate(t) for t in pending})
+        return finish_seconds(pending, running_left, self.jobs, {t.key: self.estimate(t) for t in pending}, ends_at)
 
 
 def plan_lock_path(tasks: list[Task]) -> Path | None:
