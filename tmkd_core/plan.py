@@ -446,8 +446,7 @@ def _main(argv=None) -> int:
         print("(done: in data/; kept: in the store, restored at the start; todo: to train, its estimate; skip: a "
               "teacher-output cache no run left to train reads; [after the rest: n]: started only when no task of a "
               "lower n can start, 1 the secondary comparison, 2 the ensemble follow-up, 3 the factorial one. An "
-              "ensemble's second RGB "
-              "teacher has teacher seed 500 + t.)")
+              "ensemble's second RGB teacher has teacher seed 500 + t.)")
         ends_at: dict[str, float] = {}
         print(f"{len(tasks)} tasks, {len(pending)} to run, estimated {hms(progress.left(pending, {}, ends_at))} on "
               f"{args.jobs} workers (at {rate / 1e9:.1f} GFLOP/s per worker, measured now: a busy machine reads "

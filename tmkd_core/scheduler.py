@@ -167,7 +167,7 @@ class Progress:
         self.rate, self.jobs = rate, jobs
         self.measured: dict[str, list[tuple[float, float]]] = {}  # stage -> (estimated, actual)
         self.recorded: dict[str, list[tuple[float, float]]] = {}  # the same, from artefacts found at the start
-        self.left_fraction: dict[str, float] = {}  # task key -> the share of its epochs left (a resumed task)
+        self.left_fraction: dict[str, float] = {}  # task key -> the share of its work left (a resumed task)
 
     def _operations_time(self, task: Task) -> float:
         """Seconds at the measured rate for the work `task` has left."""

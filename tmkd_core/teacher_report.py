@@ -8,7 +8,6 @@ confirmatory statistic (`write_confirmatory_report`).
 from __future__ import annotations
 
 import json
-
 from typing import TYPE_CHECKING, Any
 
 from .teacher_eval import FUSION_GRID, teacher_record
