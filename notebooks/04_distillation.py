@@ -45,7 +45,7 @@ from tmkd_core.experiment import Pipeline
 from tmkd_core.explorer import draw_step_trace, step_trace_tables
 from tmkd_core.protocol import DECISION_MARGIN, KD_FLOOR, pilot_summary
 from tmkd_core.study import Study
-from tmkd_core.teacher_report import write_confirmatory_report
+from tmkd_core.teacher_report import comparison_panels, write_confirmatory_report
 from tmkd_core.figures import distillation_forest, teacher_differences_figure
 from tmkd_core.report import (GAIN_STEPS, PRIMARY_CAPTION, Outputs, enter_project_root, gain_decomposition,
                               group_runs, method_table, primary_comparison, primary_table, run_record,
@@ -245,28 +245,15 @@ if primary is not None and len(primary["teacher_seeds"]) >= 2:
     epochs = study.dataset_config(p.dataset).teacher.multiview_optim.epochs
     panels.append((f"{p.dataset} (primary): {p.method} − {p.reference}, multi-view teacher fine-tuned "
                    f"{epochs} epoch{'s' if epochs > 1 else ''}", primary_by_teacher))
-for c in study.confirmatory_comparisons:
-    if c.name in by_teacher and not c.crossed:  # a crossed one's TMKD − KD is the confirmatory panel
-        panels.append((f"{c.dataset} ({c.label}): TMKD from {c.tmkd_variant.name} − KD from {c.kd_variant.name}",
-                       by_teacher[c.name]))
-        if c.kd_reference is not None:
-            panels.append((f"{c.dataset} ({c.label}): KD from {c.kd_variant.name} − KD from {c.kd_reference.name}",
-                           by_teacher[c.name]["kd_reference"]))
-# the factorial follow-up's three effects, drawn the same way, as a figure of their own
-factorial = next((c for c in study.confirmatory_comparisons if c.crossed and c.name in by_teacher), None)
-effects = by_teacher[factorial.name]["factorial"] if factorial is not None else {}
-factorial_panels = [(f"{factorial.dataset} ({factorial.label}): {name} {effects[name]['contrast']}", effects[name])
-                    for name in ("teacher", "terms", "interaction")] if effects else []
-for name, shown in (("teacher_differences", panels), ("factorial_effects", factorial_panels)):
+figures = comparison_panels(study.confirmatory_comparisons, by_teacher)
+figures["teacher_differences"][:0] = panels
+for name, shown in figures.items():
     if shown:
         out.figure(teacher_differences_figure(shown), name)
-for title, s in panels + factorial_panels:
-    print(f"{title}: {s['diff']:+.2f} [{s['ci_low']:+.2f}, {s['ci_high']:+.2f}] over {s['teachers']} teachers "
-          f"({s['pairs']} pairs); within-teacher sd {s['within_teacher_sd']:.2f}, between-teacher sd "
-          f"{s['between_teacher_sd']:.2f}")
-if effects:  # the factorial effects' pre-registered readings, and what a, b, c, d are
-    print(", ".join(f"{x} = {cell}" for x, cell in effects["cells"].items()))
-    print("; ".join(f"{name}: {effects[name]['verdict']}" for name in ("teacher", "terms", "interaction")))
+    for title, s in shown:
+        print(f"{title}: {s['diff']:+.2f} [{s['ci_low']:+.2f}, {s['ci_high']:+.2f}] over {s['teachers']} teachers "
+              f"({s['pairs']} pairs); within-teacher sd {s['within_teacher_sd']:.2f}, between-teacher sd "
+              f"{s['between_teacher_sd']:.2f}" + (f": {s['verdict']}" if name == "factorial_effects" else ""))
 
 # %% tags=["nbval-check"]
 # NBVAL_CHECK_OUTPUT

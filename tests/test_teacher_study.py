@@ -581,6 +581,18 @@ def test_the_factorial_report_gives_every_effect_and_lists_all_48_runs(monkeypat
 
     fig = teacher_differences_figure([(name, f[name]) for name in ("teacher", "terms", "interaction")])
     assert [ax.get_title(loc="left") for ax in fig.axes] == ["teacher", "terms", "interaction"]
+    # notebook 04's panels: the crossed comparison's effects in a figure of their own, its TMKD − KD not repeated
+    from tmkd_core.teacher_report import comparison_panels
+
+    study = Study.of("cpu")
+    panels = comparison_panels(study.confirmatory_comparisons,
+                               {"confirmatory": statistic, "ensemble_follow_up": {**statistic, "kd_reference": f["terms"]},
+                                "factorial_follow_up": statistic})
+    assert [t for t, _ in panels["teacher_differences"]] == [
+        "cifar100 (confirmatory): TMKD from mv_ft10 − KD from rgb_ft30",
+        "cifar100 (ensemble follow-up): TMKD from mv_ft10 − KD from rgb_ens2",
+        "cifar100 (ensemble follow-up): KD from rgb_ens2 − KD from rgb_ft30"]
+    assert [s for _, s in panels["factorial_effects"]] == [f["teacher"], f["terms"], f["interaction"]]
     assert not (tmp_path / "tables" / "confirmatory.md").exists()  # the confirmatory comparison's files untouched
 
 

@@ -192,15 +192,17 @@ class Progress:
         its replicas not written yet. Unreadable ones count as not started."""
         from .costs import stage_epochs
         from .store import partial_epoch, stored_partial
+        from .teachers import TeacherCache
         from .utils import DamagedArtifact
 
         for task in tasks:
             if task.done():
                 continue
             try:
-                if task.stage == "teacher_cache":  # TeacherCache._write's count of finished replicas
-                    state = json.loads((task.artefact.parent / "replicas_written.json").read_text())
-                    done, total = int(state["replicas"]), int(state["shape"][0])
+                if task.stage == "teacher_cache":
+                    if (progress := TeacherCache.replicas_done(task.artefact.parent)) is None:
+                        continue
+                    done, total = progress
                 else:
                     total = stage_epochs(task.cfg, task.stage)
                     path = (None if task.partial is None else task.partial if task.partial.exists()

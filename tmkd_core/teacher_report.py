@@ -254,7 +254,7 @@ def write_confirmatory_report(conf: Confirmatory, out_dir) -> tuple[Any, dict] |
     import numpy as np
     import pandas as pd
 
-    from .report import Outputs, run_record, teacher_level_comparison
+    from .report import Outputs, mean_std, run_record, teacher_level_comparison
 
     teachers = conf.widened_teacher_seeds()
     specs = conf.runs(teachers)
@@ -295,9 +295,10 @@ def write_confirmatory_report(conf: Confirmatory, out_dir) -> tuple[Any, dict] |
     table = pd.DataFrame([row])
     if conf.crossed:  # a row per cell of the 2 x 2 (what a-d are), then one per effect, TMKD − KD (d − a) first
         factorial = factorial_statistics(runs, conf.kd_variant.name, conf.tmkd_variant.name)
-        factorial["cells_test_acc"] = {cell: _mean_sd([100 * r["test_acc"] for r in runs if
-                                                       f"{r['method']} from {r['teacher_variant']}" == cell])
-                                       for cell in factorial["cells"].values()}
+        accs = {cell: [100 * r["test_acc"] for r in runs if f"{r['method']} from {r['teacher_variant']}" == cell]
+                for cell in factorial["cells"].values()}
+        factorial["cells_test_acc"] = {cell: dict(zip(("mean", "sd"), mean_std(a)), n=len(a))
+                                       for cell, a in accs.items()}
         cells = [{"effect": f"cell {x}", "contrast": cell, "test accuracy (%)": f"{a['mean']:.2f} ± {a['sd']:.2f}"}
                  for x, cell in factorial["cells"].items() for a in [factorial["cells_test_acc"][cell]]]
         effects = [("TMKD − KD (the confirmatory difference)", {**statistic, "contrast": "d − a"}),
@@ -317,10 +318,28 @@ def write_confirmatory_report(conf: Confirmatory, out_dir) -> tuple[Any, dict] |
     return table, statistic
 
 
-def _mean_sd(values: list[float]) -> dict[str, float]:
-    import numpy as np
-
-    return {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)), "n": len(values)}
+def comparison_panels(comparisons: list[Confirmatory], statistics: dict[str, dict]) -> dict[str, list]:
+    """Notebook 04's per-teacher figures (`figures.teacher_differences_figure` panels: title,
+    statistic) of the comparisons whose runs have finished (`statistics`: name ->
+    `write_confirmatory_report`'s statistic): "teacher_differences", each one's TMKD − KD and,
+    with a `kd_reference`, KD − KD (a crossed comparison's TMKD − KD is the confirmatory one's);
+    "factorial_effects", a crossed one's teacher, terms and interaction."""
+    panels: dict[str, list] = {"teacher_differences": [], "factorial_effects": []}
+    for c in comparisons:
+        s = statistics.get(c.name)
+        if s is None:
+            continue
+        if c.crossed:
+            panels["factorial_effects"] += [(f"{c.dataset} ({c.label}): {name} {s['factorial'][name]['contrast']}",
+                                             s["factorial"][name]) for name in ("teacher", "terms", "interaction")]
+            continue
+        panels["teacher_differences"].append(
+            (f"{c.dataset} ({c.label}): TMKD from {c.tmkd_variant.name} − KD from {c.kd_variant.name}", s))
+        if c.kd_reference is not None:
+            panels["teacher_differences"].append(
+                (f"{c.dataset} ({c.label}): KD from {c.kd_variant.name} − KD from {c.kd_reference.name}",
+                 s["kd_reference"]))
+    return panels
 
 
 def fusion_check_summary(conf: Confirmatory, teacher_seeds) -> dict[str, Any] | None:

@@ -218,6 +218,18 @@ class TeacherCache:
                                              progress),
                           lambda meta: cls(meta.parent))
 
+    PROGRESS = "replicas_written.json"  # a build stopped part-way: its finished replicas and shape
+
+    @classmethod
+    def replicas_done(cls, path: Path) -> tuple[int, int] | None:
+        """(replicas written, replicas in all) of a cache at `path` stopped part-way, None if
+        none was (a build resumes after them, `_write`)."""
+        try:
+            state = json.loads((Path(path) / cls.PROGRESS).read_text())
+            return int(state["replicas"]), int(state["shape"][0])
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            return None
+
     @staticmethod
     @torch.no_grad()
     def _write(path: Path, teacher: FrozenTeacher, train: ImageSet, replicas: int | None, augment_seed: int,
@@ -228,7 +240,7 @@ class TeacherCache:
         n, count = len(train), replicas or 1
         probe = teacher.pooled_views(to_float(train.load(torch.tensor([0])), device))
         shape = (count, n, probe.shape[0], probe.shape[-1])
-        tmp, written = path / "pooled.npy.tmp", path / "replicas_written.json"
+        tmp, written = path / "pooled.npy.tmp", path / TeacherCache.PROGRESS
         # a build stopped part-way resumes after its last finished replica, if the partial
         # file is the one that count describes (same shape); anything else starts over
         state = read_json(written) if written.exists() and tmp.exists() else {}
