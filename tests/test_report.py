@@ -3,6 +3,7 @@ comparison's four readings and notebook 05's ablation table (which also recomput
 byte, the committed table from the committed run records)."""
 import json
 
+import pandas as pd
 import pytest
 
 from tmkd_core.config import config_from_dict, dataset_config
@@ -99,3 +100,14 @@ def test_the_committed_ablation_table_is_what_its_run_records_give(tmp_path):
     for ext in ("csv", "md", "tex"):
         committed = (ROOT / "figures" / "tables" / f"ablations.{ext}").read_bytes()
         assert (out.tables / f"ablations.{ext}").read_bytes() == committed, f"ablations.{ext} differs"
+
+
+def test_markdown_tables_keep_signed_text_and_format_numbers(tmp_path):
+    """A difference written as text ("+0.49") keeps its sign; numbers are right-aligned to 2
+    decimals and a missing cell is blank, never "nan"."""
+    df = pd.DataFrame({"Δ": ["+0.49", "-0.20"], "95% CI": ["[+0.14, +0.85]", None], "pairs": [12, 3],
+                       "acc (%)": [49.301, float("nan")]})
+    lines = Outputs(tmp_path).table(df, "signed").read_text().splitlines()
+    assert lines[1] == "|:------|:---------------|--------:|----------:|"
+    assert lines[2] == "| +0.49 | [+0.14, +0.85] |      12 |     49.30 |"
+    assert lines[3] == "| -0.20 |                |       3 |           |"

@@ -55,7 +55,7 @@ class Outputs:
 
     def table(self, df: pd.DataFrame, name: str, caption: str = "", float_format: str = "{:.2f}") -> Path:
         df.to_csv(self.tables / f"{name}.csv", index=False)
-        atomic_write_text(df.to_markdown(index=False, floatfmt=".2f") + "\n", self.tables / f"{name}.md")
+        atomic_write_text(markdown_table(df) + "\n", self.tables / f"{name}.md")
         latex = df.style.hide(axis="index").format(precision=2).to_latex(
             hrules=True, caption=caption or None, label=f"tab:{name}")  # booktabs rules
         atomic_write_text(latex, self.tables / f"{name}.tex")
@@ -75,6 +75,25 @@ class Outputs:
                     "seeds": list(seeds) if seeds is not None else None, "runs": list(runs),
                     "wall_time_s": time.perf_counter() - self.started, **run_metadata(precision), **payload},
                    self.results / f"{name}.json")
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """A pipe table with numeric columns right-aligned to 2 decimals and text verbatim.
+    tabulate's own number parsing would read text such as "+0.49" as a number and drop its
+    sign, so numbers are formatted here and its parsing is turned off."""
+    numeric = [all(_is_number(v) for v in df[c] if not _missing(v)) for c in df.columns]
+    cells = pd.DataFrame({c: ["" if _missing(v) else f"{v:.2f}" if isinstance(v, (float, np.floating)) else str(v) for v in df[c]]
+                          for c in df.columns}, columns=df.columns)
+    return cells.to_markdown(index=False, disable_numparse=True,
+                             colalign=["right" if n else "left" for n in numeric])
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_))
 
 
 def t_quantile_975(dof: int) -> float:
