@@ -3,7 +3,7 @@
 #   make test       pytest + every notebook under nbval (smoke profile), < 10 min on 2 CPU cores
 #   make reproduce  the plan (every teacher, cache and student run, JOBS=2 workers, live progress
 #                   and time left), then the five notebooks (PROFILE=cpu by default; PROFILE=quick
-#                   for a first look) -> figures/, figures/tables/, notebooks/executed/*.ipynb
+#                   for a first look; STUDY=mine.json for a study file) -> figures/, figures/tables/, notebooks/executed/*.ipynb
 #                   (with their outputs) and notebooks/executed/report.html
 #   make report     notebooks/executed/report.html from the committed executed notebooks (seconds)
 #   make bench      step-time benchmark -> figures/tables/bench.md
@@ -17,16 +17,21 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROFILE ?= cpu
+# a study of your own (docs/scale-out.md): STUDY=mine.json replaces PROFILE, writing under build/mine/
+STUDY ?=
+SPEC := $(or $(STUDY),$(PROFILE))
+OUT_NAME := $(if $(STUDY),$(basename $(notdir $(STUDY))),$(PROFILE))
+COMMITTED := $(if $(STUDY),,$(filter cpu,$(PROFILE)))
 JOBS ?= $(or $(TMKD_JOBS),2)
 # the plan's parts (default: all); PARTS="pilot main ablations" leaves out the study under way
 PARTS ?=
 NOTEBOOKS := 01_priors 02_teachers 03_semantic_weights 04_distillation 05_ablations
-# The committed figures are the cpu profile's; any other profile writes under build/<profile>/.
-FIGURES := $(if $(filter cpu,$(PROFILE)),figures,build/$(PROFILE)/figures)
+# The committed figures are the cpu profile's; any other profile or study writes under build/<name>/.
+FIGURES := $(if $(COMMITTED),figures,build/$(OUT_NAME)/figures)
 RESULTS := $(FIGURES)/results
 # The library the notebooks compute with (a change reruns them); not the launchers.
 LIB := $(filter-out tmkd_core/lab.py tmkd_core/htmlreport.py,$(wildcard tmkd_core/*.py))
-EXECUTED := $(if $(filter cpu,$(PROFILE)),notebooks/executed,build/$(PROFILE)/executed)
+EXECUTED := $(if $(COMMITTED),notebooks/executed,build/$(OUT_NAME)/executed)
 # The explorer's panel needs a live kernel: executed copies keep its static figure only.
 PARAMS_03_semantic_weights := -p interactive False
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
@@ -82,7 +87,7 @@ build/ipynb/%.ipynb: notebooks/%.py | setup
 
 $(RESULTS)/%.json: build/ipynb/%.ipynb $(LIB) | plan
 	@mkdir -p $(EXECUTED)
-	$(VENV)/bin/papermill --cwd . -p profile $(PROFILE) -p out_dir $(FIGURES) $(PARAMS_$*) $< $(EXECUTED)/$*.ipynb
+	$(VENV)/bin/papermill --cwd . -p profile $(SPEC) -p out_dir $(FIGURES) $(PARAMS_$*) $< $(EXECUTED)/$*.ipynb
 
 # Later notebooks read what earlier ones computed (teachers, runs) through the data/ caches.
 $(RESULTS)/02_teachers.json: $(RESULTS)/01_priors.json
@@ -96,7 +101,7 @@ $(EXECUTED)/report.html: $(foreach n,$(NOTEBOOKS),$(RESULTS)/$(n).json) tmkd_cor
 # Every run the notebooks read, trained first by worker processes with live progress and an
 # estimate of the time left; interrupted, it resumes where it stopped. Fast when all is done.
 plan: setup
-	$(PY) -m tmkd_core.plan --profile $(PROFILE) --jobs $(JOBS) $(if $(PARTS),--parts $(PARTS))
+	$(PY) -m tmkd_core.plan $(if $(STUDY),--study $(STUDY),--profile $(PROFILE)) --jobs $(JOBS) $(if $(PARTS),--parts $(PARTS))
 
 reproduce: setup plan $(EXECUTED)/report.html
 	@echo "figures and tables are in $(FIGURES)/ and $(FIGURES)/tables/; executed notebooks and report.html in $(EXECUTED)/"

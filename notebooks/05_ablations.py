@@ -29,6 +29,8 @@ groups = None  # None: the profile's ablation groups (every group of tmkd_core.c
 out_dir = "figures"
 
 # %%
+from IPython.display import display
+
 from tmkd_core.config import ABLATIONS
 from tmkd_core.experiment import Pipeline
 from tmkd_core.figures import ablation_forest
@@ -41,32 +43,38 @@ dataset = dataset or study.datasets[0]
 seeds = list(study.ablation_seeds if seeds is None else seeds)
 groups = list(groups or study.ablation_groups)
 base = study.dataset_config(dataset)
+if not seeds:  # a study file may declare none; the notebook then says so and writes an empty results file
+    print(f"the {study.name} study declares no ablation seeds (`ablation_seeds`): nothing to ablate")
 
 # %%
-kd_specs, tmkd_specs = study.ablation_runs(dataset, seeds, groups)
-kd = [run_record(dataset, "KD", Pipeline(study.config(s)).run_student()) for s in kd_specs]
-tmkd = [run_record(dataset, "TMKD", Pipeline(study.config(s)).run_student(), s.setting) for s in tmkd_specs]
-# each setting against KD and against its group's default (report.ablation_table)
-ablations = ablation_table(kd, tmkd, base, groups)
-records = kd + [r for runs in group_runs(tmkd, by="setting").values() for r in runs]
-kd_test = mean_std(r["test_acc"] for r in kd)
-shown = ablations.drop(columns=["val_mean", "val_sd", "test_mean", "test_sd"])
-out.table(shown, "ablations", f"TMKD ablations on {dataset}, seeds {seeds}; KD: {100 * kd_test[0]:.2f} ± {100 * kd_test[1]:.2f}")
-shown
+ablations, records, kd_test = None, [], None
+if seeds:
+    kd_specs, tmkd_specs = study.ablation_runs(dataset, seeds, groups)
+    kd = [run_record(dataset, "KD", Pipeline(study.config(s)).run_student()) for s in kd_specs]
+    tmkd = [run_record(dataset, "TMKD", Pipeline(study.config(s)).run_student(), s.setting) for s in tmkd_specs]
+    # each setting against KD and against its group's default (report.ablation_table)
+    ablations = ablation_table(kd, tmkd, base, groups)
+    records = kd + [r for runs in group_runs(tmkd, by="setting").values() for r in runs]
+    kd_test = mean_std(r["test_acc"] for r in kd)
+    shown = ablations.drop(columns=["val_mean", "val_sd", "test_mean", "test_sd"])
+    out.table(shown, "ablations",
+              f"TMKD ablations on {dataset}, seeds {seeds}; KD: {100 * kd_test[0]:.2f} ± {100 * kd_test[1]:.2f}")
+    display(shown)
 
 # %%
 # each setting's paired difference to its group's default, pairs coloured by teacher seed
-fig = ablation_forest(kd, tmkd, ablations)
-out.figure(fig, "ablations")
+if seeds:
+    out.figure(ablation_forest(kd, tmkd, ablations), "ablations")
 
 # %% tags=["nbval-check"]
 # NBVAL_CHECK_OUTPUT
 print("groups:", groups)
-expected = [(g, label) for g in groups for label in ABLATIONS[g]]  # every setting of every group, once
-got = list(zip(ablations["group"], ablations["setting"].str.removesuffix(" (default)")))
-assert got == expected, f"ablation rows {got} are not the settings {expected}"
-assert ablations["test_mean"].between(0, 100).all(), f"test accuracies outside [0, 100]:\n{shown}"
+if seeds:
+    expected = [(g, label) for g in groups for label in ABLATIONS[g]]  # every setting of every group, once
+    got = list(zip(ablations["group"], ablations["setting"].str.removesuffix(" (default)")))
+    assert got == expected, f"ablation rows {got} are not the settings {expected}"
+    assert ablations["test_mean"].between(0, 100).all(), f"test accuracies outside [0, 100]:\n{shown}"
 
 # %%
-out.results_json("05_ablations", {"dataset": dataset, "kd_test": kd_test, "rows": ablations.to_dict("records")}, base,
-                 seeds, runs=records)
+out.results_json("05_ablations", {"dataset": dataset, "kd_test": kd_test,
+                                  "rows": ablations.to_dict("records") if seeds else []}, base, seeds, runs=records)

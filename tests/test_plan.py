@@ -21,6 +21,8 @@ from tmkd_core.store import (keep_artefact, keep_partial, plan_wall_time, restor
                              stored_copy, stored_partial)
 from tmkd_core.study import PilotNotSettled, RunSpec, Study
 
+from conftest import ROOT
+
 
 def cpu() -> Study:
     """The cpu study as PROFILE_PLANS declares it now (a test may have changed it)."""
@@ -669,6 +671,7 @@ def test_a_new_study_is_declared_in_one_file_and_the_plans_dry_run_lists_its_tas
     path.write_text(json.dumps(declared))
     study = Study.load(path)
     assert study.name == "two_methods" and study.primary.reference == "KD" and study.primary.method == "TMKD"
+    assert Study.of(str(path)).main_runs() == study.main_runs()  # a notebook's `profile` may name the file
     assert [(r.method, r.seed) for r in study.main_runs()] == [("KD", 0), ("KD", 1), ("TMKD", 0), ("TMKD", 1)]
     monkeypatch.setattr(plan, "measure_worker_rate", lambda threads, jobs: 1e9)  # no timing, no dataset read
     monkeypatch.setattr(plan, "stage_flop", lambda pipe, stage: 1e9)
@@ -855,3 +858,18 @@ def test_a_missing_dataset_stops_the_plan_with_one_line_naming_it(monkeypatch, c
     assert plan.main(["--profile", "cpu", "--parts", "main", "--store", "none", "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert err.strip() == "[plan] dataset 'cifar100' not found. Tried: /nowhere/cifar100-png.tar.gz"
+
+
+def test_make_reproduce_runs_a_study_file_under_build_never_over_the_committed_figures():
+    import subprocess
+
+    def commands(*args):
+        made = subprocess.run(["make", "-n", "-B", "reproduce", *args], cwd=ROOT, capture_output=True, text=True, check=True)
+        return [line for line in made.stdout.splitlines() if "tmkd_core.plan" in line or "papermill --cwd" in line]
+
+    mine = commands("STUDY=studies/mine.json")
+    assert mine[0].split("python ")[1] == "-m tmkd_core.plan --study studies/mine.json --jobs 2 "
+    assert len(mine) == 6 and all("-p profile studies/mine.json -p out_dir build/mine/figures " in c
+                                  and " build/mine/executed/" in c for c in mine[1:])
+    assert all("-p profile cpu -p out_dir figures " in c for c in commands()[1:])  # the default: the committed ones
+

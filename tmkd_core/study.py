@@ -176,8 +176,11 @@ class Study:
     # --- building one ---------------------------------------------------------------------------
 
     @classmethod
-    def of(cls, name: str) -> "Study":
-        """A built-in study: the entry `name` of config.PROFILE_PLANS."""
+    def of(cls, name: str | Path) -> "Study":
+        """A built-in study, the entry `name` of config.PROFILE_PLANS, or a study file
+        (`name` ending in .json, `load`): what a notebook's `profile` parameter names."""
+        if str(name).endswith(".json"):
+            return cls.load(name)
         if name not in PROFILE_PLANS:
             raise StudyError(f"unknown study {name!r}; available: {', '.join(PROFILE_PLANS)} "
                              f"(or a study file: Study.load / --study FILE.json)")
