@@ -3,7 +3,8 @@
 #   make test       pytest + every notebook under nbval (smoke profile), < 10 min on 2 CPU cores
 #   make reproduce  the plan (every teacher, cache and student run, JOBS=2 workers, live progress
 #                   and time left), then the five notebooks (PROFILE=cpu by default; PROFILE=quick
-#                   for a first look; STUDY=mine.json for a study file) -> figures/, figures/tables/, notebooks/executed/*.ipynb
+#                   for a first look; STUDY=mine.json, a study file, under build/study-mine/)
+#                   -> figures/, figures/tables/, notebooks/executed/*.ipynb
 #                   (with their outputs) and notebooks/executed/report.html
 #   make report     notebooks/executed/report.html from the committed executed notebooks (seconds)
 #   make bench      step-time benchmark -> figures/tables/bench.md
@@ -17,10 +18,16 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROFILE ?= cpu
-# a study of your own (docs/scale-out.md): STUDY=mine.json replaces PROFILE, writing under build/mine/
+# a study of your own (docs/scale-out.md): STUDY=mine.json replaces PROFILE, writing under
+# build/study-mine/ (never a profile's folder); its notebooks rerun when the file changes
 STUDY ?=
+ifneq ($(STUDY),)
+ifeq ($(filter %.json,$(STUDY)),)
+$(error STUDY=$(STUDY): a study file ends in .json (docs/scale-out.md))
+endif
+endif
 SPEC := $(or $(STUDY),$(PROFILE))
-OUT_NAME := $(if $(STUDY),$(basename $(notdir $(STUDY))),$(PROFILE))
+OUT_NAME := $(if $(STUDY),study-$(basename $(notdir $(STUDY))),$(PROFILE))
 COMMITTED := $(if $(STUDY),,$(filter cpu,$(PROFILE)))
 JOBS ?= $(or $(TMKD_JOBS),2)
 # the plan's parts (default: all); PARTS="pilot main ablations" leaves out the study under way
@@ -85,7 +92,7 @@ build/ipynb/%.ipynb: notebooks/%.py | setup
 	@mkdir -p $(@D)
 	$(VENV)/bin/jupytext --quiet --to ipynb --output $@ $<
 
-$(RESULTS)/%.json: build/ipynb/%.ipynb $(LIB) | plan
+$(RESULTS)/%.json: build/ipynb/%.ipynb $(LIB) $(STUDY) | plan
 	@mkdir -p $(EXECUTED)
 	$(VENV)/bin/papermill --cwd . -p profile $(SPEC) -p out_dir $(FIGURES) $(PARAMS_$*) $< $(EXECUTED)/$*.ipynb
 

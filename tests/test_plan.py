@@ -860,16 +860,28 @@ def test_a_missing_dataset_stops_the_plan_with_one_line_naming_it(monkeypatch, c
     assert err.strip() == "[plan] dataset 'cifar100' not found. Tried: /nowhere/cifar100-png.tar.gz"
 
 
-def test_make_reproduce_runs_a_study_file_under_build_never_over_the_committed_figures():
+def test_make_reproduce_runs_a_study_file_under_build_never_over_the_committed_figures(tmp_path):
+    import os
     import subprocess
 
+    # what the caller's make or shell set would change the commands: a clean environment
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "STUDY", "PROFILE", "JOBS", "TMKD_JOBS", "PARTS")}
+
     def commands(*args):
-        made = subprocess.run(["make", "-n", "-B", "reproduce", *args], cwd=ROOT, capture_output=True, text=True, check=True)
+        made = subprocess.run(["make", "-n", "-B", "reproduce", *args], cwd=ROOT, capture_output=True, text=True,
+                              env=env)
+        assert made.returncode == 0, made.stderr
         return [line for line in made.stdout.splitlines() if "tmkd_core.plan" in line or "papermill --cwd" in line]
 
-    mine = commands("STUDY=studies/mine.json")
-    assert mine[0].split("python ")[1] == "-m tmkd_core.plan --study studies/mine.json --jobs 2 "
-    assert len(mine) == 6 and all("-p profile studies/mine.json -p out_dir build/mine/figures " in c
-                                  and " build/mine/executed/" in c for c in mine[1:])
-    assert all("-p profile cpu -p out_dir figures " in c for c in commands()[1:])  # the default: the committed ones
-
+    study = tmp_path / "mine.json"  # a prerequisite of the notebooks: an edit reruns them
+    study.write_text("{}")
+    mine = commands(f"STUDY={study}")
+    assert mine[0].split("python ")[1] == f"-m tmkd_core.plan --study {study} --jobs 2 "
+    assert len(mine) == 6 and all(f"-p profile {study} -p out_dir build/study-mine/figures " in c
+                                  and " build/study-mine/executed/" in c for c in mine[1:])
+    default = commands()
+    assert default[0].split("python ")[1] == "-m tmkd_core.plan --profile cpu --jobs 2 "
+    assert len(default) == 6 and all("-p profile cpu -p out_dir figures " in c for c in default[1:])
+    wrong = subprocess.run(["make", "-n", "reproduce", "STUDY=mine"], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert wrong.returncode != 0 and "STUDY=mine: a study file ends in .json" in wrong.stderr

@@ -314,6 +314,35 @@ def test_the_per_teacher_figure_draws_each_teachers_mean_and_the_interval_over_t
     assert len(fig.axes) == 6 and fig.get_size_inches()[0] == pytest.approx(3 * 5.2)
 
 
+def test_the_study_summary_draws_every_statistic_on_one_axis_with_its_reading():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from tmkd_core.figures import study_summary_figure
+
+    def statistic(diffs):  # points, {teacher seed: its students' differences}
+        return teacher_level_comparison([{"method": m, "teacher_seed": t, "seed": 200 + 10 * t + i,
+                                          "test_acc": 0.5 + (d / 100 if m == "TMKD" else 0.0)}
+                                         for t, ds in diffs.items() for i, d in enumerate(ds) for m in ("KD", "TMKD")])
+
+    win = statistic({0: [1.0, 1.2], 1: [0.9, 1.1], 2: [1.0, 1.0]})  # teacher means 1.1, 1.0, 1.0
+    wide = statistic({0: [-2.0, -2.0], 1: [2.0, 2.0]})
+    fig = study_summary_figure([("win", win), ("wide", wide)])
+    ax, readings = fig.axes
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["wide", "win"]  # the first row on top
+    assert [t.get_text() for t in readings.get_yticklabels()] == ["inconclusive", "TMKD beats KD"]
+    drawn = {(tuple(np.round(line.get_xdata(), 6)), tuple(int(y) for y in line.get_ydata())) for line in ax.get_lines()}
+    assert ((round(win["ci_low"], 6), round(win["ci_high"], 6)), (1, 1)) in drawn  # the top row's interval
+    assert ((round(win["diff"], 6),), (1,)) in drawn and ((0.0,), (0,)) in drawn  # each row's mean
+    dots = sorted(round(float(x), 6) for c in ax.collections for x, _ in c.get_offsets())
+    assert dots == [-2.0, 1.0, 1.0, 1.1, 2.0]  # one dot per teacher mean
+    assert readings.get_ylim() == ax.get_ylim() and list(readings.get_yticks()) == list(ax.get_yticks())
+    # behind each row its own tie margin (the bottom row's drawn first)
+    fig = study_summary_figure([("win", win), ("other", {**wide, "tie_margin": 1.0})])
+    bands = [(p.get_x(), p.get_x() + p.get_width(), p.get_y() + p.get_height() / 2) for p in fig.axes[0].patches]
+    assert sorted(bands) == [pytest.approx((-1.0, 1.0, 0.0)), pytest.approx((-0.5, 0.5, 1.0))]
+
+
 def assert_each_refused(check, entry, conf, wrongs) -> None:
     """`check` (a teacher_report.check_*_decisions) refuses `entry` with each (changed settings,
     message) of `wrongs`, naming the entry's setting, and while the confirmatory comparison's

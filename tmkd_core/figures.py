@@ -3,6 +3,7 @@ plots), each pair a point coloured by its teacher seed, and the teacher study's 
 against compute. Legends sit outside the data."""
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
@@ -218,4 +219,32 @@ def teacher_differences_figure(panels: Sequence[tuple[str, dict[str, Any]]], per
         teacher_forest(ax, statistic, title)
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
+    return fig
+
+
+def study_summary_figure(rows: Sequence[tuple[str, dict[str, Any]]]) -> "plt.Figure":
+    """Every teacher-level statistic of the study on one axis: a row per statistic (title,
+    `report.teacher_level_comparison`), top to bottom, its mean over teachers (diamond) with
+    the 95% t-interval over teachers and each teacher's mean D(t) as a dot coloured by teacher
+    seed; its reading on the right; behind each row a grey band, the tie margin it was read
+    with."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    fig, ax = plt.subplots(figsize=(13, 0.5 * len(rows) + 1.4), layout="constrained")
+    for i, (_, s) in enumerate(rows):
+        y, margin = len(rows) - 1 - i, s["tie_margin"]
+        ax.add_patch(Rectangle((-margin, y - 0.5), 2 * margin, 1, color="0.92", zorder=0, linewidth=0))
+    forest(ax, [{"label": title, "diff": s["diff"], "ci_low": s["ci_low"], "ci_high": s["ci_high"],
+                 "points": [(v, int(t)) for t, v in s["per_teacher_diff"].items()]} for title, s in rows],
+           "Δ test accuracy (points)")
+    seeds = sorted({int(t) for _, s in rows for t in s["per_teacher_diff"]})
+    handles = [ax.scatter([], [], s=14, c=seed_colour(t, seeds)) for t in seeds]
+    ax.legend(handles, [f"teacher seed {t}" for t in seeds], loc="upper center", bbox_to_anchor=(0.5, -0.12),
+              ncol=len(seeds), frameon=False, fontsize=8)
+    readings = ax.twinx()
+    readings.set_ylim(ax.get_ylim())
+    # the reading without its trailing explanation ("inconclusive (the interval contains 0 ...)")
+    short = [re.sub(r" \([^()]*\)$", "", s.get("verdict", "")) for _, s in rows]
+    readings.set_yticks(range(len(rows)), short[::-1], fontsize=9)
     return fig

@@ -78,22 +78,34 @@ class Outputs:
 
 
 def markdown_table(df: pd.DataFrame) -> str:
-    """A pipe table with numeric columns right-aligned to 2 decimals and text verbatim.
-    tabulate's own number parsing would read text such as "+0.49" as a number and drop its
-    sign, so numbers are formatted here and its parsing is turned off."""
-    numeric = [all(_is_number(v) for v in df[c] if not _missing(v)) for c in df.columns]
-    cells = pd.DataFrame({c: ["" if _missing(v) else f"{v:.2f}" if isinstance(v, (float, np.floating)) else str(v) for v in df[c]]
-                          for c in df.columns}, columns=df.columns)
-    return cells.to_markdown(index=False, disable_numparse=True,
-                             colalign=["right" if n else "left" for n in numeric])
+    """A pipe table with numbers to 2 decimals and text verbatim, a column right-aligned when
+    every cell reads as a number ("+0.49" included), missing cells blank. tabulate's own
+    number parsing would read text such as "+0.49" as a number and drop its sign, so cells
+    are formatted here and its parsing is turned off."""
+    columns = [df.iloc[:, j] for j in range(df.shape[1])]  # by position: names may repeat
+    cells = [["" if _missing(v) else f"{v:.2f}" if isinstance(v, (float, np.floating)) else str(v) for v in col]
+             for col in columns]
+    right = [all(_reads_as_number(v) for v in col if not _missing(v)) for col in columns]
+    rows = [list(row) for row in zip(*cells)] if cells else []
+    return pd.DataFrame(rows, columns=range(len(columns))).to_markdown(
+        index=False, headers=[str(c) for c in df.columns], disable_numparse=True,
+        colalign=["right" if r else "left" for r in right])
 
 
 def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+    return value is None or (np.ndim(value) == 0 and bool(pd.isna(value)))
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_))
+def _reads_as_number(value: Any) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if isinstance(value, (int, float, np.number)):
+        return True
+    try:
+        float(str(value))
+        return True
+    except ValueError:
+        return False
 
 
 def t_quantile_975(dof: int) -> float:
