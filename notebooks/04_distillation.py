@@ -46,7 +46,7 @@ from tmkd_core.explorer import draw_step_trace, step_trace_tables
 from tmkd_core.protocol import DECISION_MARGIN, KD_FLOOR, pilot_summary
 from tmkd_core.study import Study
 from tmkd_core.teacher_report import comparison_panels, write_confirmatory_report
-from tmkd_core.figures import distillation_forest, teacher_differences_figure
+from tmkd_core.figures import distillation_forest, study_summary_figure, teacher_differences_figure
 from tmkd_core.report import (GAIN_STEPS, PRIMARY_CAPTION, Outputs, enter_project_root, gain_decomposition,
                               group_runs, method_table, primary_comparison, primary_table, run_record,
                               teacher_level_comparison)
@@ -243,7 +243,7 @@ if primary is not None and len(primary["teacher_seeds"]) >= 2:
     primary_by_teacher = teacher_level_comparison(
         [r for r in records if r["dataset"] == p.dataset and not r.get("setting")], p.method, p.reference)
     epochs = study.dataset_config(p.dataset).teacher.multiview_optim.epochs
-    panels.append((f"{p.dataset} (primary): {p.method} − {p.reference}, multi-view teacher fine-tuned "
+    panels.append((f"{p.dataset} (primary, teacher as unit): {p.method} − {p.reference}, multi-view teacher fine-tuned "
                    f"{epochs} epoch{'s' if epochs > 1 else ''}", primary_by_teacher))
 figures = comparison_panels(study.confirmatory_comparisons, by_teacher)
 figures["teacher_differences"][:0] = panels
@@ -254,6 +254,18 @@ for name, shown in figures.items():
         print(f"{title}: {s['diff']:+.2f} [{s['ci_low']:+.2f}, {s['ci_high']:+.2f}] over {s['teachers']} teachers "
               f"({s['pairs']} pairs); within-teacher sd {s['within_teacher_sd']:.2f}, between-teacher sd "
               f"{s['between_teacher_sd']:.2f}" + (f": {s['verdict']}" if name == "factorial_effects" else ""))
+
+# %% [markdown]
+# ## The study on one axis
+# Every statistic above with the teacher as the unit, one row each on a common scale: the
+# mean over teachers with its 95% t-interval over teachers, each teacher's mean as a dot, and
+# the reading on the right (README's figure). The primary row is its sensitivity reading with
+# the teacher as the unit; its pre-registered reading, over pairs, is in the table above.
+
+# %%
+summary = [row for shown in figures.values() for row in shown]
+if summary:
+    out.figure(study_summary_figure(summary), "study_summary")
 
 # %% tags=["nbval-check"]
 # NBVAL_CHECK_OUTPUT

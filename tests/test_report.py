@@ -105,13 +105,13 @@ def test_the_committed_ablation_table_is_what_its_run_records_give(tmp_path):
 def test_markdown_tables_keep_signed_text_and_format_numbers(tmp_path):
     """A difference written as text ("+0.49") keeps its sign and, like every column whose
     cells all read as numbers, is right-aligned; numbers are shown to 2 decimals, a missing
-    cell (None, NaN, pd.NA) is blank, never "nan", and a repeated column name keeps its own
+    cell (None, NaN, pd.NA, "") is blank, never "nan", and a repeated column name keeps its own
     cells."""
-    df = pd.DataFrame({"Δ": ["+0.49", "-0.20"], "95% CI": ["[+0.14, +0.85]", None], "pairs": [12, 3],
+    df = pd.DataFrame({"Δ": ["+0.49", ""], "95% CI": ["[+0.14, +0.85]", None], "pairs": [12, 3],
                        "acc (%)": [49.301, float("nan")], "n": pd.array([2, None], dtype="Int64")})
     lines = Outputs(tmp_path).table(df, "signed").read_text().splitlines()
     assert lines[1] == "|------:|:---------------|--------:|----------:|----:|"
     assert lines[2] == "| +0.49 | [+0.14, +0.85] |      12 |     49.30 |   2 |"
-    assert lines[3] == "| -0.20 |                |       3 |           |     |"
+    assert lines[3] == "|       |                |       3 |           |     |"
     twice = pd.DataFrame([["a", 1.0]], columns=["x", "x"])
     assert Outputs(tmp_path).table(twice, "twice").read_text().splitlines()[2] == "| a   | 1.00 |"

@@ -4,6 +4,7 @@ against compute. Legends sit outside the data."""
 from __future__ import annotations
 
 import re
+import textwrap
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
@@ -200,7 +201,7 @@ def teacher_forest(ax, statistic: dict[str, Any], title: str) -> None:
     labels = [f"teacher seed {t} ({len(statistic['per_teacher_pairs'][t])} students)" for t in teachers]
     ax.set_yticks(range(n + 1), labels[::-1] + [f"mean over {n} teachers (95% CI)"])
     ax.set_ylim(-0.6, n + 0.6)
-    ax.set_title(title, loc="left", fontsize=10)
+    ax.set_title("\n".join(textwrap.wrap(title, 60)), loc="left", fontsize=10)  # long titles must not run into the next panel
     ax.set_xlabel(f"Δ {statistic['metric'].removesuffix('_acc')} accuracy (points)")
 
 
@@ -240,8 +241,9 @@ def study_summary_figure(rows: Sequence[tuple[str, dict[str, Any]]]) -> "plt.Fig
            "Δ test accuracy (points)")
     seeds = sorted({int(t) for _, s in rows for t in s["per_teacher_diff"]})
     handles = [ax.scatter([], [], s=14, c=seed_colour(t, seeds)) for t in seeds]
-    ax.legend(handles, [f"teacher seed {t}" for t in seeds], loc="upper center", bbox_to_anchor=(0.5, -0.12),
-              ncol=len(seeds), frameon=False, fontsize=8)
+    ax.get_legend().remove()  # forest's legend beside the axes: below the figure here, the readings on the right
+    fig.legend(handles, [f"teacher seed {t}" for t in seeds], loc="outside lower center", ncol=len(seeds),
+               frameon=False, fontsize=8)
     readings = ax.twinx()
     readings.set_ylim(ax.get_ylim())
     # the reading without its trailing explanation ("inconclusive (the interval contains 0 ...)")

@@ -93,6 +93,9 @@ def markdown_table(df: pd.DataFrame) -> str:
 
 
 def _missing(value: Any) -> bool:
+    """None, NaN, pd.NA or an empty string (a row without that statistic)."""
+    if isinstance(value, str):
+        return not value.strip()
     return value is None or (np.ndim(value) == 0 and bool(pd.isna(value)))
 
 
